@@ -1,0 +1,221 @@
+//! The parent: topics, child processes in interleaved order, and the report.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+use crate::admin::Admin;
+use crate::child::PhaseArgs;
+use crate::clients::{Client, Phase};
+use crate::report::{self, layout_label, Run};
+use crate::spawn::{self, PhaseOutcome};
+use crate::{broker, confluent_client, rdkafka_client, workload};
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub bootstrap: Option<String>,
+    pub records: usize,
+    pub size: usize,
+    pub clients: Vec<Client>,
+    pub rounds: usize,
+    pub keyed: bool,
+    pub layouts: Vec<i32>,
+    pub timeout: Duration,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            bootstrap: None,
+            records: 200_000,
+            size: 1024,
+            clients: Client::ALL.to_vec(),
+            rounds: 1,
+            keyed: false,
+            layouts: vec![1, 6],
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+fn settings_line(settings: &[(&str, String)]) -> String {
+    settings
+        .iter()
+        .map(|(name, value)| format!("`{name}={value}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_header(args: &BenchArgs, bootstrap: &str) {
+    println!("# kastellan peers benchmark");
+    println!();
+    println!("- broker: `{bootstrap}`");
+    println!(
+        "- workload: {} records of {} B values ({}), acks=all, produced then read back from offset 0",
+        args.records,
+        args.size,
+        if args.keyed {
+            "8-byte keys, one per record"
+        } else {
+            "no keys"
+        }
+    );
+    println!(
+        "- producers: linger {} ms, batches up to {} KiB, requests up to {} KiB, compression {}",
+        workload::LINGER_MS,
+        workload::BATCH_BYTES / 1024,
+        workload::MAX_REQUEST_BYTES / 1024,
+        workload::COMPRESSION
+    );
+    println!(
+        "  - rdkafka: {}",
+        settings_line(&rdkafka_client::producer_settings())
+    );
+    println!(
+        "  - confluent-kafka: {}",
+        settings_line(&confluent_client::producer_settings())
+    );
+    println!("- readers: no consumer group, no commits, partitions assigned from the earliest offset, fetch settings at client defaults");
+    println!(
+        "- {} round(s), client order rotated each round; figures are medians over rounds",
+        args.rounds
+    );
+    println!("- each phase runs in its own process; time is measured from the client's ready mark (client built, topic metadata fetched) to the last ack or the last record read; peak RSS is the larger `ru_maxrss` of the produce and read processes");
+    println!();
+}
+
+fn topic_name(client: Client, partitions: i32, round: usize) -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!(
+        "peers-{}-{}p-r{}-{}-{}",
+        client.id(),
+        partitions,
+        round + 1,
+        std::process::id(),
+        millis
+    )
+}
+
+fn progress(round: usize, client: Client, partitions: i32, phase: Phase, outcome: &PhaseOutcome) {
+    let rss = outcome
+        .max_rss_kib
+        .map(|kib| format!(", RSS {:.1} MiB", kib as f64 / 1024.0))
+        .unwrap_or_default();
+    match &outcome.result {
+        Ok(report) => {
+            let secs = report.work_ns as f64 / 1e9;
+            eprintln!(
+                "[round {}] {} / {} / {}: {:.0} rec/s, {:.1} MiB/s in {:.2} s{}",
+                round + 1,
+                client,
+                layout_label(partitions),
+                phase.id(),
+                report.records as f64 / secs,
+                report.bytes as f64 / report::MIB / secs,
+                secs,
+                rss
+            );
+        }
+        Err(error) => eprintln!(
+            "[round {}] {} / {} / {}: error: {}{}",
+            round + 1,
+            client,
+            layout_label(partitions),
+            phase.id(),
+            error,
+            rss
+        ),
+    }
+}
+
+async fn run_one(
+    admin: &Admin,
+    args: &BenchArgs,
+    bootstrap: &str,
+    round: usize,
+    client: Client,
+    partitions: i32,
+) -> Run {
+    let topic = topic_name(client, partitions, round);
+    let mut run = Run {
+        round,
+        client,
+        partitions,
+        produce: PhaseOutcome::failed("not run"),
+        read: None,
+    };
+    if let Err(error) = admin.create_topic(&topic, partitions).await {
+        run.produce = PhaseOutcome::failed(format!("topic set-up: {error:#}"));
+        progress(round, client, partitions, Phase::Produce, &run.produce);
+        return run;
+    }
+    let mut phase_args = PhaseArgs {
+        client,
+        phase: Phase::Produce,
+        bootstrap: bootstrap.to_string(),
+        topic: topic.clone(),
+        partitions,
+        records: args.records,
+        size: args.size,
+        keyed: args.keyed,
+    };
+    run.produce = run_child(&phase_args, args.timeout);
+    progress(round, client, partitions, Phase::Produce, &run.produce);
+    if run.produce.result.is_ok() {
+        phase_args.phase = Phase::Read;
+        let read = run_child(&phase_args, args.timeout);
+        progress(round, client, partitions, Phase::Read, &read);
+        run.read = Some(read);
+    }
+    if let Err(error) = admin.delete_topic(&topic).await {
+        eprintln!("warning: {error:#}");
+    }
+    run
+}
+
+fn run_child(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
+    tokio::task::block_in_place(|| spawn::run_phase(args, timeout))
+}
+
+async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
+    let bootstrap = match &args.bootstrap {
+        Some(bootstrap) => bootstrap.clone(),
+        None => broker::bootstrap()?,
+    };
+    let admin = Admin::connect(&bootstrap)?;
+    let brokers = admin
+        .probe()
+        .with_context(|| format!("broker at {bootstrap} does not answer"))?;
+    eprintln!("broker {bootstrap}: {brokers} broker(s) in metadata");
+
+    print_header(&args, &bootstrap);
+
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        let mut order = args.clients.clone();
+        if !order.is_empty() {
+            let shift = round % order.len();
+            order.rotate_left(shift);
+        }
+        for &partitions in &args.layouts {
+            for &client in &order {
+                runs.push(run_one(&admin, &args, &bootstrap, round, client, partitions).await);
+            }
+        }
+    }
+
+    let summaries = report::summarize(&runs, &args.clients, &args.layouts);
+    print!("{}", report::render(&summaries, &runs, &args.layouts));
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! One phase of one client, in a process of its own (`peers run ...`).
+//!
+//! The outcome goes to stdout as a single machine-readable line:
+//! `PEERS_RESULT phase=<p> records=<n> bytes=<b> work_ns=<ns> call_ns=<ns>`
+//! or `PEERS_ERROR <message>`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::clients::{Client, Phase};
+use crate::workload;
+
+pub const RESULT_TAG: &str = "PEERS_RESULT";
+pub const ERROR_TAG: &str = "PEERS_ERROR";
+
+#[derive(Debug, Clone)]
+pub struct PhaseArgs {
+    pub client: Client,
+    pub phase: Phase,
+    pub bootstrap: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub records: usize,
+    pub size: usize,
+    pub keyed: bool,
+}
+
+/// What a child reports for a phase that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseReport {
+    pub records: u64,
+    /// Value bytes produced or read.
+    pub bytes: u64,
+    /// From the client's ready mark (or the call) to the end of the work.
+    pub work_ns: u128,
+    /// The whole call of the client's phase function, set-up included.
+    pub call_ns: u128,
+}
+
+impl PhaseReport {
+    pub fn line(&self, phase: Phase) -> String {
+        format!(
+            "{RESULT_TAG} phase={} records={} bytes={} work_ns={} call_ns={}",
+            phase.id(),
+            self.records,
+            self.bytes,
+            self.work_ns,
+            self.call_ns
+        )
+    }
+
+    /// Parses a line written by [`PhaseReport::line`].
+    pub fn parse(line: &str) -> Option<PhaseReport> {
+        let rest = line.strip_prefix(RESULT_TAG)?;
+        let mut report = PhaseReport {
+            records: 0,
+            bytes: 0,
+            work_ns: 0,
+            call_ns: 0,
+        };
+        let mut found = 0;
+        for field in rest.split_whitespace() {
+            let (name, value) = field.split_once('=')?;
+            match name {
+                "records" => report.records = value.parse().ok()?,
+                "bytes" => report.bytes = value.parse().ok()?,
+                "work_ns" => report.work_ns = value.parse().ok()?,
+                "call_ns" => report.call_ns = value.parse().ok()?,
+                _ => continue,
+            }
+            found += 1;
+        }
+        (found == 4).then_some(report)
+    }
+}
+
+pub fn run(args: PhaseArgs) -> ExitCode {
+    workload::set_keyed(args.keyed);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            println!("{ERROR_TAG} building the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(run_phase(&args));
+    // Client tasks left behind must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match outcome {
+        Ok(report) => {
+            println!("{}", report.line(args.phase));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            println!("{ERROR_TAG} {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_phase(args: &PhaseArgs) -> anyhow::Result<PhaseReport> {
+    let payload = workload::payload(args.size);
+    let start = Instant::now();
+    let bytes = match args.phase {
+        Phase::Produce => {
+            args.client
+                .produce(&args.bootstrap, &args.topic, &payload, args.records)
+                .await?;
+            (args.records as u64) * (args.size as u64)
+        }
+        Phase::Read => args
+            .client
+            .read(&args.bootstrap, &args.topic, args.partitions, args.records)
+            .await?,
+    };
+    let end = Instant::now();
+    let work_start = workload::work_started()
+        .filter(|mark| *mark >= start && *mark <= end)
+        .unwrap_or(start);
+    Ok(PhaseReport {
+        records: args.records as u64,
+        bytes,
+        work_ns: (end - work_start).as_nanos(),
+        call_ns: (end - start).as_nanos(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_line_round_trips() {
+        let report = PhaseReport {
+            records: 200_000,
+            bytes: 204_800_000,
+            work_ns: 1_234_567_890,
+            call_ns: 1_334_567_890,
+        };
+        let line = report.line(Phase::Read);
+        assert_eq!(PhaseReport::parse(&line), Some(report));
+        assert_eq!(PhaseReport::parse("PEERS_RESULT phase=read records=1"), None);
+        assert_eq!(PhaseReport::parse("something else"), None);
+    }
+}

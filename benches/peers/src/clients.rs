@@ -1,0 +1,109 @@
+//! The clients under test and the dispatch to their two functions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{confluent_client, kastellan_client, rdkafka_client};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Client {
+    Kastellan,
+    Rdkafka,
+    Confluent,
+}
+
+impl Client {
+    pub const ALL: [Client; 3] = [Client::Kastellan, Client::Rdkafka, Client::Confluent];
+
+    /// The name used on the command line and in topic names.
+    pub fn id(self) -> &'static str {
+        match self {
+            Client::Kastellan => "kastellan",
+            Client::Rdkafka => "rdkafka",
+            Client::Confluent => "confluent",
+        }
+    }
+
+    /// The name shown in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Client::Kastellan => "kastellan",
+            Client::Rdkafka => "rdkafka",
+            Client::Confluent => "confluent-kafka",
+        }
+    }
+
+    pub async fn produce(
+        self,
+        bootstrap: &str,
+        topic: &str,
+        payload: &[u8],
+        records: usize,
+    ) -> anyhow::Result<()> {
+        match self {
+            Client::Kastellan => kastellan_client::produce(bootstrap, topic, payload, records).await,
+            Client::Rdkafka => rdkafka_client::produce(bootstrap, topic, payload, records).await,
+            Client::Confluent => confluent_client::produce(bootstrap, topic, payload, records).await,
+        }
+    }
+
+    pub async fn read(
+        self,
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        expected: usize,
+    ) -> anyhow::Result<u64> {
+        match self {
+            Client::Kastellan => kastellan_client::read(bootstrap, topic, partitions, expected).await,
+            Client::Rdkafka => rdkafka_client::read(bootstrap, topic, partitions, expected).await,
+            Client::Confluent => confluent_client::read(bootstrap, topic, partitions, expected).await,
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl FromStr for Client {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "kastellan" => Ok(Client::Kastellan),
+            "rdkafka" | "librdkafka" => Ok(Client::Rdkafka),
+            "confluent" | "confluent-kafka" | "confluent_kafka" => Ok(Client::Confluent),
+            other => anyhow::bail!("unknown client {other:?} (known: kastellan, rdkafka, confluent)"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Produce,
+    Read,
+}
+
+impl Phase {
+    pub fn id(self) -> &'static str {
+        match self {
+            Phase::Produce => "produce",
+            Phase::Read => "read",
+        }
+    }
+}
+
+impl FromStr for Phase {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "produce" => Ok(Phase::Produce),
+            "read" => Ok(Phase::Read),
+            other => anyhow::bail!("unknown phase {other:?} (known: produce, read)"),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Side-by-side throughput of kastellan, rdkafka and confluent-kafka against
+//! one local Kafka broker.
+
+mod admin;
+mod bench;
+mod broker;
+mod child;
+mod clients;
+mod confluent_client;
+mod kastellan_client;
+mod rdkafka_client;
+mod report;
+mod spawn;
+mod workload;
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::bench::BenchArgs;
+use crate::child::PhaseArgs;
+use crate::clients::Client;
+
+const USAGE: &str = "\
+usage: peers [options]
+  --records N          records per client and topic layout (default 200000)
+  --size BYTES         value size in bytes (default 1024)
+  --clients a,b,c      clients to run, in this order (default kastellan,rdkafka,confluent)
+  --rounds R           rounds, client order rotated each round (default 1)
+  --layouts 1,6        partition counts of the topics (default 1,6)
+  --keyed              give every record a key (default: no keys)
+  --timeout SECS       limit for one phase of one client (default 600)
+  --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP)
+
+internal: peers run --client C --phase produce|read --bootstrap H:P --topic T
+                    --partitions N --records N --size BYTES [--keyed]";
+
+struct Flags {
+    args: std::vec::IntoIter<String>,
+}
+
+impl Flags {
+    fn value(&mut self, flag: &str) -> anyhow::Result<String> {
+        self.args
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value"))
+    }
+
+    fn parsed<T: FromStr>(&mut self, flag: &str) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.value(flag)?;
+        value
+            .parse()
+            .map_err(|e| anyhow!("{flag} {value:?}: {e}"))
+    }
+}
+
+fn list<T: FromStr>(flag: &str, value: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let items = value
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|e| anyhow!("{flag} {s:?}: {e}")))
+        .collect::<anyhow::Result<Vec<T>>>()?;
+    if items.is_empty() {
+        bail!("{flag} needs at least one value");
+    }
+    Ok(items)
+}
+
+fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
+    let mut bench = BenchArgs::default();
+    let mut flags = Flags {
+        args: args.into_iter(),
+    };
+    while let Some(flag) = flags.args.next() {
+        match flag.as_str() {
+            "--records" => bench.records = flags.parsed(&flag)?,
+            "--size" => bench.size = flags.parsed(&flag)?,
+            "--clients" => {
+                let mut clients: Vec<Client> = list(&flag, &flags.value(&flag)?)?;
+                let mut seen = Vec::new();
+                clients.retain(|c| {
+                    let first = !seen.contains(c);
+                    seen.push(*c);
+                    first
+                });
+                bench.clients = clients;
+            }
+            "--rounds" => bench.rounds = flags.parsed(&flag)?,
+            "--layouts" => bench.layouts = list(&flag, &flags.value(&flag)?)?,
+            "--keyed" => bench.keyed = true,
+            "--timeout" => bench.timeout = Duration::from_secs(flags.parsed(&flag)?),
+            "--bootstrap" => bench.bootstrap = Some(flags.value(&flag)?),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    if bench.records == 0 || bench.rounds == 0 {
+        bail!("--records and --rounds must be at least 1");
+    }
+    if bench.layouts.iter().any(|&p| p < 1) {
+        bail!("--layouts takes partition counts of at least 1");
+    }
+    Ok(bench)
+}
+
+fn parse_run(args: Vec<String>) -> anyhow::Result<PhaseArgs> {
+    let mut flags = Flags {
+        args: args.into_iter(),
+    };
+    let (mut client, mut phase, mut bootstrap, mut topic) = (None, None, None, None);
+    let (mut partitions, mut records, mut size, mut keyed) = (None, None, None, false);
+    while let Some(flag) = flags.args.next() {
+        match flag.as_str() {
+            "--client" => client = Some(flags.parsed(&flag)?),
+            "--phase" => phase = Some(flags.parsed(&flag)?),
+            "--bootstrap" => bootstrap = Some(flags.value(&flag)?),
+            "--topic" => topic = Some(flags.value(&flag)?),
+            "--partitions" => partitions = Some(flags.parsed(&flag)?),
+            "--records" => records = Some(flags.parsed(&flag)?),
+            "--size" => size = Some(flags.parsed(&flag)?),
+            "--keyed" => keyed = true,
+            other => bail!("unknown option {other:?} for run"),
+        }
+    }
+    Ok(PhaseArgs {
+        client: client.context("run needs --client")?,
+        phase: phase.context("run needs --phase")?,
+        bootstrap: match bootstrap {
+            Some(bootstrap) => bootstrap,
+            None => broker::bootstrap()?,
+        },
+        topic: topic.context("run needs --topic")?,
+        partitions: partitions.context("run needs --partitions")?,
+        records: records.context("run needs --records")?,
+        size: size.context("run needs --size")?,
+        keyed,
+    })
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("run") {
+        args.remove(0);
+        return match parse_run(args) {
+            Ok(phase) => child::run(phase),
+            Err(error) => {
+                println!("{} {error:#}", child::ERROR_TAG);
+                ExitCode::from(2)
+            }
+        };
+    }
+    match parse_bench(args).and_then(bench::run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bench_defaults_and_flags() {
+        let defaults = parse_bench(Vec::new()).unwrap();
+        assert_eq!(defaults.records, 200_000);
+        assert_eq!(defaults.size, 1024);
+        assert_eq!(defaults.clients, Client::ALL.to_vec());
+        assert_eq!(defaults.layouts, vec![1, 6]);
+        let parsed = parse_bench(strings(&[
+            "--records", "10", "--size", "100", "--clients", "rdkafka,confluent-kafka,rdkafka",
+            "--rounds", "3", "--keyed",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.records, 10);
+        assert_eq!(parsed.size, 100);
+        assert_eq!(parsed.clients, vec![Client::Rdkafka, Client::Confluent]);
+        assert_eq!(parsed.rounds, 3);
+        assert!(parsed.keyed);
+        assert!(parse_bench(strings(&["--clients", "nope"])).is_err());
+        assert!(parse_bench(strings(&["--records"])).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The `rdkafka` crate (librdkafka): a `BaseProducer` polled from the send
+//! loop and flushed at the end, and a group-less `BaseConsumer` with
+//! `assign()`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::workload;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Records sent between two non-blocking polls of the delivery queue.
+const POLL_EVERY: usize = 1000;
+
+/// The producer settings, as librdkafka names them.
+pub fn producer_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("acks", "all".to_string()),
+        ("linger.ms", workload::LINGER_MS.to_string()),
+        ("batch.size", workload::BATCH_BYTES.to_string()),
+        ("message.max.bytes", workload::MAX_REQUEST_BYTES.to_string()),
+        ("compression.codec", workload::COMPRESSION.to_string()),
+        // The Java client's partitioner for keyed records, so keyed runs
+        // spread records the same way in every client.
+        ("partitioner", "murmur2_random".to_string()),
+    ]
+}
+
+#[derive(Default)]
+struct DeliveryTally {
+    acked: AtomicUsize,
+    failed: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTally {}
+
+impl ProducerContext for DeliveryTally {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    payload: &[u8],
+    records: usize,
+) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| produce_blocking(bootstrap, topic, payload, records))
+}
+
+fn produce_blocking(
+    bootstrap: &str,
+    topic: &str,
+    payload: &[u8],
+    records: usize,
+) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (name, value) in producer_settings() {
+        config.set(name, value);
+    }
+    let producer: BaseProducer<DeliveryTally> = config
+        .create_with_context(DeliveryTally::default())
+        .context("creating the rdkafka producer")?;
+    producer
+        .client()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .context("fetching metadata before producing")?;
+    workload::mark_work_started();
+
+    for index in 0..records {
+        let key = workload::key(index);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(key) = key.as_ref() {
+            record = record.key(&key[..]);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(anyhow!(error).context("rdkafka send")),
+            }
+        }
+        if index % POLL_EVERY == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Timeout::After(FLUSH_TIMEOUT))
+        .context("rdkafka flush")?;
+
+    let tally = producer.context();
+    let failed = tally.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = tally
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
+        bail!("{failed} of {records} records failed; first error: {first}");
+    }
+    let acked = tally.acked.load(Ordering::Relaxed);
+    if acked != records {
+        bail!("{acked} of {records} records acked after flush");
+    }
+    Ok(())
+}
+
+pub async fn read(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<u64> {
+    tokio::task::block_in_place(|| read_blocking(bootstrap, topic, partitions, expected))
+}
+
+fn read_blocking(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating the rdkafka consumer")?;
+    consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .context("fetching metadata before reading")?;
+
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    workload::mark_work_started();
+    consumer.assign(&assignment).context("rdkafka assign")?;
+
+    let stall = Duration::from_secs(workload::READ_STALL_SECS);
+    let mut seen = 0usize;
+    let mut bytes = 0u64;
+    let mut last_progress = Instant::now();
+    while seen < expected {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                seen += 1;
+                bytes += message.payload_len() as u64;
+                last_progress = Instant::now();
+            }
+            Some(Err(error)) => return Err(anyhow!(error).context("rdkafka poll")),
+            None => {
+                if last_progress.elapsed() > stall {
+                    bail!("no record for {stall:?}; saw {seen} of {expected}");
+                }
+            }
+        }
+    }
+    Ok(bytes)
+}

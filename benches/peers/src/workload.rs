@@ -1,0 +1,78 @@
+//! The workload every client runs: one payload, generated once, and the
+//! producer settings shared by all clients.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// `linger.ms` for every producer.
+pub const LINGER_MS: u32 = 5;
+/// Largest record batch a producer builds, in bytes.
+pub const BATCH_BYTES: usize = 1024 * 1024;
+/// Largest produce request a producer sends, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Compression codec for every producer.
+pub const COMPRESSION: &str = "none";
+/// How long a reader may see no new record before it gives up.
+pub const READ_STALL_SECS: u64 = 60;
+
+static KEYED: OnceLock<bool> = OnceLock::new();
+static WORK_STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Turns keys on or off for this process. Set once, before a phase starts.
+pub fn set_keyed(keyed: bool) {
+    let _ = KEYED.set(keyed);
+}
+
+/// Whether records carry keys (`--keyed`).
+pub fn keyed() -> bool {
+    KEYED.get().copied().unwrap_or(false)
+}
+
+/// The key of record `index`, or `None` when the run is not keyed.
+///
+/// Keys are the record index as 8 big-endian bytes, so every record of a
+/// keyed run has its own key and the partitioner spreads them.
+pub fn key(index: usize) -> Option<[u8; 8]> {
+    keyed().then(|| (index as u64).to_be_bytes())
+}
+
+/// `size` bytes of deterministic noise, the same in every process.
+pub fn payload(size: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let take = (size - out.len()).min(8);
+        out.extend_from_slice(&state.to_le_bytes()[..take]);
+    }
+    out
+}
+
+/// Marks the moment a client has finished its set-up (client built,
+/// connection and metadata in place) and starts the measured work.
+///
+/// A client that never calls it is timed from the call of its phase function.
+pub fn mark_work_started() {
+    let _ = WORK_STARTED.set(Instant::now());
+}
+
+/// The instant set by [`mark_work_started`], if any.
+pub fn work_started() -> Option<Instant> {
+    WORK_STARTED.get().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_deterministic_and_sized() {
+        assert_eq!(payload(1024), payload(1024));
+        assert_eq!(payload(1000).len(), 1000);
+        assert_eq!(payload(0).len(), 0);
+        let p = payload(4096);
+        assert!(p.iter().any(|&b| b != p[0]));
+    }
+}

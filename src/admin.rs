@@ -1,0 +1,355 @@
+//! Topic administration: create, delete, list, watermarks and offsets by time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::client::Client;
+use crate::error::{BrokerError, Error, Result};
+use crate::protocol::error_codes;
+use crate::protocol::TopicMetadata;
+
+/// A topic to create.
+///
+/// ```
+/// use kastellan::admin::NewTopic;
+/// let t = NewTopic::new("orders", 6, 1).config("retention.ms", "86400000");
+/// assert_eq!(t.name(), "orders");
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    name: String,
+    partitions: i32,
+    replication_factor: i16,
+    configs: Vec<(String, String)>,
+}
+
+impl NewTopic {
+    /// A topic with `partitions` partitions, each stored on `replication_factor` brokers.
+    pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i16) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: Vec::new(),
+        }
+    }
+
+    /// Set a topic-level config, e.g. `retention.ms` or `cleanup.policy`.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.push((key.into(), value.into()));
+        self
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What [`Admin::create_topic_with`] does when the topic exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfExists {
+    /// Fail with [`Error::TopicAlreadyExists`].
+    #[default]
+    Fail,
+    /// Succeed without changing the existing topic.
+    Ignore,
+}
+
+/// Low and high watermark of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Partition index.
+    pub partition: i32,
+    /// First offset still stored (log start offset).
+    pub low: i64,
+    /// Offset the next produced record will get (high watermark).
+    pub high: i64,
+}
+
+/// Administrative operations. Made with [`Client::admin`].
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+/// Special timestamps of the ListOffsets API.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+impl Admin {
+    pub(crate) fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Create a topic; fails with [`Error::TopicAlreadyExists`] if it exists.
+    ///
+    /// Returns once every partition has a leader, so the topic can be used at once.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
+        self.create_topic_with(topic, IfExists::Fail)
+            .await
+            .map(|_| ())
+    }
+
+    /// Create a topic, choosing what happens when it exists. Returns whether it was created.
+    pub async fn create_topic_with(&self, topic: NewTopic, if_exists: IfExists) -> Result<bool> {
+        if topic.partitions < 1 || topic.replication_factor < 1 {
+            return Err(Error::Config(format!(
+                "topic `{}` needs at least one partition and a replication factor of at least 1",
+                topic.name
+            )));
+        }
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(self.timeout_ms())
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
+                .with_num_partitions(topic.partitions)
+                .with_replication_factor(topic.replication_factor)
+                .with_configs(
+                    topic
+                        .configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.clone()))
+                                .with_value(Some(StrBytes::from_string(v.clone())))
+                        })
+                        .collect(),
+                )]);
+        let cluster = self.client.cluster();
+        let (broker, response) = cluster
+            .with_retries("CreateTopics", || async {
+                let conn = self.controller_or_any().await?;
+                let r = conn.request(&request).await?;
+                Ok((conn.addr().to_string(), r))
+            })
+            .await?;
+        for result in response.topics {
+            match result.error_code {
+                0 => {}
+                error_codes::TOPIC_ALREADY_EXISTS => {
+                    return match if_exists {
+                        IfExists::Fail => Err(Error::TopicAlreadyExists(topic.name)),
+                        IfExists::Ignore => Ok(false),
+                    }
+                }
+                code => {
+                    return Err(BrokerError::new(
+                        broker,
+                        "CreateTopics",
+                        code,
+                        result.error_message.map(|m| m.to_string()),
+                    )
+                    .into())
+                }
+            }
+        }
+        self.wait_for_leaders(&topic.name, topic.partitions).await?;
+        Ok(true)
+    }
+
+    /// Delete a topic; fails with [`Error::UnknownTopic`] if it does not exist.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(self.timeout_ms())
+            .with_topic_names(vec![TopicName(StrBytes::from_string(topic.to_string()))]);
+        let cluster = self.client.cluster();
+        let (broker, response) = cluster
+            .with_retries("DeleteTopics", || async {
+                let conn = self.controller_or_any().await?;
+                let r = conn.request(&request).await?;
+                Ok((conn.addr().to_string(), r))
+            })
+            .await?;
+        cluster.invalidate(topic);
+        for result in response.responses {
+            match result.error_code {
+                0 => {}
+                error_codes::UNKNOWN_TOPIC_OR_PARTITION => {
+                    return Err(Error::UnknownTopic(topic.to_string()))
+                }
+                code => {
+                    return Err(BrokerError::new(
+                        broker,
+                        "DeleteTopics",
+                        code,
+                        result.error_message.map(|m| m.to_string()),
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All non-internal topics with their partitions, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicMetadata>> {
+        let mut topics: Vec<TopicMetadata> = self
+            .client
+            .cluster()
+            .refresh_metadata(&[])
+            .await?
+            .into_iter()
+            .filter(|t| !t.internal)
+            .map(|t| (*t).clone())
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// Fresh metadata of one topic; [`Error::UnknownTopic`] if it does not exist.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicMetadata> {
+        self.client
+            .topic_metadata(topic, true)
+            .await?
+            .map(|t| (*t).clone())
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))
+    }
+
+    /// Low and high watermark of every partition of `topic`, by partition.
+    pub async fn watermarks(&self, topic: &str) -> Result<Vec<Watermarks>> {
+        let low = self.list_offsets(topic, EARLIEST).await?;
+        let high = self.list_offsets(topic, LATEST).await?;
+        Ok(low
+            .into_iter()
+            .map(|(partition, low)| Watermarks {
+                partition,
+                low: low.unwrap_or(0),
+                high: high.get(&partition).copied().flatten().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// For each partition, the first offset whose record timestamp is at or
+    /// after `timestamp_ms` (milliseconds since the epoch); `None` when no
+    /// such record exists yet.
+    pub async fn offsets_for_timestamp(
+        &self,
+        topic: &str,
+        timestamp_ms: i64,
+    ) -> Result<BTreeMap<i32, Option<i64>>> {
+        if timestamp_ms < 0 {
+            return Err(Error::Config(format!(
+                "timestamp {timestamp_ms} is negative; give milliseconds since the Unix epoch"
+            )));
+        }
+        self.list_offsets(topic, timestamp_ms).await
+    }
+
+    /// ListOffsets for every partition, grouped per leader.
+    pub(crate) async fn list_offsets(
+        &self,
+        topic: &str,
+        timestamp: i64,
+    ) -> Result<BTreeMap<i32, Option<i64>>> {
+        let cluster = self.client.cluster();
+        cluster
+            .with_retries("ListOffsets", || async {
+                let meta = self
+                    .client
+                    .topic_metadata(topic, false)
+                    .await?
+                    .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+                let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
+                for p in &meta.partitions {
+                    by_leader.entry(p.leader).or_default().push(p.id);
+                }
+                let mut out = BTreeMap::new();
+                for (leader, partitions) in by_leader {
+                    if leader < 0 {
+                        cluster.invalidate(topic);
+                        return Err(BrokerError::new(
+                            "metadata",
+                            "ListOffsets",
+                            error_codes::LEADER_NOT_AVAILABLE,
+                            None,
+                        )
+                        .into());
+                    }
+                    let conn = cluster.broker(leader).await?;
+                    let request = ListOffsetsRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                            .with_partitions(
+                                partitions
+                                    .iter()
+                                    .map(|p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(*p)
+                                            .with_timestamp(timestamp)
+                                    })
+                                    .collect(),
+                            )]);
+                    let response = conn.request(&request).await?;
+                    for t in response.topics {
+                        for p in t.partitions {
+                            if p.error_code != 0 {
+                                if error_codes::needs_metadata_refresh(p.error_code) {
+                                    cluster.invalidate(topic);
+                                }
+                                return Err(BrokerError::new(
+                                    conn.addr(),
+                                    "ListOffsets",
+                                    p.error_code,
+                                    Some(format!("{topic}/{}", p.partition_index)),
+                                )
+                                .into());
+                            }
+                            out.insert(p.partition_index, (p.offset >= 0).then_some(p.offset));
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn controller_or_any(
+        &self,
+    ) -> Result<std::sync::Arc<crate::protocol::connection::BrokerConnection>> {
+        let cluster = self.client.cluster();
+        match cluster.controller() {
+            // In KRaft mode the advertised "controller" is a broker that
+            // forwards to the quorum; any broker would do, this one saves a hop.
+            Some(id) => match cluster.broker(id).await {
+                Ok(c) => Ok(c),
+                Err(_) => cluster.any_broker().await,
+            },
+            None => cluster.any_broker().await,
+        }
+    }
+
+    /// Poll metadata until every partition of a new topic has a leader.
+    async fn wait_for_leaders(&self, topic: &str, partitions: i32) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.client.config().retry_deadline;
+        loop {
+            if let Some(meta) = self.client.topic_metadata(topic, true).await? {
+                if meta.partitions.len() as i32 >= partitions
+                    && meta.partitions.iter().all(|p| p.leader >= 0)
+                {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Client {
+                    context: format!("creating topic `{topic}`"),
+                    message: "the topic was created but not all partitions had a leader before the retry deadline".into(),
+                    retriable: true,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        i32::try_from(self.client.config().request_timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+}

@@ -1,0 +1,381 @@
+//! Errors returned by kastellan.
+//!
+//! Every error says what failed and, where the broker answered, which broker,
+//! which API and which Kafka error code. [`Error::is_retriable`] tells whether
+//! trying the same operation again can help.
+
+use std::time::Duration;
+
+/// Result alias used throughout kastellan.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error code returned by a broker, with its context.
+///
+/// ```
+/// use kastellan::BrokerError;
+/// let e = BrokerError::new("127.0.0.1:9092", "CreateTopics", 36, None);
+/// assert_eq!(e.name(), "TOPIC_ALREADY_EXISTS");
+/// assert!(!e.is_retriable());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerError {
+    broker: String,
+    api: &'static str,
+    code: i16,
+    message: Option<String>,
+}
+
+impl BrokerError {
+    /// Wrap a broker error code returned by `api` from `broker`.
+    pub fn new(
+        broker: impl Into<String>,
+        api: &'static str,
+        code: i16,
+        message: Option<String>,
+    ) -> Self {
+        Self {
+            broker: broker.into(),
+            api,
+            code,
+            message,
+        }
+    }
+
+    /// The broker that answered (`host:port`, or `unknown` when the error came
+    /// through a path that does not say).
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// The Kafka API the request was for, e.g. `Produce` or `CreateTopics`.
+    pub fn api(&self) -> &'static str {
+        self.api
+    }
+
+    /// The numeric Kafka error code.
+    pub fn code(&self) -> i16 {
+        self.code
+    }
+
+    /// The Kafka name of the error code, e.g. `UNKNOWN_TOPIC_OR_PARTITION`.
+    pub fn name(&self) -> String {
+        crate::protocol::error_codes::name(self.code)
+    }
+
+    /// Whether Kafka documents this error as retriable.
+    pub fn is_retriable(&self) -> bool {
+        crate::protocol::error_codes::is_retriable(self.code)
+    }
+
+    /// The error message the broker attached, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "broker {} answered {} with {} (code {}, {})",
+            self.broker,
+            self.api,
+            self.name(),
+            self.code,
+            if self.is_retriable() {
+                "retriable"
+            } else {
+                "not retriable"
+            }
+        )?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+/// Everything that can go wrong in kastellan.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid; the message names the setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// No connection could be made to a broker.
+    #[error("cannot connect to broker {broker}: {reason}")]
+    Connect {
+        /// `host:port` that was tried.
+        broker: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// None of the bootstrap brokers could be reached before the deadline.
+    #[error("no broker reachable among [{brokers}] within {elapsed:?}; last error: {last}")]
+    Unreachable {
+        /// The bootstrap list.
+        brokers: String,
+        /// How long we tried.
+        elapsed: Duration,
+        /// The last connection error.
+        last: String,
+    },
+
+    /// A broker connection failed while a request was outstanding.
+    #[error("connection to broker {broker} lost: {reason}")]
+    ConnectionLost {
+        /// `host:port` of the broker.
+        broker: String,
+        /// What happened.
+        reason: String,
+    },
+
+    /// A request got no answer within the request timeout.
+    #[error("{api} request to broker {broker} timed out after {timeout:?}")]
+    RequestTimeout {
+        /// `host:port` of the broker.
+        broker: String,
+        /// Kafka API name.
+        api: &'static str,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+
+    /// The broker answered with an error code.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+
+    /// The broker does not support any version of an API we need.
+    #[error("broker {broker} does not support {api} versions {ours}; it supports {theirs}")]
+    UnsupportedVersion {
+        /// `host:port` of the broker.
+        broker: String,
+        /// Kafka API name.
+        api: &'static str,
+        /// Versions kastellan can speak.
+        ours: String,
+        /// Versions the broker advertised.
+        theirs: String,
+    },
+
+    /// Bytes from the broker could not be decoded, or a request could not be encoded.
+    #[error("protocol error talking to {broker}: {reason}")]
+    Protocol {
+        /// `host:port` of the broker.
+        broker: String,
+        /// What could not be encoded or decoded.
+        reason: String,
+    },
+
+    /// The topic does not exist and auto-creation is off.
+    #[error("topic `{0}` does not exist (create it with Admin::create_topic, or enable auto-creation on the producer)")]
+    UnknownTopic(String),
+
+    /// The partition does not exist in the topic.
+    #[error("topic `{topic}` has no partition {partition} (it has {count})")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Requested partition.
+        partition: i32,
+        /// Number of partitions the topic has.
+        count: i32,
+    },
+
+    /// The topic to create exists already.
+    #[error("topic `{0}` already exists")]
+    TopicAlreadyExists(String),
+
+    /// A record is larger than the producer or the broker accepts.
+    #[error("record of {size} bytes is larger than the limit of {limit} bytes ({which})")]
+    RecordTooLarge {
+        /// Encoded size estimate of the record.
+        size: usize,
+        /// The limit that applies.
+        limit: usize,
+        /// Which limit: the producer's `max_batch_bytes` or the broker's `message.max.bytes`.
+        which: &'static str,
+    },
+
+    /// A value could not be serialized or deserialized as JSON.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// A record batch uses a compression codec this build cannot decode.
+    #[error("cannot decode records of {topic}/{partition} at offset {offset}: {reason}")]
+    Decode {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The offset that was being fetched.
+        offset: i64,
+        /// What failed, e.g. an unsupported compression codec.
+        reason: String,
+    },
+
+    /// A produce did not get an acknowledgement before the delivery timeout.
+    #[error("record to {topic}/{partition} not acknowledged within {timeout:?}: {last}")]
+    DeliveryTimeout {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The delivery timeout.
+        timeout: Duration,
+        /// The last error seen while retrying.
+        last: String,
+    },
+
+    /// The client was closed before the operation finished.
+    #[error("client closed: {0}")]
+    Closed(&'static str),
+
+    /// An error from the data-path client, with its context.
+    #[error("{context}: {message}")]
+    Client {
+        /// What kastellan was doing.
+        context: String,
+        /// The underlying error.
+        message: String,
+        /// Whether retrying may help.
+        retriable: bool,
+    },
+}
+
+impl Error {
+    /// Whether repeating the same operation later may succeed.
+    ///
+    /// ```
+    /// use kastellan::Error;
+    /// assert!(!Error::Config("x".into()).is_retriable());
+    /// ```
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::Unreachable { .. }
+            | Error::ConnectionLost { .. }
+            | Error::RequestTimeout { .. }
+            | Error::DeliveryTimeout { .. } => true,
+            Error::Broker(b) => b.is_retriable(),
+            Error::Client { retriable, .. } => *retriable,
+            _ => false,
+        }
+    }
+
+    /// A copy of this error for each of several waiters (one failed batch
+    /// fails every record in it). JSON errors, which cannot be cloned, are
+    /// carried over by their message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Config(s) => Error::Config(s.clone()),
+            Error::Connect { broker, reason } => Error::Connect {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::Unreachable {
+                brokers,
+                elapsed,
+                last,
+            } => Error::Unreachable {
+                brokers: brokers.clone(),
+                elapsed: *elapsed,
+                last: last.clone(),
+            },
+            Error::ConnectionLost { broker, reason } => Error::ConnectionLost {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::RequestTimeout {
+                broker,
+                api,
+                timeout,
+            } => Error::RequestTimeout {
+                broker: broker.clone(),
+                api,
+                timeout: *timeout,
+            },
+            Error::Broker(b) => Error::Broker(b.clone()),
+            Error::UnsupportedVersion {
+                broker,
+                api,
+                ours,
+                theirs,
+            } => Error::UnsupportedVersion {
+                broker: broker.clone(),
+                api,
+                ours: ours.clone(),
+                theirs: theirs.clone(),
+            },
+            Error::Protocol { broker, reason } => Error::Protocol {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::UnknownTopic(t) => Error::UnknownTopic(t.clone()),
+            Error::UnknownPartition {
+                topic,
+                partition,
+                count,
+            } => Error::UnknownPartition {
+                topic: topic.clone(),
+                partition: *partition,
+                count: *count,
+            },
+            Error::TopicAlreadyExists(t) => Error::TopicAlreadyExists(t.clone()),
+            Error::RecordTooLarge { size, limit, which } => Error::RecordTooLarge {
+                size: *size,
+                limit: *limit,
+                which,
+            },
+            Error::Json(e) => Error::Client {
+                context: "JSON".into(),
+                message: e.to_string(),
+                retriable: false,
+            },
+            Error::Decode {
+                topic,
+                partition,
+                offset,
+                reason,
+            } => Error::Decode {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            Error::DeliveryTimeout {
+                topic,
+                partition,
+                timeout,
+                last,
+            } => Error::DeliveryTimeout {
+                topic: topic.clone(),
+                partition: *partition,
+                timeout: *timeout,
+                last: last.clone(),
+            },
+            Error::Closed(s) => Error::Closed(s),
+            Error::Client {
+                context,
+                message,
+                retriable,
+            } => Error::Client {
+                context: context.clone(),
+                message: message.clone(),
+                retriable: *retriable,
+            },
+        }
+    }
+
+    /// The broker error code, if the broker answered with one.
+    pub fn broker_code(&self) -> Option<i16> {
+        match self {
+            Error::Broker(b) => Some(b.code()),
+            _ => None,
+        }
+    }
+}

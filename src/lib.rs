@@ -1,0 +1,45 @@
+//! # kastellan
+//!
+//! A pure-Rust Kafka library for event-driven services: a [`Producer`] with
+//! batching and delivery acknowledgements, a [`Reader`] that reads partitions
+//! without a consumer group, and an [`Admin`] for topics and offsets. Built on
+//! our own wire layer (codecs from `kafka-protocol`) beside `rskafka` for the
+//! produce and fetch data path. No C toolchain is needed for the default build.
+//!
+//! ```no_run
+//! # async fn demo() -> kastellan::Result<()> {
+//! use kastellan::{admin::NewTopic, Client, StartOffset};
+//!
+//! let client = Client::bootstrap("127.0.0.1:9092").await?;
+//! client.admin().create_topic(NewTopic::new("greetings", 3, 1)).await?;
+//!
+//! let producer = client.producer().build()?;
+//! producer.to("greetings").key("en").value("hello").send().await?;
+//!
+//! let reader = client.reader().topic("greetings").start(StartOffset::Earliest).build().await?;
+//! for record in reader.read_to_end().await? {
+//!     println!("{}: {:?}", record.offset, record.value_str());
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod admin;
+mod client;
+pub mod config;
+pub mod error;
+pub mod producer;
+pub mod protocol;
+pub mod reader;
+mod record;
+
+pub use admin::Admin;
+pub use client::Client;
+pub use config::ClientConfig;
+pub use error::{BrokerError, Error, Result};
+pub use producer::{
+    Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,
+    ProducerBuilder, ProducerRecord,
+};
+pub use reader::{Reader, ReaderBuilder, RecordStream, StartOffset};
+pub use record::{Header, Record};

@@ -1,0 +1,657 @@
+//! The producer: send records and learn when the broker acknowledged them.
+//!
+//! Records are buffered per partition and sent in batches (after `linger`,
+//! or as soon as a batch is full). Every record resolves to a [`Delivery`]
+//! (partition and offset) once the partition leader acknowledged it with
+//! `acks=all`, or to the error that stopped it. Nothing is reported
+//! delivered that was not acknowledged.
+
+mod partitioner;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+use partitioner::RoundRobin;
+pub use partitioner::{java_partition, murmur2, PartitionFn, Partitioner};
+use worker::{PartitionWorker, Pending};
+
+use crate::admin::{IfExists, NewTopic};
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// Compression codec for produced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// No compression (default).
+    #[default]
+    None,
+    /// gzip (pure Rust).
+    Gzip,
+    /// Snappy (pure Rust), Java-compatible framing.
+    Snappy,
+}
+
+impl Compression {
+    fn to_data(self) -> rskafka::client::partition::Compression {
+        use rskafka::client::partition::Compression as C;
+        match self {
+            Compression::None => C::NoCompression,
+            Compression::Gzip => C::Gzip,
+            Compression::Snappy => C::Snappy,
+        }
+    }
+}
+
+/// Where an acknowledged record was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition the record went to.
+    pub partition: i32,
+    /// Offset the broker assigned.
+    pub offset: i64,
+}
+
+/// Outcome of one record, sent on the delivery-report stream.
+#[derive(Debug)]
+pub struct DeliveryReport {
+    /// Topic the record was for.
+    pub topic: Arc<str>,
+    /// Partition chosen for it.
+    pub partition: i32,
+    /// The record's key, if any (to correlate reports with records).
+    pub key: Option<Bytes>,
+    /// Offset on success, the error otherwise.
+    pub result: Result<i64>,
+}
+
+/// A record to produce.
+///
+/// ```
+/// use kastellan::ProducerRecord;
+/// let r = ProducerRecord::to("orders").key("o-1").value("created").header("source", "web");
+/// assert_eq!(r.topic(), Some("orders"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    topic: Option<String>,
+    partition: Option<i32>,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: Vec<(String, Bytes)>,
+    timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record for `topic`.
+    pub fn to(topic: impl Into<String>) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A record for the producer's default topic.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the topic.
+    pub fn topic_name(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Send to this partition instead of asking the partitioner.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Set the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Set the value.
+    pub fn value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Set the value to `value` serialized as JSON and add a
+    /// `content-type: application/json` header.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
+        self.value = Some(Bytes::from(serde_json::to_vec(value)?));
+        self.headers.push((
+            "content-type".into(),
+            Bytes::from_static(b"application/json"),
+        ));
+        Ok(self)
+    }
+
+    /// Add a header. Header names must be unique within a record.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// Set the timestamp (milliseconds since the epoch); default is the send time.
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+
+    /// The topic, if set.
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
+    fn encoded_size(&self) -> usize {
+        // Record overhead in a v2 batch is at most ~21 bytes plus varints.
+        32 + self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 10)
+                .sum::<usize>()
+    }
+}
+
+/// Builds a [`Producer`]. Made with [`Client::producer`].
+#[derive(Debug, Clone)]
+pub struct ProducerBuilder {
+    client: Client,
+    settings: ProducerSettings,
+    reports: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProducerSettings {
+    pub default_topic: Option<String>,
+    pub partitioner: Partitioner,
+    pub linger: Duration,
+    pub max_batch_bytes: usize,
+    pub buffer_bytes: usize,
+    pub compression: Compression,
+    pub max_in_flight: usize,
+    pub auto_create: Option<(i32, i16)>,
+    pub metadata_max_age: Duration,
+}
+
+impl ProducerBuilder {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            settings: ProducerSettings {
+                default_topic: None,
+                partitioner: Partitioner::default(),
+                linger: Duration::from_millis(5),
+                max_batch_bytes: 1024 * 1024,
+                buffer_bytes: 32 * 1024 * 1024,
+                compression: Compression::None,
+                max_in_flight: 1,
+                auto_create: None,
+                metadata_max_age: Duration::from_secs(300),
+            },
+            reports: false,
+        }
+    }
+
+    /// Topic used by records that name none (Kaffe's configured topic).
+    pub fn default_topic(mut self, topic: impl Into<String>) -> Self {
+        self.settings.default_topic = Some(topic.into());
+        self
+    }
+
+    /// How partitions are chosen (default [`Partitioner::KeyHash`]).
+    pub fn partitioner(mut self, p: Partitioner) -> Self {
+        self.settings.partitioner = p;
+        self
+    }
+
+    /// How long a batch waits for more records before it is sent (default 5 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.settings.linger = linger;
+        self
+    }
+
+    /// Largest batch sent to one partition in one request (default 1 MiB).
+    /// A single record larger than this is refused with [`Error::RecordTooLarge`].
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Memory for records waiting to be sent (default 32 MiB). When it is
+    /// full, `send` waits: backpressure instead of unbounded growth.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.buffer_bytes = bytes;
+        self
+    }
+
+    /// Compression of batches (default none).
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.settings.compression = c;
+        self
+    }
+
+    /// Batches in flight per partition (default 1). With 1, records of a
+    /// partition are stored in the order they were sent even across retries;
+    /// more raises throughput but a retried batch may land after a later one.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.settings.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Create unknown topics on first use with this many partitions and replicas,
+    /// instead of failing with [`Error::UnknownTopic`].
+    pub fn auto_create_topics(mut self, partitions: i32, replication_factor: i16) -> Self {
+        self.settings.auto_create = Some((partitions, replication_factor));
+        self
+    }
+
+    /// Send every record's outcome to a stream as well; take it with
+    /// [`Producer::delivery_reports`].
+    pub fn with_delivery_reports(mut self) -> Self {
+        self.reports = true;
+        self
+    }
+
+    /// Build the producer. Checks the settings; connects lazily.
+    pub fn build(self) -> Result<Producer> {
+        let s = &self.settings;
+        if s.max_batch_bytes < 1024 || s.max_batch_bytes > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "max_batch_bytes {} is outside 1 KiB..2 GiB",
+                s.max_batch_bytes
+            )));
+        }
+        if s.buffer_bytes < s.max_batch_bytes {
+            return Err(Error::Config(format!(
+                "buffer_bytes ({}) must be at least max_batch_bytes ({})",
+                s.buffer_bytes, s.max_batch_bytes
+            )));
+        }
+        if let Some((p, r)) = s.auto_create {
+            if p < 1 || r < 1 {
+                return Err(Error::Config(
+                    "auto_create_topics needs at least 1 partition and 1 replica".into(),
+                ));
+            }
+        }
+        let (reports_tx, reports_rx) = if self.reports {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let permits = s.buffer_bytes.min(Semaphore::MAX_PERMITS);
+        Ok(Producer {
+            inner: Arc::new(ProducerInner {
+                client: self.client,
+                settings: self.settings,
+                topics: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
+                memory: Arc::new(Semaphore::new(permits)),
+                outstanding: Arc::new(Outstanding::default()),
+                reports: reports_tx,
+                reports_rx: Mutex::new(reports_rx),
+            }),
+        })
+    }
+}
+
+/// Counts records accepted but not yet resolved, for [`Producer::flush`].
+#[derive(Debug, Default)]
+pub(crate) struct Outstanding {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Outstanding {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TopicState {
+    partitions: i32,
+    fetched: Instant,
+    round_robin: Arc<RoundRobin>,
+}
+
+struct ProducerInner {
+    client: Client,
+    settings: ProducerSettings,
+    topics: Mutex<HashMap<String, TopicState>>,
+    workers: Mutex<HashMap<(Arc<str>, i32), mpsc::UnboundedSender<Pending>>>,
+    memory: Arc<Semaphore>,
+    outstanding: Arc<Outstanding>,
+    reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
+    reports_rx: Mutex<Option<mpsc::UnboundedReceiver<DeliveryReport>>>,
+}
+
+/// Sends records to Kafka. Cheap to clone; clones share buffers and connections.
+///
+/// ```no_run
+/// # async fn demo() -> kastellan::Result<()> {
+/// use kastellan::Client;
+///
+/// let client = Client::bootstrap("127.0.0.1:9092").await?;
+/// let producer = client.producer().build()?;
+/// let delivery = producer
+///     .to("orders")
+///     .key("order-7")
+///     .header("source", "checkout")
+///     .json(&serde_json::json!({"id": 7, "total": 12.5}))?
+///     .send()
+///     .await?;
+/// println!("stored at {}/{}", delivery.partition, delivery.offset);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<ProducerInner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves to the delivery of one record. Dropping it does not cancel the
+/// send (fire and forget).
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<Delivery>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivery>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed("producer dropped before delivery"))))
+    }
+}
+
+impl Producer {
+    /// Start a record for `topic` (message-builder style).
+    pub fn to(&self, topic: impl Into<String>) -> MessageBuilder<'_> {
+        MessageBuilder {
+            producer: self,
+            record: ProducerRecord::to(topic),
+        }
+    }
+
+    /// Start a record for the default topic.
+    pub fn message(&self) -> MessageBuilder<'_> {
+        MessageBuilder {
+            producer: self,
+            record: ProducerRecord::new(),
+        }
+    }
+
+    /// Send a record and wait until the broker acknowledged it.
+    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Hand a record to the producer and return once it is buffered. The
+    /// returned future resolves when it is acknowledged; drop it for fire and
+    /// forget (outcomes still reach the delivery-report stream, if enabled).
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let inner = &self.inner;
+        let topic = match record
+            .topic
+            .as_deref()
+            .or(inner.settings.default_topic.as_deref())
+        {
+            Some(t) => t.to_string(),
+            None => {
+                return Err(Error::Config(
+                    "record has no topic and the producer has no default topic".into(),
+                ))
+            }
+        };
+        let size = record.encoded_size();
+        if size > inner.settings.max_batch_bytes {
+            return Err(Error::RecordTooLarge {
+                size,
+                limit: inner.settings.max_batch_bytes,
+                which: "producer max_batch_bytes",
+            });
+        }
+        let mut headers = BTreeMap::new();
+        for (k, v) in &record.headers {
+            if headers.insert(k.clone(), v.to_vec()).is_some() {
+                return Err(Error::Config(format!(
+                    "header `{k}` appears twice in one record; kastellan sends unique header names"
+                )));
+            }
+        }
+        let (partitions, rr) = self.partition_count(&topic).await?;
+        let partition = match record.partition {
+            Some(p) => p,
+            None => inner.settings.partitioner.pick(
+                &topic,
+                record.key.as_deref(),
+                partitions,
+                rr.next(),
+            ),
+        };
+        if partition < 0 || partition >= partitions {
+            return Err(Error::UnknownPartition {
+                topic,
+                partition,
+                count: partitions,
+            });
+        }
+        let timestamp = match record.timestamp {
+            Some(ms) => chrono::DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| Error::Config(format!("timestamp {ms} ms is out of range")))?,
+            None => chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()),
+        };
+        let permit = Arc::clone(&inner.memory)
+            .acquire_many_owned(size.min(inner.settings.buffer_bytes) as u32)
+            .await
+            .map_err(|_| Error::Closed("producer closed"))?;
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            record: rskafka::record::Record {
+                key: record.key.as_ref().map(|k| k.to_vec()),
+                value: record.value.map(Vec::from),
+                headers,
+                timestamp,
+            },
+            key: record.key,
+            size,
+            _permit: permit,
+            done: tx,
+        };
+        inner.outstanding.add();
+        let worker = self.worker(&topic, partition);
+        if let Err(mpsc::error::SendError(p)) = worker.send(pending) {
+            inner.outstanding.done(1);
+            let _ = p.done.send(Err(Error::Closed("partition worker stopped")));
+        }
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Wait until every record handed to this producer so far is acknowledged or failed.
+    pub async fn flush(&self) {
+        self.inner.outstanding.wait_idle().await;
+    }
+
+    /// The delivery-report stream, if enabled with
+    /// [`ProducerBuilder::with_delivery_reports`]. Can be taken once.
+    pub fn delivery_reports(&self) -> Option<mpsc::UnboundedReceiver<DeliveryReport>> {
+        self.inner
+            .reports_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<(i32, Arc<RoundRobin>)> {
+        let inner = &self.inner;
+        {
+            let topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = topics.get(topic) {
+                if t.fetched.elapsed() < inner.settings.metadata_max_age {
+                    return Ok((t.partitions, Arc::clone(&t.round_robin)));
+                }
+            }
+        }
+        let meta = match inner.client.topic_metadata(topic, true).await? {
+            Some(m) => m,
+            None => match inner.settings.auto_create {
+                Some((p, r)) => {
+                    inner
+                        .client
+                        .admin()
+                        .create_topic_with(NewTopic::new(topic, p, r), IfExists::Ignore)
+                        .await?;
+                    inner
+                        .client
+                        .topic_metadata(topic, true)
+                        .await?
+                        .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?
+                }
+                None => return Err(Error::UnknownTopic(topic.to_string())),
+            },
+        };
+        let count = meta.partitions.len() as i32;
+        if count == 0 {
+            return Err(Error::UnknownTopic(topic.to_string()));
+        }
+        let mut topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let state = topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicState {
+                partitions: count,
+                fetched: Instant::now(),
+                round_robin: Arc::new(RoundRobin::default()),
+            });
+        state.partitions = count;
+        state.fetched = Instant::now();
+        Ok((count, Arc::clone(&state.round_robin)))
+    }
+
+    fn worker(&self, topic: &str, partition: i32) -> mpsc::UnboundedSender<Pending> {
+        let inner = &self.inner;
+        let mut workers = inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let key: (Arc<str>, i32) = (Arc::from(topic), partition);
+        if let Some(w) = workers.get(&key) {
+            if !w.is_closed() {
+                return w.clone();
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = PartitionWorker {
+            client: inner.client.clone(),
+            topic: Arc::clone(&key.0),
+            partition,
+            linger: inner.settings.linger,
+            max_batch_bytes: inner.settings.max_batch_bytes,
+            compression: inner.settings.compression.to_data(),
+            max_in_flight: inner.settings.max_in_flight,
+            outstanding: Arc::clone(&inner.outstanding),
+            reports: inner.reports.clone(),
+        };
+        tokio::spawn(worker.run(rx));
+        workers.insert(key, tx.clone());
+        tx
+    }
+}
+
+/// Fluent construction of one record, ending in [`send`](Self::send) or
+/// [`enqueue`](Self::enqueue).
+#[derive(Debug)]
+pub struct MessageBuilder<'a> {
+    producer: &'a Producer,
+    record: ProducerRecord,
+}
+
+impl MessageBuilder<'_> {
+    /// Send to this partition instead of asking the partitioner.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.record = self.record.partition(partition);
+        self
+    }
+
+    /// Set the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.record = self.record.key(key);
+        self
+    }
+
+    /// Set the value bytes.
+    pub fn value(mut self, value: impl Into<Bytes>) -> Self {
+        self.record = self.record.value(value);
+        self
+    }
+
+    /// Serialize `value` as JSON into the record value.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Result<Self> {
+        self.record = self.record.json(value)?;
+        Ok(self)
+    }
+
+    /// Add a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.record = self.record.header(key, value);
+        self
+    }
+
+    /// Set the record timestamp (milliseconds since the epoch).
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.record = self.record.timestamp(millis);
+        self
+    }
+
+    /// Send and wait for the acknowledgement.
+    pub async fn send(self) -> Result<Delivery> {
+        self.producer.send(self.record).await
+    }
+
+    /// Buffer the record; see [`Producer::enqueue`].
+    pub async fn enqueue(self) -> Result<DeliveryFuture> {
+        self.producer.enqueue(self.record).await
+    }
+}

@@ -1,0 +1,40 @@
+//! The Kafka APIs our wire layer speaks, with the names our errors print.
+
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, FindCoordinatorRequest, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, SyncGroupRequest,
+};
+
+/// A request type the wire layer can send.
+pub(crate) trait KafkaApi {
+    /// The API's name as Kafka documents it (`Metadata`, `CreateTopics`).
+    const NAME: &'static str;
+    /// The highest version we use, even if codecs and broker know newer ones:
+    /// newer versions can change semantics (for example topic ids replacing
+    /// names), so we only move up after testing.
+    const MAX_VERSION: i16;
+}
+
+macro_rules! kafka_api {
+    ($($request:ty => $name:literal, $max:literal;)*) => {
+        $(impl KafkaApi for $request {
+            const NAME: &'static str = $name;
+            const MAX_VERSION: i16 = $max;
+        })*
+    };
+}
+
+kafka_api! {
+    MetadataRequest => "Metadata", 12;
+    CreateTopicsRequest => "CreateTopics", 7;
+    DeleteTopicsRequest => "DeleteTopics", 5;
+    ListOffsetsRequest => "ListOffsets", 8;
+    FindCoordinatorRequest => "FindCoordinator", 4;
+    JoinGroupRequest => "JoinGroup", 9;
+    SyncGroupRequest => "SyncGroup", 5;
+    HeartbeatRequest => "Heartbeat", 4;
+    LeaveGroupRequest => "LeaveGroup", 5;
+    OffsetFetchRequest => "OffsetFetch", 8;
+    OffsetCommitRequest => "OffsetCommit", 8;
+}

@@ -1,0 +1,398 @@
+//! One multiplexed TCP connection to one broker.
+//!
+//! Requests are framed (`i32` size prefix), tagged with a correlation id and
+//! written by the caller; a reader task matches each response to its waiting
+//! caller by correlation id, so many requests can be in flight at once on one
+//! socket, the way Kafka brokers expect clients to pipeline.
+//!
+//! On connect we run ApiVersions once and afterwards pick, per request, the
+//! highest version both sides support.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes, VersionRange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::api::KafkaApi;
+use super::error_codes::UNSUPPORTED_VERSION;
+use crate::error::{BrokerError, Error, Result};
+
+/// Largest response frame we accept. Anything bigger is a corrupt stream or
+/// not Kafka at all (for example a TLS alert or an HTTP server).
+const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+
+/// Settings a connection needs.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSettings {
+    pub client_id: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+type Waiter = oneshot::Sender<Result<Bytes>>;
+
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<i32, Waiter>,
+    /// Set once the connection is unusable; new requests fail at once with it.
+    closed: Option<String>,
+}
+
+/// A connection to one broker with negotiated API versions.
+pub(crate) struct BrokerConnection {
+    addr: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Mutex<Pending>>,
+    next_correlation_id: AtomicI32,
+    versions: HashMap<i16, VersionRange>,
+    settings: ConnectionSettings,
+    reader: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BrokerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConnection")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for BrokerConnection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl BrokerConnection {
+    /// Connect to `addr` and negotiate API versions.
+    pub async fn connect(addr: &str, settings: ConnectionSettings) -> Result<Self> {
+        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Connect {
+                broker: addr.to_string(),
+                reason: format!("no answer within {:?}", settings.connect_timeout),
+            })?
+            .map_err(|e| Error::Connect {
+                broker: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        // Kafka requests are small and latency-sensitive; never wait for Nagle.
+        stream.set_nodelay(true).map_err(|e| Error::Connect {
+            broker: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (read_half, write_half) = stream.into_split();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let reader = tokio::spawn(read_loop(read_half, Arc::clone(&pending)));
+        let mut conn = BrokerConnection {
+            addr: addr.to_string(),
+            writer: tokio::sync::Mutex::new(write_half),
+            pending,
+            next_correlation_id: AtomicI32::new(1),
+            versions: HashMap::new(),
+            settings,
+            reader,
+        };
+        let timeout = conn.settings.connect_timeout;
+        conn.versions = tokio::time::timeout(timeout, conn.negotiate_versions())
+            .await
+            .map_err(|_| Error::Connect {
+                broker: addr.to_string(),
+                reason: format!(
+                    "TCP connected but no ApiVersions answer within {timeout:?}; \
+                     is this a Kafka listener of the right security protocol?"
+                ),
+            })??;
+        Ok(conn)
+    }
+
+    /// `host:port` of the broker.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the connection has failed and must be replaced.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.pending).closed.is_some()
+    }
+
+    /// Pick the highest version of `R` that both sides support.
+    pub fn version_for<R: Request + KafkaApi>(&self) -> Result<i16> {
+        let ours = R::VERSIONS;
+        let ours = VersionRange {
+            min: ours.min,
+            max: ours.max.min(R::MAX_VERSION),
+        };
+        let theirs =
+            self.versions
+                .get(&R::KEY)
+                .copied()
+                .ok_or_else(|| Error::UnsupportedVersion {
+                    broker: self.addr.clone(),
+                    api: R::NAME,
+                    ours: ours.to_string(),
+                    theirs: "none".into(),
+                })?;
+        let max = ours.max.min(theirs.max);
+        if max < ours.min.max(theirs.min) {
+            return Err(Error::UnsupportedVersion {
+                broker: self.addr.clone(),
+                api: R::NAME,
+                ours: ours.to_string(),
+                theirs: theirs.to_string(),
+            });
+        }
+        Ok(max)
+    }
+
+    /// Send a request at the negotiated version and wait for its response.
+    pub async fn request<R: Request + KafkaApi>(&self, request: &R) -> Result<R::Response> {
+        let version = self.version_for::<R>()?;
+        self.request_at(request, version).await
+    }
+
+    /// Send a request at an explicit version.
+    pub async fn request_at<R: Request + KafkaApi>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response> {
+        let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
+        let mut body = BytesMut::new();
+        request
+            .encode(&mut body, version)
+            .map_err(|e| self.protocol(format!("cannot encode {} v{version}: {e}", R::NAME)))?;
+        let mut frame = self
+            .round_trip(
+                R::NAME,
+                R::KEY,
+                version,
+                api_key.request_header_version(version),
+                body,
+            )
+            .await?;
+        // The correlation id was matched by the reader task; skip the header.
+        ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+            .map_err(|e| self.protocol(format!("bad {} response header: {e}", R::NAME)))?;
+        R::Response::decode(&mut frame, version).map_err(|e| {
+            self.protocol(format!(
+                "cannot decode {} v{version} response: {e}",
+                R::NAME
+            ))
+        })
+    }
+
+    fn protocol(&self, reason: impl Into<String>) -> Error {
+        Error::Protocol {
+            broker: self.addr.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Frame and send one request, wait for the matching response frame.
+    async fn round_trip(
+        &self,
+        api: &'static str,
+        api_key: i16,
+        version: i16,
+        header_version: i16,
+        body: BytesMut,
+    ) -> Result<Bytes> {
+        let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_string(self.settings.client_id.clone())));
+        let mut frame = BytesMut::with_capacity(body.len() + 64);
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, header_version)
+            .map_err(|e| self.protocol(format!("cannot encode request header: {e}")))?;
+        frame.extend_from_slice(&body);
+        let size = i32::try_from(frame.len() - 4)
+            .map_err(|_| self.protocol(format!("{api} request too large")))?;
+        frame[0..4].copy_from_slice(&size.to_be_bytes());
+
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if let Some(reason) = &pending.closed {
+                return Err(Error::ConnectionLost {
+                    broker: self.addr.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            pending.waiters.insert(correlation_id, tx);
+        }
+        let write = async {
+            let mut writer = self.writer.lock().await;
+            writer.write_all(&frame).await
+        };
+        let timeout = self.settings.request_timeout;
+        let outcome = tokio::time::timeout(timeout, async {
+            if let Err(e) = write.await {
+                let reason = format!("write failed: {e}");
+                fail_all(&self.pending, &reason);
+                return Err(Error::ConnectionLost {
+                    broker: self.addr.clone(),
+                    reason,
+                });
+            }
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(Error::ConnectionLost {
+                    broker: self.addr.clone(),
+                    reason: "connection closed".into(),
+                }),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(result) => result.map_err(|e| match e {
+                Error::ConnectionLost { reason, .. } => Error::ConnectionLost {
+                    broker: self.addr.clone(),
+                    reason,
+                },
+                other => other,
+            }),
+            Err(_) => {
+                lock(&self.pending).waiters.remove(&correlation_id);
+                Err(Error::RequestTimeout {
+                    broker: self.addr.clone(),
+                    api,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// ApiVersions: try the newest version we know; a broker that does not
+    /// know it answers UNSUPPORTED_VERSION in the v0 layout, listing the
+    /// versions it does support (KIP-511), and we retry with v0.
+    async fn negotiate_versions(&self) -> Result<HashMap<i16, VersionRange>> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("kastellan"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let response = match self.api_versions_at(&request, 3).await? {
+            r if r.error_code == UNSUPPORTED_VERSION => self.api_versions_at(&request, 0).await?,
+            r => r,
+        };
+        if response.error_code != 0 {
+            return Err(
+                BrokerError::new(&self.addr, "ApiVersions", response.error_code, None).into(),
+            );
+        }
+        Ok(response
+            .api_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.api_key,
+                    VersionRange {
+                        min: k.min_version,
+                        max: k.max_version,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn api_versions_at(
+        &self,
+        request: &ApiVersionsRequest,
+        version: i16,
+    ) -> Result<ApiVersionsResponse> {
+        let mut body = BytesMut::new();
+        request
+            .encode(&mut body, version)
+            .map_err(|e| self.protocol(format!("cannot encode ApiVersions: {e}")))?;
+        let key = ApiKey::ApiVersions;
+        let mut frame = self
+            .round_trip(
+                "ApiVersions",
+                key as i16,
+                version,
+                key.request_header_version(version),
+                body,
+            )
+            .await?;
+        // ApiVersions responses always use header v0, whatever the version.
+        ResponseHeader::decode(&mut frame, 0)
+            .map_err(|e| self.protocol(format!("bad ApiVersions response header: {e}")))?;
+        match ApiVersionsResponse::decode(&mut frame.clone(), version) {
+            Ok(r) => Ok(r),
+            // An old broker answers a too-new request in the v0 layout.
+            Err(_) if version > 0 => ApiVersionsResponse::decode(&mut frame, 0)
+                .map_err(|e| self.protocol(format!("cannot decode ApiVersions: {e}"))),
+            Err(e) => Err(self.protocol(format!("cannot decode ApiVersions: {e}"))),
+        }
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // A panic while holding this lock cannot leave the map inconsistent (each
+    // operation is a single insert/remove), so recover from poisoning.
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fail_all(pending: &Mutex<Pending>, reason: &str) {
+    let mut p = lock(pending);
+    if p.closed.is_none() {
+        p.closed = Some(reason.to_string());
+    }
+    for (_, waiter) in p.waiters.drain() {
+        let _ = waiter.send(Err(Error::ConnectionLost {
+            broker: String::new(),
+            reason: reason.to_string(),
+        }));
+    }
+}
+
+async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
+    let reason = loop {
+        let size = match reader.read_i32().await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break "broker closed the connection".to_string()
+            }
+            Err(e) => break format!("read failed: {e}"),
+        };
+        let size = match usize::try_from(size) {
+            Ok(s) if (4..=MAX_FRAME_BYTES).contains(&s) => s,
+            _ => {
+                break format!(
+                    "response frame size {size} is not plausible; \
+                     the peer may not speak Kafka's plaintext protocol (TLS listener?)"
+                )
+            }
+        };
+        let mut buf = BytesMut::zeroed(size);
+        if let Err(e) = reader.read_exact(&mut buf).await {
+            break format!("read failed: {e}");
+        }
+        let mut frame = buf.freeze();
+        let correlation_id = frame.clone().get_i32();
+        let waiter = lock(&pending).waiters.remove(&correlation_id);
+        match waiter {
+            Some(w) => {
+                let _ = w.send(Ok(std::mem::take(&mut frame)));
+            }
+            // The caller gave up (timeout); the response is dropped.
+            None => tracing::debug!(correlation_id, "response for an abandoned request"),
+        }
+    };
+    tracing::debug!(%reason, "broker connection closed");
+    fail_all(&pending, &reason);
+}

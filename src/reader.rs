@@ -1,0 +1,434 @@
+//! The reader: reads partitions directly, without a consumer group, and never
+//! commits offsets (Kefka's Reader). For browsing topics and for services that
+//! rebuild an in-memory view from a topic at start-up ([`Reader::read_to_end`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::{map_data_error, Client};
+use crate::error::{Error, Result};
+use crate::protocol::error_codes::OFFSET_OUT_OF_RANGE;
+use crate::record::Record;
+
+/// Where a reader starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartOffset {
+    /// The oldest record still stored.
+    #[default]
+    Earliest,
+    /// After the newest record: only records produced from now on.
+    Latest,
+    /// This offset in every partition (clamped into the stored range).
+    Offset(i64),
+    /// The first record at or after this time (milliseconds since the epoch);
+    /// partitions with no such record start at their end.
+    Timestamp(i64),
+}
+
+/// Builds a [`Reader`]. Made with [`Client::reader`].
+#[derive(Debug, Clone)]
+pub struct ReaderBuilder {
+    client: Client,
+    assignments: Vec<(String, Option<Vec<i32>>)>,
+    start: StartOffset,
+    overrides: BTreeMap<(String, i32), i64>,
+    max_wait: Duration,
+    max_partition_bytes: i32,
+    buffered_batches: usize,
+}
+
+impl ReaderBuilder {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            assignments: Vec::new(),
+            start: StartOffset::Earliest,
+            overrides: BTreeMap::new(),
+            max_wait: Duration::from_millis(500),
+            max_partition_bytes: 1024 * 1024,
+            buffered_batches: 4,
+        }
+    }
+
+    /// Read every partition of `topic`.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.assignments.push((topic.into(), None));
+        self
+    }
+
+    /// Read only these partitions of `topic`.
+    pub fn partitions(mut self, topic: impl Into<String>, partitions: &[i32]) -> Self {
+        self.assignments
+            .push((topic.into(), Some(partitions.to_vec())));
+        self
+    }
+
+    /// Where to start (default [`StartOffset::Earliest`]).
+    pub fn start(mut self, start: StartOffset) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Start one partition at an explicit offset, whatever `start` says.
+    pub fn start_partition_at(
+        mut self,
+        topic: impl Into<String>,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        self.overrides.insert((topic.into(), partition), offset);
+        self
+    }
+
+    /// How long the broker may hold a fetch open waiting for new records (default 500 ms).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// Most bytes fetched from one partition per request (default 1 MiB). A
+    /// record batch larger than this is still returned whole by the broker.
+    pub fn max_partition_bytes(mut self, bytes: i32) -> Self {
+        self.max_partition_bytes = bytes;
+        self
+    }
+
+    /// Fetched batches buffered per partition ahead of the consumer (default 4).
+    /// Bounds memory: at most about this many times `max_partition_bytes` per partition.
+    pub fn buffered_batches(mut self, n: usize) -> Self {
+        self.buffered_batches = n.max(1);
+        self
+    }
+
+    /// Resolve partitions and start offsets.
+    pub async fn build(self) -> Result<Reader> {
+        if self.assignments.is_empty() {
+            return Err(Error::Config(
+                "the reader has no topic; call .topic(..) or .partitions(..)".into(),
+            ));
+        }
+        if self.max_partition_bytes < 1 {
+            return Err(Error::Config("max_partition_bytes must be positive".into()));
+        }
+        let admin = self.client.admin();
+        let mut positions = Vec::new();
+        for (topic, wanted) in &self.assignments {
+            let meta = self
+                .client
+                .topic_metadata(topic, true)
+                .await?
+                .ok_or_else(|| Error::UnknownTopic(topic.clone()))?;
+            let all: Vec<i32> = meta.partitions.iter().map(|p| p.id).collect();
+            let chosen = match wanted {
+                None => all.clone(),
+                Some(w) => {
+                    for p in w {
+                        if !all.contains(p) {
+                            return Err(Error::UnknownPartition {
+                                topic: topic.clone(),
+                                partition: *p,
+                                count: all.len() as i32,
+                            });
+                        }
+                    }
+                    w.clone()
+                }
+            };
+            let marks = admin.watermarks(topic).await?;
+            let by_time = match self.start {
+                StartOffset::Timestamp(ts) => Some(admin.offsets_for_timestamp(topic, ts).await?),
+                _ => None,
+            };
+            for p in chosen {
+                let Some(m) = marks.iter().find(|m| m.partition == p) else {
+                    return Err(Error::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: p,
+                        count: all.len() as i32,
+                    });
+                };
+                let start = match self.overrides.get(&(topic.clone(), p)) {
+                    Some(o) => *o,
+                    None => match self.start {
+                        StartOffset::Earliest => m.low,
+                        StartOffset::Latest => m.high,
+                        StartOffset::Offset(o) => o.clamp(m.low, m.high),
+                        StartOffset::Timestamp(_) => by_time
+                            .as_ref()
+                            .and_then(|t| t.get(&p).copied().flatten())
+                            .unwrap_or(m.high),
+                    },
+                };
+                positions.push(PartitionPosition {
+                    topic: Arc::from(topic.as_str()),
+                    partition: p,
+                    next: start,
+                    end: m.high,
+                });
+            }
+        }
+        Ok(Reader {
+            client: self.client,
+            positions,
+            max_wait: self.max_wait,
+            max_partition_bytes: self.max_partition_bytes,
+            buffered_batches: self.buffered_batches,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PartitionPosition {
+    topic: Arc<str>,
+    partition: i32,
+    next: i64,
+    /// High watermark when the reader was built.
+    end: i64,
+}
+
+/// Reads assigned partitions from their start offsets. Records of one
+/// partition arrive in offset order; partitions are interleaved.
+///
+/// ```no_run
+/// # async fn demo() -> kastellan::Result<()> {
+/// use kastellan::{Client, StartOffset};
+///
+/// let client = Client::bootstrap("127.0.0.1:9092").await?;
+/// let reader = client.reader().topic("prices").start(StartOffset::Earliest).build().await?;
+/// // Warm a cache with everything stored so far, then stop.
+/// let records = reader.read_to_end().await?;
+/// println!("{} records", records.len());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Reader {
+    client: Client,
+    positions: Vec<PartitionPosition>,
+    max_wait: Duration,
+    max_partition_bytes: i32,
+    buffered_batches: usize,
+}
+
+impl Reader {
+    /// The assigned partitions with their start offset and the high watermark
+    /// seen when the reader was built: `(topic, partition, start, end)`.
+    pub fn assignment(&self) -> Vec<(String, i32, i64, i64)> {
+        self.positions
+            .iter()
+            .map(|p| (p.topic.to_string(), p.partition, p.next, p.end))
+            .collect()
+    }
+
+    /// Stream records forever (until dropped). Errors end the stream after
+    /// being yielded once.
+    pub fn stream(self) -> RecordStream {
+        self.spawn(false)
+    }
+
+    /// Stream records up to the high watermarks seen when the reader was
+    /// built, then end.
+    pub fn stream_to_end(self) -> RecordStream {
+        self.spawn(true)
+    }
+
+    /// Read everything up to the high watermarks seen at build time and return it.
+    pub async fn read_to_end(self) -> Result<Vec<Record>> {
+        use futures::StreamExt;
+        let mut stream = self.stream_to_end();
+        let mut out = Vec::new();
+        while let Some(r) = stream.next().await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// Call `handler` for every record, in partition order, until it returns
+    /// an error (which is returned) or, with `to_end`, the end is reached.
+    pub async fn run<F, Fut, E>(self, to_end: bool, mut handler: F) -> Result<(), RunError<E>>
+    where
+        F: FnMut(Record) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        use futures::StreamExt;
+        let mut stream = self.spawn(to_end);
+        while let Some(r) = stream.next().await {
+            handler(r.map_err(RunError::Kafka)?)
+                .await
+                .map_err(RunError::Handler)?;
+        }
+        Ok(())
+    }
+
+    fn spawn(self, to_end: bool) -> RecordStream {
+        let (tx, rx) = mpsc::channel(self.buffered_batches * self.positions.len().max(1));
+        let mut tasks = Vec::new();
+        for pos in self.positions {
+            if to_end && pos.next >= pos.end {
+                continue;
+            }
+            let fetcher = Fetcher {
+                client: self.client.clone(),
+                pos,
+                to_end,
+                max_wait_ms: i32::try_from(self.max_wait.as_millis()).unwrap_or(i32::MAX),
+                max_bytes: self.max_partition_bytes,
+                tx: tx.clone(),
+            };
+            tasks.push(tokio::spawn(fetcher.run()));
+        }
+        RecordStream {
+            rx,
+            current: VecDeque::new(),
+            tasks,
+        }
+    }
+}
+
+/// Error of [`Reader::run`]: from Kafka or from the handler.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    /// Reading failed.
+    #[error("reading failed: {0}")]
+    Kafka(Error),
+    /// The handler returned an error.
+    #[error("handler failed: {0}")]
+    Handler(E),
+}
+
+struct Fetcher {
+    client: Client,
+    pos: PartitionPosition,
+    to_end: bool,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    tx: mpsc::Sender<Result<Vec<Record>>>,
+}
+
+impl Fetcher {
+    async fn run(mut self) {
+        if let Err(e) = self.fetch_loop().await {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+
+    async fn fetch_loop(&mut self) -> Result<()> {
+        let topic = Arc::clone(&self.pos.topic);
+        let partition = self.pos.partition;
+        let pc = self.client.partition(&topic, partition).await?;
+        loop {
+            if self.to_end && self.pos.next >= self.pos.end {
+                return Ok(());
+            }
+            let fetched = pc
+                .fetch_records(self.pos.next, 1..self.max_bytes, self.max_wait_ms)
+                .await;
+            let (records, _high_watermark) = match fetched {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = map_data_error(&format!("fetching {topic}/{partition}"), e);
+                    if e.broker_code() == Some(OFFSET_OUT_OF_RANGE) {
+                        self.recover_out_of_range(&e).await?;
+                        continue;
+                    }
+                    return Err(match e {
+                        Error::Client { message, .. } if message.contains("decode") => {
+                            Error::Decode {
+                                topic: topic.to_string(),
+                                partition,
+                                offset: self.pos.next,
+                                reason: message,
+                            }
+                        }
+                        other => other,
+                    });
+                }
+            };
+            let mut batch = Vec::with_capacity(records.len());
+            for r in records {
+                if r.offset < self.pos.next {
+                    // Compressed batches start before the requested offset.
+                    continue;
+                }
+                if self.to_end && r.offset >= self.pos.end {
+                    break;
+                }
+                batch.push(Record::from_data(&topic, partition, r));
+            }
+            if let Some(last) = batch.last() {
+                self.pos.next = last.offset + 1;
+                if self.tx.send(Ok(batch)).await.is_err() {
+                    return Ok(()); // stream dropped
+                }
+            }
+        }
+    }
+
+    /// The next offset is no longer stored (retention) or not yet written.
+    async fn recover_out_of_range(&mut self, e: &Error) -> Result<()> {
+        let marks = self.client.admin().watermarks(&self.pos.topic).await?;
+        let Some(m) = marks.iter().find(|m| m.partition == self.pos.partition) else {
+            return Err(e.duplicate());
+        };
+        if self.pos.next < m.low {
+            tracing::warn!(
+                topic = %self.pos.topic,
+                partition = self.pos.partition,
+                from = self.pos.next,
+                to = m.low,
+                "records were deleted by retention before they were read; skipping to the earliest stored offset"
+            );
+            self.pos.next = m.low;
+            Ok(())
+        } else if self.pos.next > m.high {
+            Err(e.duplicate())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A stream of records from a [`Reader`]. Dropping it stops the fetch tasks.
+#[derive(Debug)]
+pub struct RecordStream {
+    rx: mpsc::Receiver<Result<Vec<Record>>>,
+    current: VecDeque<Record>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stream for RecordStream {
+    type Item = Result<Record>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(r) = self.current.pop_front() {
+                return Poll::Ready(Some(Ok(r)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(batch))) => self.current = VecDeque::from(batch),
+                Poll::Ready(Some(Err(e))) => {
+                    for t in &self.tasks {
+                        t.abort();
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for RecordStream {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
