@@ -39,6 +39,12 @@ pub enum Compression {
     Gzip,
     /// Snappy (pure Rust), Java-compatible framing.
     Snappy,
+    /// LZ4 (needs a C compiler; cargo feature `lz4`).
+    #[cfg(feature = "lz4")]
+    Lz4,
+    /// Zstandard (needs a C compiler; cargo feature `zstd`).
+    #[cfg(feature = "zstd")]
+    Zstd,
 }
 
 impl Compression {
@@ -48,6 +54,10 @@ impl Compression {
             Compression::None => C::NoCompression,
             Compression::Gzip => C::Gzip,
             Compression::Snappy => C::Snappy,
+            #[cfg(feature = "lz4")]
+            Compression::Lz4 => C::Lz4,
+            #[cfg(feature = "zstd")]
+            Compression::Zstd => C::Zstd,
         }
     }
 }

@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::connection::{BrokerConnection, ConnectionSettings};
 use super::error_codes;
 use crate::config::ClientConfig;
-use crate::error::{BrokerError, Error, Result};
+use crate::error::{Error, Result};
 
 /// One partition as the last metadata answer described it.
 #[derive(Debug, Clone, PartialEq, Eq)]

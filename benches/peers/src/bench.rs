@@ -54,6 +54,16 @@ fn settings_line(settings: &[(&str, String)]) -> String {
         .join(", ")
 }
 
+fn byte_size(bytes: usize) -> String {
+    if bytes % (1024 * 1024) == 0 {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else if bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 fn print_header(args: &BenchArgs, bootstrap: &str) {
     println!("# kastellan peers benchmark");
     println!();
@@ -69,10 +79,10 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
         }
     );
     println!(
-        "- producers: linger {} ms, batches up to {} KiB, requests up to {} KiB, compression {}",
+        "- producers: linger {} ms, batches up to {}, requests up to {}, compression {}",
         workload::LINGER_MS,
-        workload::BATCH_BYTES / 1024,
-        workload::MAX_REQUEST_BYTES / 1024,
+        byte_size(workload::BATCH_BYTES),
+        byte_size(workload::MAX_REQUEST_BYTES),
         workload::COMPRESSION
     );
     println!(

@@ -112,12 +112,21 @@ async fn run_phase(args: &PhaseArgs) -> anyhow::Result<PhaseReport> {
                 .await?;
             (args.records as u64) * (args.size as u64)
         }
-        Phase::Read => args
-            .client
-            .read(&args.bootstrap, &args.topic, args.partitions, args.records)
-            .await?,
+        Phase::Read => {
+            args.client
+                .read(&args.bootstrap, &args.topic, args.partitions, args.records)
+                .await?
+        }
     };
     let end = Instant::now();
+    let expected_bytes = (args.records as u64) * (args.size as u64);
+    if bytes != expected_bytes {
+        anyhow::bail!(
+            "{} value bytes in {} records, expected {expected_bytes}",
+            bytes,
+            args.records
+        );
+    }
     let work_start = workload::work_started()
         .filter(|mark| *mark >= start && *mark <= end)
         .unwrap_or(start);
@@ -143,7 +152,10 @@ mod tests {
         };
         let line = report.line(Phase::Read);
         assert_eq!(PhaseReport::parse(&line), Some(report));
-        assert_eq!(PhaseReport::parse("PEERS_RESULT phase=read records=1"), None);
+        assert_eq!(
+            PhaseReport::parse("PEERS_RESULT phase=read records=1"),
+            None
+        );
         assert_eq!(PhaseReport::parse("something else"), None);
     }
 }

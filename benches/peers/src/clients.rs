@@ -41,9 +41,13 @@ impl Client {
         records: usize,
     ) -> anyhow::Result<()> {
         match self {
-            Client::Kastellan => kastellan_client::produce(bootstrap, topic, payload, records).await,
+            Client::Kastellan => {
+                kastellan_client::produce(bootstrap, topic, payload, records).await
+            }
             Client::Rdkafka => rdkafka_client::produce(bootstrap, topic, payload, records).await,
-            Client::Confluent => confluent_client::produce(bootstrap, topic, payload, records).await,
+            Client::Confluent => {
+                confluent_client::produce(bootstrap, topic, payload, records).await
+            }
         }
     }
 
@@ -55,9 +59,13 @@ impl Client {
         expected: usize,
     ) -> anyhow::Result<u64> {
         match self {
-            Client::Kastellan => kastellan_client::read(bootstrap, topic, partitions, expected).await,
+            Client::Kastellan => {
+                kastellan_client::read(bootstrap, topic, partitions, expected).await
+            }
             Client::Rdkafka => rdkafka_client::read(bootstrap, topic, partitions, expected).await,
-            Client::Confluent => confluent_client::read(bootstrap, topic, partitions, expected).await,
+            Client::Confluent => {
+                confluent_client::read(bootstrap, topic, partitions, expected).await
+            }
         }
     }
 }
@@ -76,7 +84,9 @@ impl FromStr for Client {
             "kastellan" => Ok(Client::Kastellan),
             "rdkafka" | "librdkafka" => Ok(Client::Rdkafka),
             "confluent" | "confluent-kafka" | "confluent_kafka" => Ok(Client::Confluent),
-            other => anyhow::bail!("unknown client {other:?} (known: kastellan, rdkafka, confluent)"),
+            other => {
+                anyhow::bail!("unknown client {other:?} (known: kastellan, rdkafka, confluent)")
+            }
         }
     }
 }

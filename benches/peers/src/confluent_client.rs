@@ -132,8 +132,9 @@ pub async fn read(
     ];
     let config = ConsumerConfig::new(&properties(bootstrap, &settings))
         .context("confluent-kafka consumer config")?;
-    let mut consumer = KafkaConsumer::new(config, BytesDeserializer::new(), BytesDeserializer::new())
-        .context("creating the confluent-kafka consumer")?;
+    let mut consumer =
+        KafkaConsumer::new(config, BytesDeserializer::new(), BytesDeserializer::new())
+            .context("creating the confluent-kafka consumer")?;
     let result = read_with(&mut consumer, topic, partitions, expected).await;
     let closed = consumer.close().await;
     let bytes = result?;

@@ -53,9 +53,7 @@ impl Flags {
         T::Err: std::fmt::Display,
     {
         let value = self.value(flag)?;
-        value
-            .parse()
-            .map_err(|e| anyhow!("{flag} {value:?}: {e}"))
+        value.parse().map_err(|e| anyhow!("{flag} {value:?}: {e}"))
     }
 }
 
@@ -185,8 +183,15 @@ mod tests {
         assert_eq!(defaults.clients, Client::ALL.to_vec());
         assert_eq!(defaults.layouts, vec![1, 6]);
         let parsed = parse_bench(strings(&[
-            "--records", "10", "--size", "100", "--clients", "rdkafka,confluent-kafka,rdkafka",
-            "--rounds", "3", "--keyed",
+            "--records",
+            "10",
+            "--size",
+            "100",
+            "--clients",
+            "rdkafka,confluent-kafka,rdkafka",
+            "--rounds",
+            "3",
+            "--keyed",
         ]))
         .unwrap();
         assert_eq!(parsed.records, 10);

@@ -147,8 +147,13 @@ fn read_blocking(
     partitions: i32,
     expected: usize,
 ) -> anyhow::Result<u64> {
+    // librdkafka's assign() needs a group.id to be configured, but an
+    // assigned consumer never joins that group, and with auto-commit off and
+    // explicit start offsets nothing is committed to it or read from it.
+    let group = format!("peers-reader-{}", std::process::id());
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")

@@ -111,7 +111,9 @@ pub fn summarize(runs: &[Run], clients: &[Client], layouts: &[i32]) -> Vec<Summa
             let read = figure(mine.iter().map(|r| r.read.as_ref()));
             let peak_rss_mib = mine
                 .iter()
-                .flat_map(|r| std::iter::once(Some(&r.produce)).chain(std::iter::once(r.read.as_ref())))
+                .flat_map(|r| {
+                    std::iter::once(Some(&r.produce)).chain(std::iter::once(r.read.as_ref()))
+                })
                 .flatten()
                 .filter(|o| o.result.is_ok())
                 .filter_map(|o| o.max_rss_kib)
@@ -302,9 +304,10 @@ pub fn render(summaries: &[Summary], runs: &[Run], layouts: &[i32]) -> String {
             .chain(std::iter::once(("read", run.read.as_ref())));
         for (phase, outcome) in phases {
             let Some(outcome) = outcome else { continue };
-            let rss = outcome
-                .max_rss_kib
-                .map_or_else(|| "n/a".to_string(), |kib| format!("{:.1}", kib as f64 / 1024.0));
+            let rss = outcome.max_rss_kib.map_or_else(
+                || "n/a".to_string(),
+                |kib| format!("{:.1}", kib as f64 / 1024.0),
+            );
             let (timed, call, records, mib, result) = match (&outcome.result, rate(outcome)) {
                 (Ok(report), Some(rate)) => (
                     format!("{:.3}", report.work_ns as f64 / 1e9),
@@ -402,7 +405,8 @@ mod tests {
         let rate = summaries[1].read.rate().unwrap();
         assert!((rate.records_per_sec - 2000.0).abs() < 1e-6);
         let text = render(&summaries, &runs, &[1]);
-        assert!(text.contains("| kastellan | 1 partition | error: kastellan client not wired yet | n/a |"));
+        assert!(text
+            .contains("| kastellan | 1 partition | error: kastellan client not wired yet | n/a |"));
         assert!(text.contains("| 1 partition | produce rec/s | n/a | n/a |"));
     }
 }

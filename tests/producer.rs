@@ -1,0 +1,309 @@
+//! Producer behaviour against a real broker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{client, new_topic, testcontainers, unique_topic};
+use kastellan::admin::NewTopic;
+use kastellan::producer::java_partition;
+use kastellan::{Client, ClientConfig, Compression, Error, Partitioner, ProducerRecord, StartOffset};
+
+async fn read_all(client: &Client, topic: &str) -> Vec<kastellan::Record> {
+    client
+        .reader()
+        .topic(topic)
+        .start(StartOffset::Earliest)
+        .build()
+        .await
+        .expect("reader")
+        .read_to_end()
+        .await
+        .expect("read to end")
+}
+
+#[tokio::test]
+async fn send_waits_for_ack_and_reports_offsets() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-sync", 1).await;
+    let producer = client.producer().build().unwrap();
+    for i in 0..5 {
+        let d = producer
+            .to(&topic)
+            .key(format!("k{i}"))
+            .header("trace", format!("t{i}"))
+            .json(&serde_json::json!({"n": i}))
+            .unwrap()
+            .send()
+            .await
+            .expect("send");
+        assert_eq!((d.partition, d.offset), (0, i));
+        assert_eq!(&*d.topic, topic);
+    }
+    let records = read_all(&client, &topic).await;
+    assert_eq!(records.len(), 5);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as i64);
+        assert_eq!(r.key_str(), Some(format!("k{i}").as_str()));
+        assert_eq!(r.header("trace"), Some(format!("t{i}").as_bytes()));
+        assert_eq!(r.header("content-type"), Some(&b"application/json"[..]));
+        let v: serde_json::Value = r.json().unwrap();
+        assert_eq!(v["n"], i);
+    }
+}
+
+#[tokio::test]
+async fn default_topic_topic_and_explicit_partition() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-forms", 3).await;
+    let other = new_topic(&client, "prod-forms-other", 1).await;
+    let producer = client.producer().default_topic(&topic).build().unwrap();
+
+    let d = producer.message().partition(2).value("to default").send().await.unwrap();
+    assert_eq!((&*d.topic, d.partition), (topic.as_str(), 2));
+    let d = producer.to(&other).value("to other").send().await.unwrap();
+    assert_eq!(&*d.topic, other.as_str());
+    let d = producer
+        .send(ProducerRecord::new().partition(1).value("record form"))
+        .await
+        .unwrap();
+    assert_eq!((&*d.topic, d.partition), (topic.as_str(), 1));
+
+    match producer.message().partition(3).value("x").send().await {
+        Err(Error::UnknownPartition { partition: 3, count: 3, .. }) => {}
+        other => panic!("expected UnknownPartition, got {other:?}"),
+    }
+    let no_default = client.producer().build().unwrap();
+    match no_default.message().value("x").send().await {
+        Err(Error::Config(m)) => assert!(m.contains("default topic"), "{m}"),
+        other => panic!("expected Config error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn keyed_records_land_where_the_java_client_puts_them() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-java-keys", 6).await;
+    let keys: Vec<String> = (0..60).map(|i| format!("customer-{i}")).collect();
+
+    // Produce with Kafka's own console producer (Java default partitioner).
+    let input: String = keys.iter().map(|k| format!("{k}:from-java\n")).collect();
+    let bootstrap = testcontainers::bootstrap();
+    let out = testcontainers::run_kafka_class_with_stdin(
+        testcontainers::CONSOLE_PRODUCER,
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=:",
+        ],
+        input.as_bytes(),
+        Duration::from_secs(90),
+    )
+    .expect("console producer runs");
+    assert!(out.status.success(), "console producer failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Produce the same keys with kastellan.
+    let producer = client.producer().build().unwrap();
+    for k in &keys {
+        producer.to(&topic).key(k.clone()).value("from-kastellan").send().await.unwrap();
+    }
+
+    let records = read_all(&client, &topic).await;
+    assert_eq!(records.len(), 2 * keys.len());
+    let mut java: HashMap<String, i32> = HashMap::new();
+    let mut ours: HashMap<String, i32> = HashMap::new();
+    for r in &records {
+        let k = r.key_str().unwrap().to_string();
+        match r.value_str() {
+            Some("from-java") => java.insert(k, r.partition),
+            Some("from-kastellan") => ours.insert(k, r.partition),
+            other => panic!("unexpected value {other:?}"),
+        };
+    }
+    assert_eq!(java.len(), keys.len());
+    let used: std::collections::HashSet<i32> = java.values().copied().collect();
+    assert!(used.len() > 1, "keys should spread over partitions");
+    for k in &keys {
+        assert_eq!(java[k], ours[k], "key {k}: Java chose {}, kastellan {}", java[k], ours[k]);
+        assert_eq!(java[k], java_partition(k.as_bytes(), 6));
+    }
+}
+
+#[tokio::test]
+async fn round_robin_random_and_custom_partitioners() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-partitioners", 3).await;
+
+    let rr = client.producer().partitioner(Partitioner::RoundRobin).build().unwrap();
+    let mut counts = [0; 3];
+    for i in 0..30 {
+        let d = rr.to(&topic).key("same-key").value(format!("{i}")).send().await.unwrap();
+        counts[d.partition as usize] += 1;
+    }
+    assert_eq!(counts, [10, 10, 10], "round robin ignores keys");
+
+    let custom = client
+        .producer()
+        .partitioner(Partitioner::custom(|_, key, n| {
+            key.map_or(0, |k| (k[0] - b'0') as i32 % n)
+        }))
+        .build()
+        .unwrap();
+    for k in ["0", "1", "2", "4"] {
+        let d = custom.to(&topic).key(k).value("v").send().await.unwrap();
+        assert_eq!(d.partition, (k.as_bytes()[0] - b'0') as i32 % 3);
+    }
+    let bad = client
+        .producer()
+        .partitioner(Partitioner::custom(|_, _, _| 7))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        bad.to(&topic).value("v").send().await,
+        Err(Error::UnknownPartition { partition: 7, .. })
+    ));
+
+    let random = client.producer().partitioner(Partitioner::Random).build().unwrap();
+    for _ in 0..20 {
+        let d = random.to(&topic).value("r").send().await.unwrap();
+        assert!((0..3).contains(&d.partition));
+    }
+}
+
+#[tokio::test]
+async fn many_enqueued_records_all_arrive_in_order_with_reports() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-bulk", 4).await;
+    for compression in [Compression::None, Compression::Gzip, Compression::Snappy] {
+        let topic = format!("{topic}-{compression:?}");
+        client
+            .admin()
+            .create_topic(NewTopic::new(&topic, 4, 1))
+            .await
+            .unwrap();
+        let producer = client
+            .producer()
+            .compression(compression)
+            .linger(Duration::from_millis(20))
+            .max_batch_bytes(64 * 1024)
+            .with_delivery_reports()
+            .build()
+            .unwrap();
+        let mut reports = producer.delivery_reports().expect("reports enabled");
+        assert!(producer.delivery_reports().is_none(), "taken once");
+        let n = 5_000;
+        for i in 0..n {
+            // Fire and forget: the delivery future is dropped.
+            let _ = producer
+                .to(&topic)
+                .key(format!("key-{}", i % 97))
+                .value(format!("value-{i:06}"))
+                .enqueue()
+                .await
+                .expect("enqueue");
+        }
+        producer.flush().await;
+        let mut ok = 0;
+        while let Ok(r) = reports.try_recv() {
+            r.result.expect("delivered");
+            ok += 1;
+        }
+        assert_eq!(ok, n, "one report per record ({compression:?})");
+
+        let records = read_all(&client, &topic).await;
+        assert_eq!(records.len(), n, "{compression:?}");
+        // Per key, values arrive in the order they were sent.
+        let mut last: HashMap<String, String> = HashMap::new();
+        for r in &records {
+            let k = r.key_str().unwrap().to_string();
+            let v = r.value_str().unwrap().to_string();
+            if let Some(prev) = last.get(&k) {
+                assert!(prev < &v, "{k}: {prev} before {v}");
+            }
+            last.insert(k, v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_topic_fails_unless_auto_create_is_on() {
+    let client = client().await;
+    let missing = unique_topic("prod-missing");
+    let producer = client.producer().build().unwrap();
+    match producer.to(&missing).value("x").send().await {
+        Err(Error::UnknownTopic(t)) => assert_eq!(t, missing),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+    let auto = client.producer().auto_create_topics(2, 1).build().unwrap();
+    let d = auto.to(&missing).value("x").send().await.expect("auto-created");
+    assert_eq!(d.offset, 0);
+    let meta = client.admin().describe_topic(&missing).await.unwrap();
+    assert_eq!(meta.partitions.len(), 2);
+}
+
+#[tokio::test]
+async fn records_too_large_are_refused_with_a_clear_error() {
+    let client = client().await;
+    // Producer-side limit.
+    let topic = new_topic(&client, "prod-large", 1).await;
+    let producer = client.producer().max_batch_bytes(16 * 1024).build().unwrap();
+    match producer.to(&topic).value(vec![0u8; 20_000]).send().await {
+        Err(Error::RecordTooLarge { limit: 16384, .. }) => {}
+        other => panic!("expected RecordTooLarge, got {other:?}"),
+    }
+    // Broker-side limit: the topic accepts at most 2000-byte batches.
+    let small = unique_topic("prod-small-topic");
+    client
+        .admin()
+        .create_topic(NewTopic::new(&small, 1, 1).config("max.message.bytes", "2000"))
+        .await
+        .unwrap();
+    let producer = client.producer().build().unwrap();
+    match producer.to(&small).value(vec![1u8; 5000]).send().await {
+        Err(Error::RecordTooLarge { which, .. }) => assert!(which.contains("broker"), "{which}"),
+        other => panic!("expected RecordTooLarge from the broker, got {other:?}"),
+    }
+    // Small records to the same topic still go through, even when many are
+    // batched together past the topic's limit (the batch is split).
+    let producer = client.producer().linger(Duration::from_millis(50)).build().unwrap();
+    let mut futures = Vec::new();
+    for i in 0..40 {
+        futures.push(producer.to(&small).value(vec![i as u8; 300]).enqueue().await.unwrap());
+    }
+    for f in futures {
+        f.await.expect("small record delivered");
+    }
+    assert_eq!(read_all(&client, &small).await.len(), 40);
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_reported_after_the_deadline() {
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let result = Client::connect(
+        ClientConfig::new(format!("127.0.0.1:{port}"))
+            .retry_deadline(Duration::from_secs(2))
+            .retry_backoff(Duration::from_millis(50), Duration::from_millis(200)),
+    )
+    .await;
+    match result {
+        Err(e @ Error::Unreachable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&port.to_string()), "{msg}");
+            assert!(e.is_retriable());
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up in bounded time");
+}
