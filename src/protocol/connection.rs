@@ -396,3 +396,82 @@ async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
     tracing::debug!(%reason, "broker connection closed");
     fail_all(&pending, &reason);
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a connection reacts to peers that are not a working Kafka
+    //! listener. Real broker behaviour is covered by the integration tests.
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn settings() -> ConnectionSettings {
+        ConnectionSettings {
+            client_id: "test".into(),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(500),
+        }
+    }
+
+    async fn peer(reply: &'static [u8], close: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(reply).await;
+            if !close {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn implausible_frame_size_is_a_clear_error() {
+        // A TLS alert record starts 0x15 0x03 0x03: as a size that is ~350 MB.
+        let addr = peer(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50], false).await;
+        let err = BrokerConnection::connect(&addr, settings())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not plausible"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn peer_closing_is_connection_lost() {
+        let addr = peer(b"", true).await;
+        let err = BrokerConnection::connect(&addr, settings())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+        assert!(err.is_retriable());
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out() {
+        let addr = peer(b"", false).await;
+        let err = BrokerConnection::connect(&addr, settings())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no ApiVersions answer") || msg.contains("timed out"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_response_body_is_a_protocol_error() {
+        // A well-framed response with the right correlation id but a body
+        // that is not an ApiVersions response.
+        let addr = peer(&[0, 0, 0, 6, 0, 0, 0, 1, 0xff, 0xff], false).await;
+        let err = BrokerConnection::connect(&addr, settings())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol { .. } | Error::Connect { .. }),
+            "{err:?}"
+        );
+    }
+}
