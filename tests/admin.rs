@@ -19,21 +19,31 @@ async fn create_list_describe_delete() {
         .expect("create");
 
     let listed = admin.list_topics().await.expect("list");
-    let t = listed.iter().find(|t| t.name == name).expect("new topic listed");
+    let t = listed
+        .iter()
+        .find(|t| t.name == name)
+        .expect("new topic listed");
     assert_eq!(t.partitions.len(), 4);
     assert!(t.partitions.iter().all(|p| p.leader >= 0));
-    assert!(listed.iter().all(|t| !t.name.starts_with("__")), "internal topics hidden");
+    assert!(
+        listed.iter().all(|t| !t.name.starts_with("__")),
+        "internal topics hidden"
+    );
 
     let described = admin.describe_topic(&name).await.expect("describe");
     assert_eq!(
-        described.partitions.iter().map(|p| p.id).collect::<Vec<_>>(),
+        described
+            .partitions
+            .iter()
+            .map(|p| p.id)
+            .collect::<Vec<_>>(),
         [0, 1, 2, 3]
     );
 
     // The topic config reached the broker: check with Kafka's own tool.
     let bootstrap = testcontainers::bootstrap();
     let out = testcontainers::run_kafka_class(
-        testcontainers::CONFIGS_COMMAND,
+        testcontainers::CONFIG_COMMAND,
         &[
             "--bootstrap-server",
             &bootstrap,
@@ -47,7 +57,10 @@ async fn create_list_describe_delete() {
     )
     .expect("kafka-configs runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("retention.ms=3600000"), "kafka-configs said: {text}");
+    assert!(
+        text.contains("retention.ms=3600000"),
+        "kafka-configs said: {text}"
+    );
 
     admin.delete_topic(&name).await.expect("delete");
     // Deletion is asynchronous in the cluster; the topic disappears shortly.
@@ -94,12 +107,18 @@ async fn invalid_requests_get_clear_errors() {
         Err(Error::UnknownTopic(_)) => {}
         other => panic!("expected UnknownTopic, got {other:?}"),
     }
-    match admin.create_topic(NewTopic::new(unique_topic("zero"), 0, 1)).await {
+    match admin
+        .create_topic(NewTopic::new(unique_topic("zero"), 0, 1))
+        .await
+    {
         Err(Error::Config(msg)) => assert!(msg.contains("partition"), "{msg}"),
         other => panic!("expected Config error, got {other:?}"),
     }
     // A single broker cannot hold 3 replicas: the broker's error comes back typed.
-    match admin.create_topic(NewTopic::new(unique_topic("rf3"), 1, 3)).await {
+    match admin
+        .create_topic(NewTopic::new(unique_topic("rf3"), 1, 3))
+        .await
+    {
         Err(Error::Broker(b)) => {
             assert_eq!(b.name(), "INVALID_REPLICATION_FACTOR", "{b}");
             assert_eq!(b.api(), "CreateTopics");
@@ -139,19 +158,32 @@ async fn watermarks_and_offsets_for_timestamp() {
             .expect("send");
     }
     for i in 0..3 {
-        producer.to(&name).partition(1).value(format!("w{i}")).send().await.expect("send");
+        producer
+            .to(&name)
+            .partition(1)
+            .value(format!("w{i}"))
+            .send()
+            .await
+            .expect("send");
     }
 
     let marks = admin.watermarks(&name).await.expect("watermarks");
     assert_eq!(marks.len(), 2);
-    assert_eq!((marks[0].partition, marks[0].low, marks[0].high), (0, 0, 10));
+    assert_eq!(
+        (marks[0].partition, marks[0].low, marks[0].high),
+        (0, 0, 10)
+    );
     assert_eq!((marks[1].partition, marks[1].low, marks[1].high), (1, 0, 3));
 
     let by_time = admin
         .offsets_for_timestamp(&name, t0 + 4500)
         .await
         .expect("offsets for time");
-    assert_eq!(by_time.get(&0), Some(&Some(5)), "first record at or after t0+4.5s");
+    assert_eq!(
+        by_time.get(&0),
+        Some(&Some(5)),
+        "first record at or after t0+4.5s"
+    );
     // Partition 1 has only records stamped now; t0 is in the past.
     assert_eq!(by_time.get(&1), Some(&Some(0)));
     let future = admin

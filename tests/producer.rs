@@ -8,7 +8,9 @@ use std::time::Duration;
 use common::{client, new_topic, testcontainers, unique_topic};
 use kastellan::admin::NewTopic;
 use kastellan::producer::java_partition;
-use kastellan::{Client, ClientConfig, Compression, Error, Partitioner, ProducerRecord, StartOffset};
+use kastellan::{
+    Client, ClientConfig, Compression, Error, Partitioner, ProducerRecord, StartOffset,
+};
 
 async fn read_all(client: &Client, topic: &str) -> Vec<kastellan::Record> {
     client
@@ -60,7 +62,13 @@ async fn default_topic_topic_and_explicit_partition() {
     let other = new_topic(&client, "prod-forms-other", 1).await;
     let producer = client.producer().default_topic(&topic).build().unwrap();
 
-    let d = producer.message().partition(2).value("to default").send().await.unwrap();
+    let d = producer
+        .message()
+        .partition(2)
+        .value("to default")
+        .send()
+        .await
+        .unwrap();
     assert_eq!((&*d.topic, d.partition), (topic.as_str(), 2));
     let d = producer.to(&other).value("to other").send().await.unwrap();
     assert_eq!(&*d.topic, other.as_str());
@@ -71,7 +79,11 @@ async fn default_topic_topic_and_explicit_partition() {
     assert_eq!((&*d.topic, d.partition), (topic.as_str(), 1));
 
     match producer.message().partition(3).value("x").send().await {
-        Err(Error::UnknownPartition { partition: 3, count: 3, .. }) => {}
+        Err(Error::UnknownPartition {
+            partition: 3,
+            count: 3,
+            ..
+        }) => {}
         other => panic!("expected UnknownPartition, got {other:?}"),
     }
     let no_default = client.producer().build().unwrap();
@@ -106,12 +118,22 @@ async fn keyed_records_land_where_the_java_client_puts_them() {
         Duration::from_secs(90),
     )
     .expect("console producer runs");
-    assert!(out.status.success(), "console producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "console producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Produce the same keys with kastellan.
     let producer = client.producer().build().unwrap();
     for k in &keys {
-        producer.to(&topic).key(k.clone()).value("from-kastellan").send().await.unwrap();
+        producer
+            .to(&topic)
+            .key(k.clone())
+            .value("from-kastellan")
+            .send()
+            .await
+            .unwrap();
     }
 
     let records = read_all(&client, &topic).await;
@@ -130,7 +152,11 @@ async fn keyed_records_land_where_the_java_client_puts_them() {
     let used: std::collections::HashSet<i32> = java.values().copied().collect();
     assert!(used.len() > 1, "keys should spread over partitions");
     for k in &keys {
-        assert_eq!(java[k], ours[k], "key {k}: Java chose {}, kastellan {}", java[k], ours[k]);
+        assert_eq!(
+            java[k], ours[k],
+            "key {k}: Java chose {}, kastellan {}",
+            java[k], ours[k]
+        );
         assert_eq!(java[k], java_partition(k.as_bytes(), 6));
     }
 }
@@ -140,10 +166,20 @@ async fn round_robin_random_and_custom_partitioners() {
     let client = client().await;
     let topic = new_topic(&client, "prod-partitioners", 3).await;
 
-    let rr = client.producer().partitioner(Partitioner::RoundRobin).build().unwrap();
+    let rr = client
+        .producer()
+        .partitioner(Partitioner::RoundRobin)
+        .build()
+        .unwrap();
     let mut counts = [0; 3];
     for i in 0..30 {
-        let d = rr.to(&topic).key("same-key").value(format!("{i}")).send().await.unwrap();
+        let d = rr
+            .to(&topic)
+            .key("same-key")
+            .value(format!("{i}"))
+            .send()
+            .await
+            .unwrap();
         counts[d.partition as usize] += 1;
     }
     assert_eq!(counts, [10, 10, 10], "round robin ignores keys");
@@ -169,7 +205,11 @@ async fn round_robin_random_and_custom_partitioners() {
         Err(Error::UnknownPartition { partition: 7, .. })
     ));
 
-    let random = client.producer().partitioner(Partitioner::Random).build().unwrap();
+    let random = client
+        .producer()
+        .partitioner(Partitioner::Random)
+        .build()
+        .unwrap();
     for _ in 0..20 {
         let d = random.to(&topic).value("r").send().await.unwrap();
         assert!((0..3).contains(&d.partition));
@@ -241,7 +281,12 @@ async fn unknown_topic_fails_unless_auto_create_is_on() {
         other => panic!("expected UnknownTopic, got {other:?}"),
     }
     let auto = client.producer().auto_create_topics(2, 1).build().unwrap();
-    let d = auto.to(&missing).value("x").send().await.expect("auto-created");
+    let d = auto
+        .to(&missing)
+        .value("x")
+        .send()
+        .await
+        .expect("auto-created");
     assert_eq!(d.offset, 0);
     let meta = client.admin().describe_topic(&missing).await.unwrap();
     assert_eq!(meta.partitions.len(), 2);
@@ -252,7 +297,11 @@ async fn records_too_large_are_refused_with_a_clear_error() {
     let client = client().await;
     // Producer-side limit.
     let topic = new_topic(&client, "prod-large", 1).await;
-    let producer = client.producer().max_batch_bytes(16 * 1024).build().unwrap();
+    let producer = client
+        .producer()
+        .max_batch_bytes(16 * 1024)
+        .build()
+        .unwrap();
     match producer.to(&topic).value(vec![0u8; 20_000]).send().await {
         Err(Error::RecordTooLarge { limit: 16384, .. }) => {}
         other => panic!("expected RecordTooLarge, got {other:?}"),
@@ -271,10 +320,21 @@ async fn records_too_large_are_refused_with_a_clear_error() {
     }
     // Small records to the same topic still go through, even when many are
     // batched together past the topic's limit (the batch is split).
-    let producer = client.producer().linger(Duration::from_millis(50)).build().unwrap();
+    let producer = client
+        .producer()
+        .linger(Duration::from_millis(50))
+        .build()
+        .unwrap();
     let mut futures = Vec::new();
     for i in 0..40 {
-        futures.push(producer.to(&small).value(vec![i as u8; 300]).enqueue().await.unwrap());
+        futures.push(
+            producer
+                .to(&small)
+                .value(vec![i as u8; 300])
+                .enqueue()
+                .await
+                .unwrap(),
+        );
     }
     for f in futures {
         f.await.expect("small record delivered");
@@ -305,5 +365,8 @@ async fn unreachable_broker_is_reported_after_the_deadline() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(30), "gave up in bounded time");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up in bounded time"
+    );
 }

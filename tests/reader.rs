@@ -35,22 +35,43 @@ async fn read_to_end_returns_everything_once_in_partition_order() {
     let reader = client.reader().topic(&topic).build().await.unwrap();
     assert_eq!(
         reader.assignment(),
-        (0..3).map(|p| (topic.clone(), p, 0, 200)).collect::<Vec<_>>()
+        (0..3)
+            .map(|p| (topic.clone(), p, 0, 200))
+            .collect::<Vec<_>>()
     );
     let records = reader.read_to_end().await.unwrap();
     assert_eq!(records.len(), 600);
     for p in 0..3 {
-        let offsets: Vec<i64> = records.iter().filter(|r| r.partition == p).map(|r| r.offset).collect();
-        assert_eq!(offsets, (0..200).collect::<Vec<_>>(), "partition {p} complete and ordered");
+        let offsets: Vec<i64> = records
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..200).collect::<Vec<_>>(),
+            "partition {p} complete and ordered"
+        );
     }
-    let r = records.iter().find(|r| r.partition == 1 && r.offset == 7).unwrap();
+    let r = records
+        .iter()
+        .find(|r| r.partition == 1 && r.offset == 7)
+        .unwrap();
     assert_eq!(r.value_str(), Some("1-7"));
     assert_eq!(r.header("seq"), Some(&b"7"[..]));
     assert!(r.timestamp > 1_600_000_000_000);
 
     // An empty topic reads as empty, immediately.
     let empty = new_topic(&client, "read-empty", 2).await;
-    let none = client.reader().topic(&empty).build().await.unwrap().read_to_end().await.unwrap();
+    let none = client
+        .reader()
+        .topic(&empty)
+        .build()
+        .await
+        .unwrap()
+        .read_to_end()
+        .await
+        .unwrap();
     assert!(none.is_empty());
 }
 
@@ -70,10 +91,20 @@ async fn start_positions_and_chosen_partitions() {
         .read_to_end()
         .await
         .unwrap();
-    assert_eq!(at.iter().map(|r| (r.partition, r.offset)).collect::<Vec<_>>(),
-        (40..50).map(|o| (1, o)).collect::<Vec<_>>());
+    assert_eq!(
+        at.iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>(),
+        (40..50).map(|o| (1, o)).collect::<Vec<_>>()
+    );
 
-    let latest = client.reader().topic(&topic).start(StartOffset::Latest).build().await.unwrap();
+    let latest = client
+        .reader()
+        .topic(&topic)
+        .start(StartOffset::Latest)
+        .build()
+        .await
+        .unwrap();
     assert!(latest.read_to_end().await.unwrap().is_empty());
 
     let mixed = client
@@ -91,10 +122,19 @@ async fn start_positions_and_chosen_partitions() {
     assert!(mixed.iter().all(|r| r.partition == 0 && r.offset >= 45));
 
     match client.reader().partitions(&topic, &[5]).build().await {
-        Err(Error::UnknownPartition { partition: 5, count: 2, .. }) => {}
+        Err(Error::UnknownPartition {
+            partition: 5,
+            count: 2,
+            ..
+        }) => {}
         other => panic!("expected UnknownPartition, got {other:?}"),
     }
-    match client.reader().topic("no-such-topic-for-reader").build().await {
+    match client
+        .reader()
+        .topic("no-such-topic-for-reader")
+        .build()
+        .await
+    {
         Err(Error::UnknownTopic(_)) => {}
         other => panic!("expected UnknownTopic, got {other:?}"),
     }
@@ -107,7 +147,13 @@ async fn start_at_timestamp() {
     let producer = client.producer().build().unwrap();
     let t0 = 1_750_000_000_000_i64;
     for i in 0..20 {
-        producer.to(&topic).value(format!("{i}")).timestamp(t0 + i * 60_000).send().await.unwrap();
+        producer
+            .to(&topic)
+            .value(format!("{i}"))
+            .timestamp(t0 + i * 60_000)
+            .send()
+            .await
+            .unwrap();
     }
     let records = client
         .reader()
@@ -119,7 +165,10 @@ async fn start_at_timestamp() {
         .read_to_end()
         .await
         .unwrap();
-    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (15..20).collect::<Vec<_>>());
+    assert_eq!(
+        records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (15..20).collect::<Vec<_>>()
+    );
     assert_eq!(records[0].timestamp, t0 + 15 * 60_000);
 }
 
@@ -139,7 +188,12 @@ async fn stream_delivers_records_produced_after_start() {
     let producer = client.producer().build().unwrap();
     let sender = tokio::spawn(async move {
         for i in 0..30 {
-            producer.to(&topic).value(format!("live-{i}")).send().await.unwrap();
+            producer
+                .to(&topic)
+                .value(format!("live-{i}"))
+                .send()
+                .await
+                .unwrap();
         }
     });
     let mut got = Vec::new();
@@ -153,7 +207,10 @@ async fn stream_delivers_records_produced_after_start() {
     }
     sender.await.unwrap();
     got.sort_by_key(|v| v[5..].parse::<u32>().unwrap());
-    assert_eq!(got, (0..30).map(|i| format!("live-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (0..30).map(|i| format!("live-{i}")).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -164,12 +221,23 @@ async fn run_drives_a_handler_and_reads_java_produced_records() {
     let lines: String = (0..25).map(|i| format!("line {i}\n")).collect();
     let out = testcontainers::run_kafka_class_with_stdin(
         testcontainers::CONSOLE_PRODUCER,
-        &["--bootstrap-server", &bootstrap, "--topic", &topic, "--compression-codec", "gzip"],
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--compression-codec",
+            "gzip",
+        ],
         lines.as_bytes(),
         Duration::from_secs(90),
     )
     .expect("console producer runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut seen = Vec::new();
     let result = client
@@ -184,7 +252,10 @@ async fn run_drives_a_handler_and_reads_java_produced_records() {
         })
         .await;
     assert!(result.is_ok());
-    assert_eq!(seen, (0..25).map(|i| format!("line {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..25).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
 
     // A handler error stops the run and is returned as such.
     let result = client
@@ -194,8 +265,15 @@ async fn run_drives_a_handler_and_reads_java_produced_records() {
         .await
         .unwrap()
         .run(true, |r| async move {
-            if r.offset == 3 { Err("boom") } else { Ok(()) }
+            if r.offset == 3 {
+                Err("boom")
+            } else {
+                Ok(())
+            }
         })
         .await;
-    assert!(matches!(result, Err(kastellan::reader::RunError::Handler("boom"))));
+    assert!(matches!(
+        result,
+        Err(kastellan::reader::RunError::Handler("boom"))
+    ));
 }

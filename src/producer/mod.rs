@@ -361,11 +361,14 @@ struct TopicState {
     round_robin: Arc<RoundRobin>,
 }
 
+/// The queue feeding one partition's batching worker.
+type WorkerQueue = mpsc::UnboundedSender<Pending>;
+
 struct ProducerInner {
     client: Client,
     settings: ProducerSettings,
     topics: Mutex<HashMap<String, TopicState>>,
-    workers: Mutex<HashMap<(Arc<str>, i32), mpsc::UnboundedSender<Pending>>>,
+    workers: Mutex<HashMap<(Arc<str>, i32), WorkerQueue>>,
     memory: Arc<Semaphore>,
     outstanding: Arc<Outstanding>,
     reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
@@ -583,7 +586,7 @@ impl Producer {
         Ok((count, Arc::clone(&state.round_robin)))
     }
 
-    fn worker(&self, topic: &str, partition: i32) -> mpsc::UnboundedSender<Pending> {
+    fn worker(&self, topic: &str, partition: i32) -> WorkerQueue {
         let inner = &self.inner;
         let mut workers = inner.workers.lock().unwrap_or_else(|p| p.into_inner());
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);

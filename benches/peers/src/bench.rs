@@ -21,6 +21,8 @@ pub struct BenchArgs {
     pub keyed: bool,
     pub layouts: Vec<i32>,
     pub timeout: Duration,
+    /// Records produced and read once, untimed, before the first round.
+    pub warmup: usize,
 }
 
 impl Default for BenchArgs {
@@ -34,6 +36,7 @@ impl Default for BenchArgs {
             keyed: false,
             layouts: vec![1, 6],
             timeout: Duration::from_secs(600),
+            warmup: 50_000,
         }
     }
 }
@@ -95,10 +98,10 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
     );
     println!("- readers: no consumer group, no commits, partitions assigned from the earliest offset, fetch settings at client defaults");
     println!(
-        "- {} round(s), client order rotated each round; figures are medians over rounds",
-        args.rounds
+        "- {} round(s), client order rotated each round; figures are medians over rounds; {} warm-up records before the first round",
+        args.rounds, args.warmup
     );
-    println!("- each phase runs in its own process; time is measured from the client's ready mark (client built, topic metadata fetched) to the last ack or the last record read; peak RSS is the larger `ru_maxrss` of the produce and read processes");
+    println!("- each phase runs in its own process; time is measured from the client's ready mark (client built, topic metadata fetched) to the last ack or the last record read; peak RSS is the larger `VmHWM` of the produce and read processes");
     println!();
 }
 
@@ -194,6 +197,35 @@ async fn run_one(
     run
 }
 
+/// Pushes some records through the broker before anything is measured, so
+/// the first client measured does not meet a cold broker (JIT, page cache).
+async fn warm_up(
+    admin: &Admin,
+    bootstrap: &str,
+    records: usize,
+    size: usize,
+) -> anyhow::Result<()> {
+    let partitions = 6;
+    let topic = format!("peers-warmup-{}", std::process::id());
+    admin.create_topic(&topic, partitions).await?;
+    let payload = workload::payload(size);
+    let started = std::time::Instant::now();
+    let outcome = async {
+        rdkafka_client::produce(bootstrap, &topic, &payload, records).await?;
+        rdkafka_client::read(bootstrap, &topic, partitions, records).await
+    }
+    .await;
+    if let Err(error) = admin.delete_topic(&topic).await {
+        eprintln!("warning: {error:#}");
+    }
+    outcome.context("warm-up")?;
+    eprintln!(
+        "warm-up: {records} records produced and read in {:.2} s (not measured)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn run_child(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
     tokio::task::block_in_place(|| spawn::run_phase(args, timeout))
 }
@@ -209,6 +241,9 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("broker at {bootstrap} does not answer"))?;
     eprintln!("broker {bootstrap}: {brokers} broker(s) in metadata");
 
+    if args.warmup > 0 {
+        warm_up(&admin, &bootstrap, args.warmup, args.size).await?;
+    }
     print_header(&args, &bootstrap);
 
     let mut runs = Vec::new();

@@ -1,7 +1,7 @@
 //! One phase of one client, in a process of its own (`peers run ...`).
 //!
 //! The outcome goes to stdout as a single machine-readable line:
-//! `PEERS_RESULT phase=<p> records=<n> bytes=<b> work_ns=<ns> call_ns=<ns>`
+//! `PEERS_RESULT phase=<p> records=<n> bytes=<b> work_ns=<ns> call_ns=<ns> hwm_kib=<kib>`
 //! or `PEERS_ERROR <message>`.
 
 use std::process::ExitCode;
@@ -35,17 +35,21 @@ pub struct PhaseReport {
     pub work_ns: u128,
     /// The whole call of the client's phase function, set-up included.
     pub call_ns: u128,
+    /// This process's peak resident set (`VmHWM`) at the end of the phase,
+    /// in KiB; 0 when unknown.
+    pub hwm_kib: u64,
 }
 
 impl PhaseReport {
     pub fn line(&self, phase: Phase) -> String {
         format!(
-            "{RESULT_TAG} phase={} records={} bytes={} work_ns={} call_ns={}",
+            "{RESULT_TAG} phase={} records={} bytes={} work_ns={} call_ns={} hwm_kib={}",
             phase.id(),
             self.records,
             self.bytes,
             self.work_ns,
-            self.call_ns
+            self.call_ns,
+            self.hwm_kib
         )
     }
 
@@ -57,6 +61,7 @@ impl PhaseReport {
             bytes: 0,
             work_ns: 0,
             call_ns: 0,
+            hwm_kib: 0,
         };
         let mut found = 0;
         for field in rest.split_whitespace() {
@@ -66,6 +71,10 @@ impl PhaseReport {
                 "bytes" => report.bytes = value.parse().ok()?,
                 "work_ns" => report.work_ns = value.parse().ok()?,
                 "call_ns" => report.call_ns = value.parse().ok()?,
+                "hwm_kib" => {
+                    report.hwm_kib = value.parse().ok()?;
+                    continue;
+                }
                 _ => continue,
             }
             found += 1;
@@ -135,7 +144,22 @@ async fn run_phase(args: &PhaseArgs) -> anyhow::Result<PhaseReport> {
         bytes,
         work_ns: (end - work_start).as_nanos(),
         call_ns: (end - start).as_nanos(),
+        hwm_kib: peak_rss_kib(std::process::id()).unwrap_or(0),
     })
+}
+
+/// `VmHWM` of process `pid` from `/proc/<pid>/status`, in KiB.
+///
+/// This is the high-water mark of the process's own address space, which
+/// `exec` starts afresh; `ru_maxrss` of a spawned child would also count the
+/// parent's high-water mark, inherited through `posix_spawn`.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
 }
 
 #[cfg(test)]
@@ -149,6 +173,7 @@ mod tests {
             bytes: 204_800_000,
             work_ns: 1_234_567_890,
             call_ns: 1_334_567_890,
+            hwm_kib: 12_345,
         };
         let line = report.line(Phase::Read);
         assert_eq!(PhaseReport::parse(&line), Some(report));
@@ -157,5 +182,11 @@ mod tests {
             None
         );
         assert_eq!(PhaseReport::parse("something else"), None);
+    }
+
+    #[test]
+    fn own_peak_rss_is_readable() {
+        let kib = peak_rss_kib(std::process::id()).expect("VmHWM of this process");
+        assert!(kib > 0);
     }
 }

@@ -32,6 +32,7 @@ usage: peers [options]
   --layouts 1,6        partition counts of the topics (default 1,6)
   --keyed              give every record a key (default: no keys)
   --timeout SECS       limit for one phase of one client (default 600)
+  --warmup N           records pushed through the broker, untimed, first (default 50000; 0: none)
   --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP)
 
 internal: peers run --client C --phase produce|read --bootstrap H:P --topic T
@@ -95,6 +96,7 @@ fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
             "--layouts" => bench.layouts = list(&flag, &flags.value(&flag)?)?,
             "--keyed" => bench.keyed = true,
             "--timeout" => bench.timeout = Duration::from_secs(flags.parsed(&flag)?),
+            "--warmup" => bench.warmup = flags.parsed(&flag)?,
             "--bootstrap" => bench.bootstrap = Some(flags.value(&flag)?),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }

@@ -362,6 +362,7 @@ mod tests {
                 bytes: 1000 * 1024,
                 work_ns: (work_secs * 1e9) as u128,
                 call_ns: (work_secs * 1e9) as u128 + 1,
+                hwm_kib: rss_kib,
             }),
             max_rss_kib: Some(rss_kib),
         }

@@ -1,17 +1,23 @@
 //! Runs one phase in a child process and measures its peak resident set.
+//!
+//! The peak is the child's `VmHWM`: reported by the child itself at the end
+//! of the phase and sampled by the parent from `/proc/<pid>/status` while it
+//! waits, whichever is larger. `ru_maxrss` (from `wait4`) is not used: a
+//! child started with `posix_spawn` carries the parent's high-water mark into
+//! it.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::child::{PhaseArgs, PhaseReport, ERROR_TAG};
+use crate::child::{peak_rss_kib, PhaseArgs, PhaseReport, ERROR_TAG};
 
 /// What the parent learns about one phase.
 #[derive(Debug, Clone)]
 pub struct PhaseOutcome {
     pub result: Result<PhaseReport, String>,
-    /// Peak resident set of the child, in KiB (`ru_maxrss`).
+    /// Peak resident set of the child, in KiB (`VmHWM`).
     pub max_rss_kib: Option<u64>,
 }
 
@@ -53,20 +59,33 @@ fn drain(mut source: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-/// Waits for `child` with `wait4`, killing it once `timeout` has passed.
-/// Returns the wait status, the rusage and whether it was killed.
-fn reap(child: &mut Child, timeout: Duration) -> std::io::Result<(i32, libc::rusage, bool)> {
-    let pid = child.id() as libc::pid_t;
+struct Reaped {
+    status: i32,
+    killed: bool,
+    /// Largest `VmHWM` sampled while the child ran, in KiB.
+    sampled_hwm_kib: Option<u64>,
+}
+
+/// Waits for `child` with `waitpid`, sampling its `VmHWM` meanwhile and killing
+/// it once `timeout` has passed.
+fn reap(child: &mut Child, timeout: Duration) -> std::io::Result<Reaped> {
+    let pid = child.id();
     let deadline = Instant::now() + timeout;
     let mut killed = false;
+    let mut sampled_hwm_kib = None;
     loop {
+        if let Some(kib) = peak_rss_kib(pid).filter(|&kib| kib > 0) {
+            sampled_hwm_kib = sampled_hwm_kib.max(Some(kib));
+        }
         let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `pid` is our own unreaped child; the pointers are to locals.
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if reaped == pid {
-            return Ok((status, usage, killed));
+        // SAFETY: `pid` is our own unreaped child; `status` is a local.
+        let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        if reaped == pid as libc::pid_t {
+            return Ok(Reaped {
+                status,
+                killed,
+                sampled_hwm_kib,
+            });
         }
         if reaped < 0 {
             let error = std::io::Error::last_os_error();
@@ -111,14 +130,16 @@ pub fn run_phase(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
     let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
 
-    let (status, usage, killed) = match reaped {
+    let reaped = match reaped {
         Ok(reaped) => reaped,
         Err(error) => return PhaseOutcome::failed(format!("waiting for the child: {error}")),
     };
-    let max_rss_kib = u64::try_from(usage.ru_maxrss).ok();
-    let result = if killed {
+    let report = stdout.lines().find_map(PhaseReport::parse);
+    let reported_hwm_kib = report.map(|r| r.hwm_kib).filter(|&kib| kib > 0);
+    let max_rss_kib = reported_hwm_kib.max(reaped.sampled_hwm_kib);
+    let result = if reaped.killed {
         Err(format!("timed out after {timeout:?}"))
-    } else if let Some(report) = stdout.lines().find_map(PhaseReport::parse) {
+    } else if let Some(report) = report {
         Ok(report)
     } else if let Some(message) = stdout
         .lines()
@@ -129,7 +150,7 @@ pub fn run_phase(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
     } else {
         Err(format!(
             "child ended with {} and no result; stderr: {}",
-            describe_status(status),
+            describe_status(reaped.status),
             last_lines(&stderr, 5)
         ))
     };

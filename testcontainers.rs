@@ -1,0 +1,1755 @@
+//! A real Apache Kafka broker for integration tests and examples.
+//!
+//! Include it with `#[path = "../testcontainers.rs"] mod testcontainers;`.
+//!
+//! The broker is Apache Kafka itself (KRaft, combined broker and controller,
+//! single node), run as a JVM process on loopback. Its jars are fetched once
+//! per machine from Maven Central with `mvn` into a cache directory outside
+//! the repository (`$KASTELLAN_CACHE_DIR`, else `$HOME/.cache/kastellan`).
+//!
+//! Environment variables:
+//! - `KAFKA_BOOTSTRAP=host:port`: use that broker for [`shared_bootstrap`]
+//!   instead of starting one.
+//! - `KASTELLAN_KAFKA_VERSION`: Kafka version to fetch (default
+//!   [`KAFKA_VERSION`]).
+//! - `KASTELLAN_CACHE_DIR`: where fetched jars are kept.
+//! - `KASTELLAN_BROKER_START_TIMEOUT_SECS`: how long a broker may take to
+//!   become ready (default 90).
+//! - `KASTELLAN_BROKER_JVM_ARGS`: extra JVM flags for every broker started
+//!   here, split on whitespace, placed after the defaults so they win (for
+//!   example `-XX:TieredStopAtLevel=4` for full JIT in benchmarks).
+//! - `KASTELLAN_KAFKA_CDS=0`: do not build or use the class-data-sharing
+//!   archive that makes JVM starts faster.
+//! - `JAVA_HOME`: the JDK to use (else `java` from `PATH`); Java 17+.
+//!
+//! Brokers never outlive the process that started them: each JVM runs under
+//! a small `sh` supervisor that holds the read end of a pipe whose write end
+//! only this process has. When this process ends, however it ends, the pipe
+//! reaches end-of-file and the supervisor stops the JVM and deletes the
+//! broker's directory.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Apache Kafka version fetched by default. It is the newest 4.x release
+/// whose `kafka_2.13`, `kafka-tools` and `kafka-clients` artifacts all resolve
+/// from Maven Central. Override with `KASTELLAN_KAFKA_VERSION`.
+pub const KAFKA_VERSION: &str = "4.3.1";
+
+/// Main class of the broker itself: `kafka.Kafka <server.properties>`.
+pub const KAFKA_SERVER: &str = "kafka.Kafka";
+/// KRaft storage tool (`format`, `random-uuid`, `info`).
+pub const STORAGE_TOOL: &str = "kafka.tools.StorageTool";
+/// `kafka-console-producer`: reads records from stdin, one per line.
+pub const CONSOLE_PRODUCER: &str = "org.apache.kafka.tools.ConsoleProducer";
+/// `kafka-console-consumer`: prints record values to stdout.
+pub const CONSOLE_CONSUMER: &str = "org.apache.kafka.tools.consumer.ConsoleConsumer";
+/// `kafka-consumer-groups`: list, describe, reset offsets of groups.
+pub const CONSUMER_GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+/// `kafka-topics`: create, describe, alter, delete topics.
+pub const TOPICS_COMMAND: &str = "org.apache.kafka.tools.TopicCommand";
+/// `kafka-producer-perf-test`.
+pub const PRODUCER_PERF: &str = "org.apache.kafka.tools.ProducerPerformance";
+/// `kafka-consumer-perf-test`.
+pub const CONSUMER_PERF: &str = "org.apache.kafka.tools.ConsumerPerformance";
+/// `kafka-verifiable-producer`: JSON events on stdout for each send.
+pub const VERIFIABLE_PRODUCER: &str = "org.apache.kafka.tools.VerifiableProducer";
+/// `kafka-verifiable-consumer`: JSON events on stdout for each poll/commit.
+pub const VERIFIABLE_CONSUMER: &str = "org.apache.kafka.tools.VerifiableConsumer";
+/// `kafka-transactions`: list, describe, abort transactions.
+pub const TRANSACTIONS_COMMAND: &str = "org.apache.kafka.tools.TransactionsCommand";
+/// `kafka-get-offsets`: earliest/latest/by-time offsets of partitions.
+pub const GET_OFFSET_SHELL: &str = "org.apache.kafka.tools.GetOffsetShell";
+/// `kafka-acls`: add, list, remove ACLs.
+pub const ACL_COMMAND: &str = "org.apache.kafka.tools.AclCommand";
+/// `kafka-configs`: dynamic configs, SCRAM credentials, quotas.
+pub const CONFIG_COMMAND: &str = "kafka.admin.ConfigCommand";
+
+const LOG4J_VERSION: &str = "2.24.3";
+// Kafka declares slf4j-api 1.7, which cannot find log4j's SLF4J 2 provider;
+// asking for 2.x explicitly makes the broker's logging reach log4j.
+const SLF4J_VERSION: &str = "2.0.17";
+const DEPENDENCY_GOAL: &str =
+    "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies";
+const COMPLETE_MARKER: &str = "complete";
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
+const FORMAT_TIMEOUT: Duration = Duration::from_secs(120);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const BROKER_HEAP: [&str; 2] = ["-Xms256m", "-Xmx1g"];
+// Measured on 2 cores: C1-only JIT and the serial collector take a broker
+// from about 3.5 s to about 2.1 s to ready, and tools from about 1.3 s to
+// about 1.0 s; the class-data-sharing archive takes them to about 1.2 s and
+// 0.6 s.
+const JVM_FAST_START: [&str; 3] = [
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    // No hsperfdata files in /tmp, which a killed JVM would leave behind.
+    "-XX:-UsePerfData",
+];
+// JVM warnings (a stale sharing archive, say) go to stderr, never into a
+// tool's stdout that a test parses.
+const JVM_QUIET: [&str; 2] = ["-Xlog:disable", "-Xlog:all=warning:stderr"];
+
+const LOG4J2_CONFIG: &str = "\
+status = error
+name = kastellan-fixture
+appender.err.type = Console
+appender.err.name = err
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.err.ref = err
+";
+
+// Supervisor of one broker JVM. $1 = broker dir, $2 = grace seconds for a
+// clean stop, the rest = the java command. It starts java in the background,
+// then blocks reading stdin, a pipe whose only writer is the owning process:
+// end-of-file means the owner is gone or wants the broker stopped. It then
+// stops java (TERM, then KILL after the grace period) and deletes the dir.
+// java's exit status is written to java.exit so the owner can report an
+// early exit.
+const SUPERVISOR_SCRIPT: &str = r#"
+dir=$1
+grace=$2
+shift 2
+cd "$dir" || exit 97
+(
+  "$@" </dev/null >>broker.log 2>&1 &
+  echo $! >java.pid.tmp && mv java.pid.tmp java.pid
+  wait $!
+  echo $? >java.exit.tmp && mv java.exit.tmp java.exit
+) &
+sub=$!
+cat >/dev/null
+while [ ! -s java.pid ] && kill -0 "$sub" 2>/dev/null; do sleep 0.05; done
+jp=$(cat java.pid 2>/dev/null)
+if [ -n "$jp" ]; then
+  kill -TERM "$jp" 2>/dev/null
+  n=0
+  while kill -0 "$jp" 2>/dev/null && [ "$n" -lt $((grace * 10)) ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  kill -KILL "$jp" 2>/dev/null
+fi
+wait "$sub"
+cd / && rm -rf "$dir"
+"#;
+
+/// What went wrong while fetching Kafka, starting a broker or running a
+/// Kafka tool. `Display` says what failed and what to do about it.
+#[derive(Debug)]
+pub enum FixtureError {
+    /// Neither `KASTELLAN_CACHE_DIR` nor `HOME` is set.
+    NoCacheDir,
+    /// A file-system or process operation failed.
+    Io {
+        /// What was being done.
+        action: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The `java` program could not be started.
+    JavaNotFound {
+        /// The program that was tried.
+        program: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The `mvn` program could not be started.
+    MavenNotFound {
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// `mvn` ran but could not fetch the jars.
+    MavenFailed {
+        /// Kafka version requested.
+        version: String,
+        /// Exit status, or "timed out".
+        status: String,
+        /// The end of Maven's output.
+        output: String,
+        /// The pom.xml Maven was given, for re-running by hand.
+        pom: PathBuf,
+    },
+    /// Maven succeeded but expected jars are missing from the classpath dir.
+    MissingJars {
+        /// Kafka version requested.
+        version: String,
+        /// The jar names not found.
+        missing: Vec<String>,
+    },
+    /// A Kafka class run did not finish in time and was killed.
+    ToolTimedOut {
+        /// The Java main class.
+        main_class: String,
+        /// The time it was given.
+        timeout: Duration,
+        /// What it printed to stdout before it was killed.
+        stdout: String,
+        /// What it printed to stderr before it was killed.
+        stderr: String,
+    },
+    /// A Kafka class exited with a failure status.
+    ToolFailed {
+        /// The Java main class.
+        main_class: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed to stdout.
+        stdout: String,
+        /// What it printed to stderr.
+        stderr: String,
+    },
+    /// The broker JVM exited before it became ready.
+    BrokerExited {
+        /// Bootstrap address it was to listen on.
+        bootstrap: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The broker did not become ready before the deadline; it was stopped.
+    BrokerStartTimeout {
+        /// Bootstrap address it was to listen on.
+        bootstrap: String,
+        /// How long it was given.
+        waited: Duration,
+        /// Why the last readiness probe failed.
+        last_probe: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The process-wide broker failed to start earlier in this process.
+    Shared(Arc<FixtureError>),
+}
+
+const EXTERNAL_HINT: &str =
+    "To use an already running broker instead, set KAFKA_BOOTSTRAP=host:port.";
+
+impl fmt::Display for FixtureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FixtureError::NoCacheDir => write!(
+                f,
+                "no cache directory for the Kafka jars: set KASTELLAN_CACHE_DIR (or HOME). \
+                 {EXTERNAL_HINT}"
+            ),
+            FixtureError::Io { action, source } => write!(f, "{action}: {source}"),
+            FixtureError::JavaNotFound { program, source } => write!(
+                f,
+                "cannot run Java ({program}: {source}). Kafka 4 needs Java 17 or newer: \
+                 install it (Debian: apt-get install openjdk-17-jre-headless) or set JAVA_HOME. \
+                 {EXTERNAL_HINT}"
+            ),
+            FixtureError::MavenNotFound { source } => write!(
+                f,
+                "cannot run `mvn` ({source}); it fetches the Kafka jars from Maven Central once \
+                 per machine. Install Maven (Debian: apt-get install maven). {EXTERNAL_HINT}"
+            ),
+            FixtureError::MavenFailed {
+                version,
+                status,
+                output,
+                pom,
+            } => write!(
+                f,
+                "mvn could not fetch Apache Kafka {version} from Maven Central ({status}). \
+                 Check network access to Maven Central and ~/.m2/settings.xml, or pick a \
+                 version that exists with KASTELLAN_KAFKA_VERSION. Re-run by hand with \
+                 `mvn -B -f {} {DEPENDENCY_GOAL}`. {EXTERNAL_HINT}\n--- mvn output (end) ---\n{output}",
+                pom.display()
+            ),
+            FixtureError::MissingJars { version, missing } => write!(
+                f,
+                "the fetched classpath for Kafka {version} lacks {}; the artifacts may have \
+                 changed layout in this version. Try another KASTELLAN_KAFKA_VERSION. \
+                 {EXTERNAL_HINT}",
+                missing.join(", ")
+            ),
+            FixtureError::ToolTimedOut {
+                main_class,
+                timeout,
+                stdout,
+                stderr,
+            } => write!(
+                f,
+                "{main_class} did not finish within {timeout:?} and was killed. Give it a \
+                 longer timeout or check that it has an end (e.g. --max-messages, \
+                 --timeout-ms).\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            ),
+            FixtureError::ToolFailed {
+                main_class,
+                status,
+                stdout,
+                stderr,
+            } => {
+                write!(f, "{main_class} failed ({status}).")?;
+                if stderr.contains("UnsupportedClassVersionError") {
+                    write!(f, " Kafka 4 needs Java 17 or newer: set JAVA_HOME to one.")?;
+                }
+                write!(f, "\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+            }
+            FixtureError::BrokerExited {
+                bootstrap,
+                status,
+                log_tail,
+            } => {
+                write!(
+                    f,
+                    "the Kafka broker for {bootstrap} exited before it was ready ({status})."
+                )?;
+                if log_tail.contains("UnsupportedClassVersionError") {
+                    write!(f, " Kafka 4 needs Java 17 or newer: set JAVA_HOME to one.")?;
+                }
+                write!(f, " {EXTERNAL_HINT}\n--- broker log (end) ---\n{log_tail}")
+            }
+            FixtureError::BrokerStartTimeout {
+                bootstrap,
+                waited,
+                last_probe,
+                log_tail,
+            } => write!(
+                f,
+                "the Kafka broker for {bootstrap} was not ready after {waited:?} (last probe: \
+                 {last_probe}) and was stopped. On a slow or busy machine raise \
+                 KASTELLAN_BROKER_START_TIMEOUT_SECS. {EXTERNAL_HINT}\n\
+                 --- broker log (end) ---\n{log_tail}"
+            ),
+            FixtureError::Shared(inner) => {
+                write!(f, "the shared Kafka broker could not be started: {inner}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FixtureError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FixtureError::Io { source, .. }
+            | FixtureError::JavaNotFound { source, .. }
+            | FixtureError::MavenNotFound { source } => Some(source),
+            FixtureError::Shared(inner) => Some(inner.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> FixtureError {
+    let action = action.into();
+    move |source| FixtureError::Io { action, source }
+}
+
+/// Bootstrap address ("127.0.0.1:port") of the broker shared by this process:
+/// `KAFKA_BOOTSTRAP` if set, else a broker started once per process
+/// (`OnceLock`) and kept until the process exits.
+pub fn shared_bootstrap() -> Result<String, FixtureError> {
+    if let Ok(external) = std::env::var("KAFKA_BOOTSTRAP") {
+        let external = external.trim();
+        if !external.is_empty() {
+            return Ok(external.to_string());
+        }
+    }
+    static SHARED: OnceLock<Result<Broker, Arc<FixtureError>>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_broker(BrokerOptions::default()).map_err(Arc::new)) {
+        Ok(broker) => Ok(broker.bootstrap().to_string()),
+        Err(e) => Err(FixtureError::Shared(Arc::clone(e))),
+    }
+}
+
+/// Same as [`shared_bootstrap`], but panics with the error's full, actionable
+/// message, so a test that needs a broker fails loudly instead of skipping.
+pub fn bootstrap() -> String {
+    match shared_bootstrap() {
+        Ok(address) => address,
+        Err(e) => panic!("no Kafka broker for this test: {e}"),
+    }
+}
+
+/// How to configure a dedicated broker started with [`start_broker`].
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Extra `server.properties` entries. An entry whose key the fixture also
+    /// sets replaces the fixture's value (for example
+    /// `auto.create.topics.enable=true`).
+    pub extra_properties: Vec<(String, String)>,
+    /// Extra listeners as `(name, security protocol)`, for example
+    /// `("SASL", "SASL_PLAINTEXT")`. Each gets a fresh loopback port and is
+    /// added to `listeners`, `advertised.listeners` and
+    /// `listener.security.protocol.map`; configure it through
+    /// `extra_properties` with the `listener.name.<name lowercased>.` prefix,
+    /// and find its address with [`Broker::listener_address`].
+    pub extra_listeners: Vec<(String, String)>,
+    /// Extra arguments for `StorageTool format`, for example
+    /// `["--add-scram", "SCRAM-SHA-256=[name=alice,password=secret]"]`.
+    pub format_args: Vec<String>,
+    /// Extra JVM flags for the broker, after the fixture's defaults.
+    pub jvm_args: Vec<String>,
+}
+
+impl BrokerOptions {
+    /// Adds (or overrides) one broker property.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds an extra listener `(name, security protocol)`.
+    pub fn listener(mut self, name: impl Into<String>, protocol: impl Into<String>) -> Self {
+        self.extra_listeners.push((name.into(), protocol.into()));
+        self
+    }
+}
+
+/// A dedicated Kafka broker (KRaft, combined broker and controller, single
+/// node) on fresh loopback ports with fresh directories. Dropping it stops
+/// the JVM and deletes its directories before `drop` returns.
+#[derive(Debug)]
+pub struct Broker {
+    bootstrap: String,
+    listeners: Vec<(String, String)>,
+    dir: PathBuf,
+    supervisor: Option<Child>,
+    stdin: Option<ChildStdin>,
+    java_pid: Option<i32>,
+    startup: Duration,
+}
+
+impl Broker {
+    /// Bootstrap address of the PLAINTEXT listener, "127.0.0.1:port".
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Address "127.0.0.1:port" of a listener by name (`PLAINTEXT`,
+    /// `CONTROLLER`, or one of [`BrokerOptions::extra_listeners`]).
+    pub fn listener_address(&self, name: &str) -> Option<&str> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, address)| address.as_str())
+    }
+
+    /// The last `lines` lines of the broker's log (WARN and above, plus
+    /// anything the JVM printed).
+    pub fn log_tail(&self, lines: usize) -> String {
+        read_tail(&self.dir.join("broker.log"), lines)
+    }
+
+    /// Hard stop: kills the broker JVM with SIGKILL, as a crash would, and
+    /// waits until it is gone. Its directories stay until the `Broker` is
+    /// dropped.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.java_pid {
+            // SAFETY: plain syscall; the pid is our broker's JVM, which cannot
+            // have been reaped and reused while its supervisor still waits
+            // for it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            wait_until_gone(pid, Duration::from_secs(10));
+        }
+    }
+
+    /// Whether the broker JVM is still running.
+    pub fn is_running(&self) -> bool {
+        self.java_pid.is_some_and(|pid| !pid_gone(pid))
+    }
+
+    /// Process id of the broker JVM.
+    pub fn pid(&self) -> Option<u32> {
+        self.java_pid.and_then(|pid| u32::try_from(pid).ok())
+    }
+
+    /// The broker's own directory (config, data, log); deleted when the
+    /// broker stops.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How long the start took, from formatting storage to ready.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    // The log's end with stack frames folded, so the exception messages and
+    // their causes fit in an error message.
+    fn failure_log(&self) -> String {
+        let tail = read_tail(&self.dir.join("broker.log"), usize::MAX);
+        let mut folded: Vec<String> = Vec::new();
+        let mut frames = 0;
+        for line in tail.lines() {
+            if line.trim_start().starts_with("at ") || line.trim_start().starts_with("... ") {
+                frames += 1;
+                continue;
+            }
+            if frames > 0 {
+                folded.push(format!("\t... {frames} stack frames"));
+                frames = 0;
+            }
+            folded.push(line.to_string());
+        }
+        if frames > 0 {
+            folded.push(format!("\t... {frames} stack frames"));
+        }
+        if folded.is_empty() {
+            return "(empty: the broker logs only WARN and above, and had not yet)".to_string();
+        }
+        folded[folded.len().saturating_sub(60)..].join("\n")
+    }
+
+    fn exit_status(&mut self) -> Option<String> {
+        if let Ok(text) = fs::read_to_string(self.dir.join("java.exit")) {
+            let code = text.trim();
+            return Some(match code.parse::<i32>() {
+                Ok(c) if c > 128 => format!("JVM exit status {c}, killed by signal {}", c - 128),
+                _ => format!("JVM exit status {code}"),
+            });
+        }
+        let supervisor = self.supervisor.as_mut()?;
+        match supervisor.try_wait() {
+            Ok(Some(status)) => Some(format!("supervisor shell exited: {}", describe(status))),
+            Ok(None) => None,
+            Err(e) => Some(format!("cannot check the supervisor shell: {e}")),
+        }
+    }
+
+    fn read_java_pid(&mut self) {
+        if self.java_pid.is_none() {
+            if let Ok(text) = fs::read_to_string(self.dir.join("java.pid")) {
+                self.java_pid = text.trim().parse().ok();
+            }
+        }
+    }
+
+    // Asks the supervisor for a clean stop (SIGTERM, so the JVM runs its exit
+    // hooks) and waits for it; falls back to a hard stop after `timeout`.
+    fn stop_gracefully(&mut self, timeout: Duration) {
+        self.read_java_pid();
+        drop(self.stdin.take());
+        if let Some(mut supervisor) = self.supervisor.take() {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match supervisor.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        self.supervisor = Some(supervisor);
+                        self.stop_hard();
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(pid) = self.java_pid {
+            wait_until_gone(pid, Duration::from_secs(10));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    fn stop_hard(&mut self) {
+        self.read_java_pid();
+        if let Some(mut supervisor) = self.supervisor.take() {
+            if let Ok(pgid) = i32::try_from(supervisor.id()) {
+                // SAFETY: plain syscall. The supervisor leads its own process
+                // group (java included) and is not yet reaped, so the group id
+                // cannot belong to anyone else.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+            let _ = supervisor.wait();
+        }
+        drop(self.stdin.take());
+        if let Some(pid) = self.java_pid {
+            wait_until_gone(pid, Duration::from_secs(10));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop_hard();
+    }
+}
+
+/// Starts a dedicated broker on fresh ports with fresh directories, and
+/// waits until it answers ApiVersions and lists itself in Metadata. It is
+/// stopped and its directories deleted when the returned [`Broker`] drops.
+pub fn start_broker(opts: BrokerOptions) -> Result<Broker, FixtureError> {
+    let version_dir = kafka_home()?;
+    let cds = cds_archive(&version_dir);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match launch(&opts, &version_dir, cds_flag(&cds)) {
+            // Another process may take a port between our probe and the
+            // broker's bind; fresh ports fix that.
+            Err(FixtureError::BrokerExited { log_tail, .. })
+                if attempt < 3 && log_tail.contains("Address already in use") => {}
+            result => return result,
+        }
+    }
+}
+
+/// Directory holding the flat classpath of Kafka jars (`kafka_2.13`,
+/// `kafka-tools`, `kafka-clients`, their dependencies and a log4j2 backend),
+/// fetched once per machine with `mvn`. Safe when several processes call it
+/// at once: one fetches while the others wait on a file lock.
+pub fn kafka_libs() -> Result<PathBuf, FixtureError> {
+    Ok(kafka_home()?.join("libs"))
+}
+
+/// The Kafka version in use: `KASTELLAN_KAFKA_VERSION` or [`KAFKA_VERSION`].
+pub fn kafka_version() -> String {
+    std::env::var("KASTELLAN_KAFKA_VERSION")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| KAFKA_VERSION.to_string())
+}
+
+/// How to run a Kafka class with [`run_kafka_class_with`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Bytes written to the class's stdin, which is then closed; `None`
+    /// gives it an empty stdin.
+    pub stdin: Option<Vec<u8>>,
+    /// Extra JVM flags, after the defaults (which favour a fast start with
+    /// C1-only JIT; pass `-XX:TieredStopAtLevel=4` for full JIT in perf
+    /// tools).
+    pub jvm_args: Vec<String>,
+    /// The run is killed after this long.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            stdin: None,
+            jvm_args: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs a Kafka Java main class (e.g. one of the tool constants) on the
+/// fetched classpath and returns its output, whatever its exit status.
+/// Blocks; the JVM is killed after `timeout` (an error then carries what it
+/// printed).
+pub fn run_kafka_class(
+    main_class: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Output, FixtureError> {
+    run_kafka_class_with(
+        main_class,
+        args,
+        &RunOptions {
+            timeout,
+            ..RunOptions::default()
+        },
+    )
+}
+
+/// [`run_kafka_class`] with `stdin` fed to the class (for the console
+/// producer: one record per line).
+pub fn run_kafka_class_with_stdin(
+    main_class: &str,
+    args: &[&str],
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<Output, FixtureError> {
+    run_kafka_class_with(
+        main_class,
+        args,
+        &RunOptions {
+            stdin: Some(stdin.to_vec()),
+            timeout,
+            ..RunOptions::default()
+        },
+    )
+}
+
+/// [`run_kafka_class`], but a non-zero exit is an error (with stdout and
+/// stderr); returns stdout as text on success.
+pub fn run_kafka_class_checked(
+    main_class: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, FixtureError> {
+    let output = run_kafka_class(main_class, args, timeout)?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(FixtureError::ToolFailed {
+            main_class: main_class.to_string(),
+            status: describe(output.status),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+/// Runs a Kafka Java main class with full control over stdin, JVM flags and
+/// timeout. The JVM is also killed if the calling thread ends first.
+pub fn run_kafka_class_with(
+    main_class: &str,
+    args: &[&str],
+    opts: &RunOptions,
+) -> Result<Output, FixtureError> {
+    let mut cmd = java_command(main_class, &opts.jvm_args)?;
+    cmd.args(args);
+    match run_bounded(&mut cmd, opts.stdin.as_deref(), opts.timeout) {
+        Ok(output) => Ok(output),
+        Err(RunFailure::Spawn(source)) => Err(java_not_found(source)),
+        Err(RunFailure::Wait(source)) => Err(FixtureError::Io {
+            action: format!("waiting for {main_class}"),
+            source,
+        }),
+        Err(RunFailure::TimedOut { stdout, stderr }) => Err(FixtureError::ToolTimedOut {
+            main_class: main_class.to_string(),
+            timeout: opts.timeout,
+            stdout,
+            stderr,
+        }),
+    }
+}
+
+/// A `java` command ready to run `main_class` on the fetched classpath with
+/// the fixture's JVM flags and quiet logging; add arguments and spawn it
+/// yourself for long-running tools. Unlike [`run_kafka_class`], nothing
+/// kills it for you: kill and wait for the child when done.
+pub fn kafka_class_command(main_class: &str) -> Result<Command, FixtureError> {
+    java_command(main_class, &[])
+}
+
+fn java_command(main_class: &str, extra_jvm_args: &[String]) -> Result<Command, FixtureError> {
+    let home = kafka_home()?;
+    let cds = cds_archive(&home);
+    let mut cmd = Command::new(java_program());
+    cmd.args(jvm_args(&home, cds_flag(&cds)))
+        .args(extra_jvm_args)
+        .arg(main_class);
+    Ok(cmd)
+}
+
+// ---------------------------------------------------------------------------
+// Fetching the jars.
+
+fn cache_root() -> Result<PathBuf, FixtureError> {
+    if let Some(dir) = std::env::var_os("KASTELLAN_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("kastellan")),
+        None => Err(FixtureError::NoCacheDir),
+    }
+}
+
+// The per-version cache directory: libs/, log4j2.properties, cds/.
+fn kafka_home() -> Result<PathBuf, FixtureError> {
+    static HOME: OnceLock<Result<PathBuf, Arc<FixtureError>>> = OnceLock::new();
+    match HOME.get_or_init(|| fetch_kafka(&kafka_version()).map_err(Arc::new)) {
+        Ok(dir) => Ok(dir.clone()),
+        Err(e) => Err(FixtureError::Shared(Arc::clone(e))),
+    }
+}
+
+fn fetch_kafka(version: &str) -> Result<PathBuf, FixtureError> {
+    let root = cache_root()?;
+    let dir = root.join(format!("kafka-{version}"));
+    if dir.join(COMPLETE_MARKER).is_file() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&root).map_err(io_error(format!("creating {}", root.display())))?;
+    let _lock = FileLock::acquire(&root.join(format!("kafka-{version}.lock")))?;
+    if dir.join(COMPLETE_MARKER).is_file() {
+        return Ok(dir);
+    }
+    // We hold the lock, so any partial directory is left from a crashed fetch.
+    let partial_prefix = format!("kafka-{version}.partial-");
+    if let Ok(entries) = fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&partial_prefix)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let staging = root.join(format!("{partial_prefix}{}", std::process::id()));
+    fs::create_dir_all(&staging).map_err(io_error(format!("creating {}", staging.display())))?;
+    let pom = staging.join("pom.xml");
+    fs::write(&pom, pom_xml(version)).map_err(io_error(format!("writing {}", pom.display())))?;
+    let libs = staging.join("libs");
+
+    let mut cmd = Command::new("mvn");
+    cmd.arg("-q")
+        .arg("-B")
+        .arg("-Dstyle.color=never")
+        .arg("-f")
+        .arg(&pom)
+        .arg(DEPENDENCY_GOAL)
+        .arg(format!("-DoutputDirectory={}", libs.display()));
+    let failed = |status: String, output: String| FixtureError::MavenFailed {
+        version: version.to_string(),
+        status,
+        output: last_lines(&output, 40),
+        pom: pom.clone(),
+    };
+    match run_bounded(&mut cmd, None, FETCH_TIMEOUT) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Err(failed(describe(out.status), text));
+        }
+        Err(RunFailure::Spawn(source)) => return Err(FixtureError::MavenNotFound { source }),
+        Err(RunFailure::Wait(source)) => {
+            return Err(FixtureError::Io {
+                action: "waiting for mvn".to_string(),
+                source,
+            })
+        }
+        Err(RunFailure::TimedOut { stdout, stderr }) => {
+            return Err(failed(
+                format!("timed out after {FETCH_TIMEOUT:?}"),
+                format!("{stdout}{stderr}"),
+            ))
+        }
+    }
+
+    let required = [
+        format!("kafka_2.13-{version}.jar"),
+        format!("kafka-tools-{version}.jar"),
+        format!("kafka-clients-{version}.jar"),
+        format!("log4j-core-{LOG4J_VERSION}.jar"),
+        format!("log4j-slf4j2-impl-{LOG4J_VERSION}.jar"),
+    ];
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|jar| !libs.join(jar).is_file())
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(FixtureError::MissingJars {
+            version: version.to_string(),
+            missing,
+        });
+    }
+    let log4j = staging.join("log4j2.properties");
+    fs::write(&log4j, LOG4J2_CONFIG).map_err(io_error(format!("writing {}", log4j.display())))?;
+    let marker = staging.join(COMPLETE_MARKER);
+    fs::write(&marker, format!("Apache Kafka {version}\n"))
+        .map_err(io_error(format!("writing {}", marker.display())))?;
+    if dir.exists() {
+        // An incomplete directory from an older layout or a manual copy.
+        let old = root.join(format!("{partial_prefix}old-{}", std::process::id()));
+        fs::rename(&dir, &old).map_err(io_error(format!("moving aside {}", dir.display())))?;
+        let _ = fs::remove_dir_all(&old);
+    }
+    fs::rename(&staging, &dir).map_err(io_error(format!(
+        "renaming {} to {}",
+        staging.display(),
+        dir.display()
+    )))?;
+    Ok(dir)
+}
+
+fn pom_xml(version: &str) -> String {
+    let dep = |group: &str, artifact: &str, v: &str| {
+        format!(
+            "    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>\
+             <version>{v}</version></dependency>\n"
+        )
+    };
+    let mut deps = String::new();
+    deps.push_str(&dep("org.slf4j", "slf4j-api", SLF4J_VERSION));
+    for artifact in ["kafka_2.13", "kafka-tools", "kafka-clients"] {
+        deps.push_str(&dep("org.apache.kafka", artifact, version));
+    }
+    for artifact in ["log4j-core", "log4j-slf4j2-impl"] {
+        deps.push_str(&dep("org.apache.logging.log4j", artifact, LOG4J_VERSION));
+    }
+    format!(
+        "<project xmlns=\"http://maven.apache.org/POM/4.0.0\">\n\
+         \x20 <modelVersion>4.0.0</modelVersion>\n\
+         \x20 <groupId>kastellan.fixture</groupId>\n\
+         \x20 <artifactId>kafka-classpath</artifactId>\n\
+         \x20 <version>{version}</version>\n\
+         \x20 <packaging>pom</packaging>\n\
+         \x20 <dependencies>\n{deps}  </dependencies>\n\
+         </project>\n"
+    )
+}
+
+// An exclusive flock(2) on a file, released when dropped (the fd closes).
+struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    fn acquire(path: &Path) -> Result<FileLock, FixtureError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_error(format!("opening lock file {}", path.display())))?;
+        loop {
+            // SAFETY: flock on a descriptor we own for the call's duration.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(FixtureError::Io {
+                    action: format!("locking {}", path.display()),
+                    source: err,
+                });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JVM flags and class-data sharing.
+
+fn java_program() -> PathBuf {
+    if let Some(home) = std::env::var_os("JAVA_HOME").filter(|h| !h.is_empty()) {
+        let java = PathBuf::from(home).join("bin").join("java");
+        if java.is_file() {
+            return java;
+        }
+    }
+    PathBuf::from("java")
+}
+
+fn java_not_found(source: io::Error) -> FixtureError {
+    FixtureError::JavaNotFound {
+        program: java_program().display().to_string(),
+        source,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Cds<'a> {
+    Off,
+    Use(&'a Path),
+    Dump(&'a Path),
+}
+
+fn cds_flag(archive: &Option<PathBuf>) -> Cds<'_> {
+    match archive {
+        Some(path) => Cds::Use(path),
+        None => Cds::Off,
+    }
+}
+
+// Flags shared by the broker and tools, up to and including the classpath.
+// The classpath string must stay identical between the run that writes the
+// sharing archive and the runs that use it.
+fn jvm_args(home: &Path, cds: Cds<'_>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = JVM_FAST_START
+        .iter()
+        .chain(JVM_QUIET.iter())
+        .map(OsString::from)
+        .collect();
+    match cds {
+        Cds::Off => {}
+        Cds::Use(path) => args.push(flag_with_path("-XX:SharedArchiveFile=", path)),
+        Cds::Dump(path) => args.push(flag_with_path("-XX:ArchiveClassesAtExit=", path)),
+    }
+    args.push(flag_with_path(
+        "-Dlog4j2.configurationFile=",
+        &home.join("log4j2.properties"),
+    ));
+    args.push(OsString::from("-cp"));
+    args.push(home.join("libs").join("*").into_os_string());
+    args
+}
+
+fn flag_with_path(flag: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(flag);
+    s.push(path);
+    s
+}
+
+// The class-data-sharing archive: classes the broker loads while starting,
+// pre-parsed by one training run per machine. It roughly halves JVM start
+// time for the broker and the tools. Any problem only means a slower start.
+fn cds_archive(home: &Path) -> Option<PathBuf> {
+    static ARCHIVE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ARCHIVE.get_or_init(|| prepare_cds(home)).clone()
+}
+
+fn prepare_cds(home: &Path) -> Option<PathBuf> {
+    if std::env::var("KASTELLAN_KAFKA_CDS").is_ok_and(|v| v.trim() == "0") {
+        return None;
+    }
+    let cds_dir = home.join("cds");
+    let archive = cds_dir.join("broker.jsa");
+    let failed = cds_dir.join("failed");
+    if archive.is_file() && cds_usable(home, &archive) {
+        return Some(archive);
+    }
+    if failed.exists() {
+        return None;
+    }
+    fs::create_dir_all(&cds_dir).ok()?;
+    let _lock = FileLock::acquire(&home.join("cds.lock")).ok()?;
+    if archive.is_file() {
+        // Written by another process while we waited, or stale from an
+        // older JDK: keep it only if this JVM accepts it.
+        if cds_usable(home, &archive) {
+            return Some(archive);
+        }
+        let _ = fs::remove_file(&archive);
+    }
+    if failed.exists() {
+        return None;
+    }
+    if let Ok(entries) = fs::read_dir(&cds_dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().contains(".tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    let staging = cds_dir.join(format!("broker.jsa.tmp-{}", std::process::id()));
+    let mut broker = match launch(&BrokerOptions::default(), home, Cds::Dump(&staging)) {
+        Ok(broker) => broker,
+        // The real start reports the problem; no marker, so a fixed machine
+        // trains next time.
+        Err(_) => return None,
+    };
+    // The JVM writes the archive as it exits cleanly.
+    broker.stop_gracefully(Duration::from_secs(120));
+    drop(broker);
+    if staging.is_file() && cds_usable(home, &staging) && fs::rename(&staging, &archive).is_ok() {
+        return Some(archive);
+    }
+    let _ = fs::remove_file(&staging);
+    let _ = fs::write(
+        &failed,
+        "the JVM did not produce a usable class-data-sharing archive; \
+         delete this file to try again\n",
+    );
+    None
+}
+
+fn cds_usable(home: &Path, archive: &Path) -> bool {
+    let mut cmd = Command::new(java_program());
+    // -Xshare:on turns an unusable archive into a startup failure.
+    cmd.arg("-Xshare:on")
+        .args(jvm_args(home, Cds::Use(archive)))
+        .arg("-version");
+    matches!(run_bounded(&mut cmd, None, Duration::from_secs(30)), Ok(out) if out.status.success())
+}
+
+// ---------------------------------------------------------------------------
+// Starting a broker.
+
+fn brokers_parent() -> PathBuf {
+    std::env::temp_dir().join("kastellan-kafka")
+}
+
+fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, FixtureError> {
+    let started = Instant::now();
+    let parent = brokers_parent();
+    fs::create_dir_all(&parent).map_err(io_error(format!("creating {}", parent.display())))?;
+    remove_stale_broker_dirs(&parent);
+
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = parent.join(format!(
+        "broker-{}-{}-{nanos:08x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    let owner = format!(
+        "{} {}\n",
+        std::process::id(),
+        process_start_time(std::process::id()).unwrap_or_default()
+    );
+    if let Err(e) = fs::write(dir.join("owner"), owner) {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(FixtureError::Io {
+            action: format!("writing {}", dir.join("owner").display()),
+            source: e,
+        });
+    }
+    // From here on a failure must delete `dir`: a guard Broker does it.
+    let mut broker = Broker {
+        bootstrap: String::new(),
+        listeners: Vec::new(),
+        dir: dir.clone(),
+        supervisor: None,
+        stdin: None,
+        java_pid: None,
+        startup: Duration::ZERO,
+    };
+
+    let ports = free_ports(2 + opts.extra_listeners.len())?;
+    let address = |port: u16| format!("127.0.0.1:{port}");
+    broker.bootstrap = address(ports[0]);
+    broker.listeners = vec![
+        ("PLAINTEXT".to_string(), address(ports[0])),
+        ("CONTROLLER".to_string(), address(ports[1])),
+    ];
+    for ((name, _), port) in opts.extra_listeners.iter().zip(&ports[2..]) {
+        broker.listeners.push((name.clone(), address(*port)));
+    }
+
+    let data = dir.join("data");
+    let properties = server_properties(opts, &broker.listeners, &data);
+    let config = dir.join("server.properties");
+    fs::write(&config, properties).map_err(io_error(format!("writing {}", config.display())))?;
+
+    // Formatting runs a short JVM; it may use the sharing archive but never
+    // writes one.
+    let format_cds = match cds {
+        Cds::Dump(_) => Cds::Off,
+        other => other,
+    };
+    let mut format = Command::new(java_program());
+    format
+        .args(jvm_args(home, format_cds))
+        .arg(STORAGE_TOOL)
+        .arg("format")
+        .arg(format!("--cluster-id={}", random_cluster_id()?))
+        .arg("-c")
+        .arg(&config)
+        .arg("--standalone")
+        .args(&opts.format_args);
+    match run_bounded(&mut format, None, FORMAT_TIMEOUT) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(FixtureError::ToolFailed {
+                main_class: format!("{STORAGE_TOOL} format"),
+                status: describe(out.status),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+        Err(RunFailure::Spawn(source)) => return Err(java_not_found(source)),
+        Err(RunFailure::Wait(source)) => {
+            return Err(FixtureError::Io {
+                action: "waiting for the storage format tool".to_string(),
+                source,
+            })
+        }
+        Err(RunFailure::TimedOut { stdout, stderr }) => {
+            return Err(FixtureError::ToolTimedOut {
+                main_class: format!("{STORAGE_TOOL} format"),
+                timeout: FORMAT_TIMEOUT,
+                stdout,
+                stderr,
+            })
+        }
+    }
+
+    let mut java_cmd: Vec<OsString> = vec![java_program().into_os_string()];
+    java_cmd.extend(BROKER_HEAP.iter().map(OsString::from));
+    java_cmd.extend(jvm_args(home, cds));
+    java_cmd.extend(opts.jvm_args.iter().map(OsString::from));
+    if let Ok(extra) = std::env::var("KASTELLAN_BROKER_JVM_ARGS") {
+        java_cmd.extend(extra.split_whitespace().map(OsString::from));
+    }
+    java_cmd.push(OsString::from(KAFKA_SERVER));
+    java_cmd.push(config.into_os_string());
+
+    let grace_secs = match cds {
+        // Writing the archive at exit takes a few seconds on 2 cores.
+        Cds::Dump(_) => 90,
+        _ => 10,
+    };
+    let log_path = dir.join("broker.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_error(format!("creating {}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(io_error(format!("opening {}", log_path.display())))?;
+    let mut supervisor = Command::new("sh");
+    supervisor
+        .arg("-c")
+        .arg(SUPERVISOR_SCRIPT)
+        .arg("kastellan-kafka-supervisor")
+        .arg(&dir)
+        .arg(grace_secs.to_string())
+        .args(&java_cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Its own process group: a terminal's Ctrl-C reaches the tests, not
+        // the supervisor, which then cleans up once the tests are gone; and
+        // one kill(-pgid) stops supervisor and JVM together.
+        .process_group(0);
+    let mut child = supervisor
+        .spawn()
+        .map_err(io_error("starting the broker supervisor `sh`"))?;
+    broker.stdin = child.stdin.take();
+    broker.supervisor = Some(child);
+
+    let timeout = start_timeout();
+    let deadline = Instant::now() + timeout;
+    let mut last_probe = String::from("not probed yet");
+    loop {
+        broker.read_java_pid();
+        if let Some(status) = broker.exit_status() {
+            return Err(FixtureError::BrokerExited {
+                bootstrap: broker.bootstrap.clone(),
+                status,
+                log_tail: broker.failure_log(),
+            });
+        }
+        if broker.java_pid.is_some() {
+            match probe_ready(ports[0]) {
+                Ok(()) => break,
+                Err(reason) => last_probe = reason,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(FixtureError::BrokerStartTimeout {
+                bootstrap: broker.bootstrap.clone(),
+                waited: timeout,
+                last_probe,
+                log_tail: broker.failure_log(),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    broker.startup = started.elapsed();
+    Ok(broker)
+}
+
+fn start_timeout() -> Duration {
+    std::env::var("KASTELLAN_BROKER_START_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_START_TIMEOUT)
+}
+
+fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data: &Path) -> String {
+    let controller = &listeners[1].1;
+    let listener_list = |names: &mut dyn Iterator<Item = &(String, String)>| {
+        names
+            .map(|(name, address)| format!("{name}://{address}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut protocol_map = vec![
+        "PLAINTEXT:PLAINTEXT".to_string(),
+        "CONTROLLER:PLAINTEXT".to_string(),
+    ];
+    protocol_map.extend(
+        opts.extra_listeners
+            .iter()
+            .map(|(name, protocol)| format!("{name}:{protocol}")),
+    );
+    let mut props: Vec<(String, String)> = [
+        ("process.roles", "broker,controller".to_string()),
+        ("node.id", "1".to_string()),
+        ("listeners", listener_list(&mut listeners.iter())),
+        (
+            "advertised.listeners",
+            listener_list(&mut listeners.iter().filter(|(n, _)| n != "CONTROLLER")),
+        ),
+        ("controller.listener.names", "CONTROLLER".to_string()),
+        ("inter.broker.listener.name", "PLAINTEXT".to_string()),
+        ("listener.security.protocol.map", protocol_map.join(",")),
+        ("controller.quorum.bootstrap.servers", controller.clone()),
+        ("log.dirs", data.display().to_string()),
+        ("num.partitions", "1".to_string()),
+        ("auto.create.topics.enable", "false".to_string()),
+        ("offsets.topic.replication.factor", "1".to_string()),
+        ("transaction.state.log.replication.factor", "1".to_string()),
+        ("transaction.state.log.min.isr", "1".to_string()),
+        (
+            "share.coordinator.state.topic.replication.factor",
+            "1".to_string(),
+        ),
+        ("share.coordinator.state.topic.min.isr", "1".to_string()),
+        // The default 3 s delays the first join of every new group.
+        ("group.initial.rebalance.delay.ms", "0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (key, value) in &opts.extra_properties {
+        match props.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.clone(),
+            None => props.push((key.clone(), value.clone())),
+        }
+    }
+    let mut text = String::new();
+    for (key, value) in props {
+        text.push_str(&key);
+        text.push('=');
+        text.push_str(&escape_property(&value));
+        text.push('\n');
+    }
+    text
+}
+
+// java.util.Properties treats backslash as an escape and a trailing
+// backslash as a line continuation; values with paths or JAAS configs need
+// their backslashes and line breaks escaped.
+fn escape_property(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+// Ports the kernel hands out for 127.0.0.1:0, all held open together so
+// they differ, then released for the broker to bind.
+fn free_ports(count: usize) -> Result<Vec<u16>, FixtureError> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(io_error("binding 127.0.0.1:0 to pick a free port"))?;
+        held.push(listener);
+    }
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(io_error("reading a picked port"))
+        })
+        .collect()
+}
+
+// A KRaft cluster id: 16 random bytes in unpadded base64url, as
+// `StorageTool random-uuid` prints, without paying for a JVM start. Like
+// Kafka's own, it never starts with '-', which command-line parsers would
+// take for an option.
+fn random_cluster_id() -> Result<String, FixtureError> {
+    let mut urandom =
+        File::open("/dev/urandom").map_err(io_error("opening /dev/urandom for a cluster id"))?;
+    loop {
+        let mut bytes = [0u8; 16];
+        urandom
+            .read_exact(&mut bytes)
+            .map_err(io_error("reading /dev/urandom for a cluster id"))?;
+        let id = base64url(&bytes);
+        if !id.starts_with('-') {
+            return Ok(id);
+        }
+    }
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let symbols = chunk.len() + 1;
+        for i in 0..symbols {
+            let index = (n >> (18 - 6 * i)) & 63;
+            out.push(char::from(ALPHABET[index as usize]));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Readiness: ApiVersions v0, then Metadata v4 listing this broker.
+
+fn probe_ready(port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let io_limit = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(io_limit)
+        .and_then(|()| stream.set_write_timeout(io_limit))
+        .map_err(|e| format!("socket setup: {e}"))?;
+
+    let body = exchange(&mut stream, API_VERSIONS, 0, 1, &[])?;
+    let mut r = Decoder::new(&body);
+    let error_code = r.i16()?;
+    if error_code != 0 {
+        return Err(format!("ApiVersions error_code {error_code}"));
+    }
+    let mut metadata = None;
+    for _ in 0..r.i32()? {
+        let (key, min, max) = (r.i16()?, r.i16()?, r.i16()?);
+        if key == METADATA {
+            metadata = Some((min, max));
+        }
+    }
+    match metadata {
+        Some((min, max)) if (min..=max).contains(&4) => {}
+        // Metadata v4 is what this probe can encode; a broker without it
+        // has answered ApiVersions, which is the best this probe can check.
+        _ => return Ok(()),
+    }
+    // Metadata v4: topics = [] (none), allow_auto_topic_creation = false.
+    let body = exchange(&mut stream, METADATA, 4, 2, &[0, 0, 0, 0, 0])?;
+    let mut r = Decoder::new(&body);
+    let _throttle_ms = r.i32()?;
+    for _ in 0..r.i32()? {
+        let _node_id = r.i32()?;
+        let _host = r.string()?;
+        let broker_port = r.i32()?;
+        let _rack = r.string()?;
+        if broker_port == i32::from(port) {
+            return Ok(());
+        }
+    }
+    Err("Metadata does not list the broker yet".to_string())
+}
+
+const API_VERSIONS: i16 = 18;
+const METADATA: i16 = 3;
+
+// Sends one request with a v1 header (non-flexible) and returns the response
+// body after the correlation id.
+fn exchange(
+    stream: &mut TcpStream,
+    api_key: i16,
+    version: i16,
+    correlation_id: i32,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    const CLIENT_ID: &[u8] = b"kastellan-fixture";
+    let mut message = Vec::with_capacity(12 + CLIENT_ID.len() + body.len());
+    message.extend_from_slice(&api_key.to_be_bytes());
+    message.extend_from_slice(&version.to_be_bytes());
+    message.extend_from_slice(&correlation_id.to_be_bytes());
+    message.extend_from_slice(&(CLIENT_ID.len() as i16).to_be_bytes());
+    message.extend_from_slice(CLIENT_ID);
+    message.extend_from_slice(body);
+    let mut frame = (message.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&message);
+    stream
+        .write_all(&frame)
+        .map_err(|e| format!("send api {api_key}: {e}"))?;
+
+    let mut size = [0u8; 4];
+    stream
+        .read_exact(&mut size)
+        .map_err(|e| format!("read api {api_key} response size: {e}"))?;
+    let size = i32::from_be_bytes(size);
+    if !(4..=16 << 20).contains(&size) {
+        return Err(format!("api {api_key} response has bad size {size}"));
+    }
+    let mut response = vec![0u8; size as usize];
+    stream
+        .read_exact(&mut response)
+        .map_err(|e| format!("read api {api_key} response: {e}"))?;
+    let got = i32::from_be_bytes([response[0], response[1], response[2], response[3]]);
+    if got != correlation_id {
+        return Err(format!(
+            "api {api_key} response has correlation id {got}, expected {correlation_id}"
+        ));
+    }
+    response.drain(..4);
+    Ok(response)
+}
+
+struct Decoder<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Decoder { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.buf.len() < n {
+            return Err("truncated response".to_string());
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn i16(&mut self) -> Result<i16, String> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, String> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn string(&mut self) -> Result<Option<String>, String> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let b = self.take(len as usize)?;
+        Ok(Some(String::from_utf8_lossy(b).into_owned()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes.
+
+enum RunFailure {
+    Spawn(io::Error),
+    Wait(io::Error),
+    TimedOut { stdout: String, stderr: String },
+}
+
+// Runs a command to completion with captured output, killing it after
+// `timeout`. The child also gets SIGKILL if the calling thread dies first;
+// that is sound here because this thread blocks until the child is done.
+fn run_bounded(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, RunFailure> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(RunFailure::Spawn)?;
+    let writer = match (child.stdin.take(), stdin) {
+        (Some(mut pipe), Some(data)) => {
+            let data = data.to_vec();
+            // A child that exits without reading makes this fail with a
+            // broken pipe; its exit status tells the real story.
+            Some(thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            }))
+        }
+        _ => None,
+    };
+    let out_reader = child.stdout.take().map(spawn_reader);
+    let err_reader = child.stderr.take().map(spawn_reader);
+
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < deadline => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(25));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(None);
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(Some(e));
+            }
+        }
+    };
+    let stdout = join_reader(out_reader);
+    let stderr = join_reader(err_reader);
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    match status {
+        Ok(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(Some(e)) => Err(RunFailure::Wait(e)),
+        Err(None) => Err(RunFailure::TimedOut {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }),
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn join_reader(reader: Option<thread::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    reader.and_then(|r| r.join().ok()).unwrap_or_default()
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot. With
+// the pid it identifies a process even after the pid is reused.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+// Gone, or a zombie waiting to be reaped (it holds no files or ports).
+fn pid_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn wait_until_gone(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !pid_gone(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// Broker directories whose owning process is dead: left by a run whose
+// supervisor was killed too (e.g. SIGKILL to the whole process group).
+// Their JVM, if still alive, is killed and the directory removed.
+fn remove_stale_broker_dirs(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("broker-") {
+            continue;
+        }
+        let owner_alive = match fs::read_to_string(path.join("owner")) {
+            Ok(text) => {
+                let mut fields = text.split_whitespace();
+                let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+                let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+                match pid {
+                    Some(pid) => {
+                        let now = process_start_time(pid);
+                        now.is_some() && (start.is_none() || now == start)
+                    }
+                    None => false,
+                }
+            }
+            // Being created right now, or garbage: only old ones go.
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < Duration::from_secs(120)),
+        };
+        if owner_alive {
+            continue;
+        }
+        if let Some(pid) = fs::read_to_string(path.join("java.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            // Only a JVM whose command line names this directory is ours.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let needle = path.as_os_str().as_encoded_bytes();
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                // SAFETY: plain syscall on a pid whose command line we just
+                // checked.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                wait_until_gone(pid, Duration::from_secs(5));
+            }
+        }
+        let _ = fs::remove_dir_all(&path);
+    }
+}
+
+fn read_tail(path: &Path, lines: usize) -> String {
+    const WINDOW: u64 = 256 * 1024;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("(no broker log at {}: {e})", path.display()),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    last_lines(&String::from_utf8_lossy(&buf), lines)
+}
+
+fn last_lines(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
