@@ -231,10 +231,7 @@ fn run_child(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
-    let bootstrap = match &args.bootstrap {
-        Some(bootstrap) => bootstrap.clone(),
-        None => broker::bootstrap()?,
-    };
+    let (bootstrap, _local_broker) = broker::resolve(args.bootstrap.as_deref())?;
     let admin = Admin::connect(&bootstrap)?;
     let brokers = admin
         .probe()

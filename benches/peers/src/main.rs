@@ -11,6 +11,8 @@ mod kastellan_client;
 mod rdkafka_client;
 mod report;
 mod spawn;
+#[path = "../../../testcontainers.rs"]
+mod testcontainers;
 mod workload;
 
 use std::process::ExitCode;
@@ -33,7 +35,8 @@ usage: peers [options]
   --keyed              give every record a key (default: no keys)
   --timeout SECS       limit for one phase of one client (default 600)
   --warmup N           records pushed through the broker, untimed, first (default 50000; 0: none)
-  --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP)
+  --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP, else a local
+                       broker started through the repository's test fixture)
 
 internal: peers run --client C --phase produce|read --bootstrap H:P --topic T
                     --partitions N --records N --size BYTES [--keyed]";
@@ -132,10 +135,9 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<PhaseArgs> {
     Ok(PhaseArgs {
         client: client.context("run needs --client")?,
         phase: phase.context("run needs --phase")?,
-        bootstrap: match bootstrap {
-            Some(bootstrap) => bootstrap,
-            None => broker::bootstrap()?,
-        },
+        bootstrap: bootstrap
+            .or_else(broker::from_env)
+            .context("run needs --bootstrap or KAFKA_BOOTSTRAP")?,
         topic: topic.context("run needs --topic")?,
         partitions: partitions.context("run needs --partitions")?,
         records: records.context("run needs --records")?,
