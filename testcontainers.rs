@@ -433,6 +433,7 @@ pub struct Broker {
     supervisor: Option<Child>,
     stdin: Option<ChildStdin>,
     java_pid: Option<i32>,
+    jvm_dead: bool,
     startup: Duration,
 }
 
@@ -461,20 +462,29 @@ impl Broker {
     /// waits until it is gone. Its directories stay until the `Broker` is
     /// dropped.
     pub fn kill(&mut self) {
+        if self.jvm_exited() {
+            return;
+        }
         if let Some(pid) = self.java_pid {
-            // SAFETY: plain syscall; the pid is our broker's JVM, which cannot
-            // have been reaped and reused while its supervisor still waits
-            // for it.
+            // SAFETY: plain syscall. The JVM has not exited (its supervisor
+            // records that), so its pid has not been reused.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
             wait_until_gone(pid, Duration::from_secs(10));
+            self.jvm_dead = true;
         }
     }
 
     /// Whether the broker JVM is still running.
     pub fn is_running(&self) -> bool {
-        self.java_pid.is_some_and(|pid| !pid_gone(pid))
+        !self.jvm_exited() && self.java_pid.is_some_and(|pid| !pid_gone(pid))
+    }
+
+    // Once the JVM has exited its pid may be reused: never signal or wait
+    // for it again.
+    fn jvm_exited(&self) -> bool {
+        self.jvm_dead || self.dir.join("java.exit").exists()
     }
 
     /// Process id of the broker JVM.
@@ -514,7 +524,8 @@ impl Broker {
             folded.push(format!("\t... {frames} stack frames"));
         }
         if folded.is_empty() {
-            return "(empty: the broker logs only WARN and above, and had not yet)".to_string();
+            return "(empty: the broker logs only WARN and above, and had logged nothing)"
+                .to_string();
         }
         folded[folded.len().saturating_sub(60)..].join("\n")
     }
@@ -564,14 +575,17 @@ impl Broker {
                 }
             }
         }
-        if let Some(pid) = self.java_pid {
+        if let Some(pid) = self.java_pid.filter(|_| !self.jvm_dead) {
             wait_until_gone(pid, Duration::from_secs(10));
         }
+        self.jvm_dead = true;
         let _ = fs::remove_dir_all(&self.dir);
     }
 
     fn stop_hard(&mut self) {
         self.read_java_pid();
+        // Read before the group kill: the supervisor may record the exit.
+        let already_exited = self.jvm_exited();
         if let Some(mut supervisor) = self.supervisor.take() {
             if let Ok(pgid) = i32::try_from(supervisor.id()) {
                 // SAFETY: plain syscall. The supervisor leads its own process
@@ -584,9 +598,10 @@ impl Broker {
             let _ = supervisor.wait();
         }
         drop(self.stdin.take());
-        if let Some(pid) = self.java_pid {
+        if let Some(pid) = self.java_pid.filter(|_| !already_exited) {
             wait_until_gone(pid, Duration::from_secs(10));
         }
+        self.jvm_dead = true;
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -1125,6 +1140,7 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
         supervisor: None,
         stdin: None,
         java_pid: None,
+        jvm_dead: false,
         startup: Duration::ZERO,
     };
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -315,7 +315,6 @@ impl ProducerBuilder {
                 client: self.client,
                 settings: self.settings,
                 topics: Mutex::new(HashMap::new()),
-                workers: Mutex::new(HashMap::new()),
                 memory: Arc::new(Semaphore::new(permits)),
                 outstanding: Arc::new(Outstanding::default()),
                 reports: reports_tx,
@@ -354,11 +353,15 @@ impl Outstanding {
     }
 }
 
+/// What the producer knows about a topic: partition count, round-robin
+/// position and the queue of each partition's worker (started on first use).
 #[derive(Debug)]
 struct TopicState {
+    name: Arc<str>,
     partitions: i32,
     fetched: Instant,
-    round_robin: Arc<RoundRobin>,
+    round_robin: RoundRobin,
+    workers: Vec<OnceLock<WorkerQueue>>,
 }
 
 /// The queue feeding one partition's batching worker.
@@ -367,8 +370,7 @@ type WorkerQueue = mpsc::UnboundedSender<Pending>;
 struct ProducerInner {
     client: Client,
     settings: ProducerSettings,
-    topics: Mutex<HashMap<String, TopicState>>,
-    workers: Mutex<HashMap<(Arc<str>, i32), WorkerQueue>>,
+    topics: Mutex<HashMap<String, Arc<TopicState>>>,
     memory: Arc<Semaphore>,
     outstanding: Arc<Outstanding>,
     reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
@@ -478,14 +480,15 @@ impl Producer {
                 )));
             }
         }
-        let (partitions, rr) = self.partition_count(&topic).await?;
+        let state = self.topic_state(&topic).await?;
+        let partitions = state.partitions;
         let partition = match record.partition {
             Some(p) => p,
             None => inner.settings.partitioner.pick(
                 &topic,
                 record.key.as_deref(),
                 partitions,
-                rr.next(),
+                state.round_robin.next(),
             ),
         };
         if partition < 0 || partition >= partitions {
@@ -518,7 +521,7 @@ impl Producer {
             done: tx,
         };
         inner.outstanding.add();
-        let worker = self.worker(&topic, partition);
+        let worker = self.worker(&state, partition);
         if let Err(mpsc::error::SendError(p)) = worker.send(pending) {
             inner.outstanding.done(1);
             let _ = p.done.send(Err(Error::Closed("partition worker stopped")));
@@ -541,14 +544,17 @@ impl Producer {
             .take()
     }
 
-    async fn partition_count(&self, topic: &str) -> Result<(i32, Arc<RoundRobin>)> {
+    async fn topic_state(&self, topic: &str) -> Result<Arc<TopicState>> {
         let inner = &self.inner;
-        {
-            let topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = topics.get(topic) {
-                if t.fetched.elapsed() < inner.settings.metadata_max_age {
-                    return Ok((t.partitions, Arc::clone(&t.round_robin)));
-                }
+        let cached = inner
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .cloned();
+        if let Some(t) = &cached {
+            if t.fetched.elapsed() < inner.settings.metadata_max_age {
+                return Ok(Arc::clone(t));
             }
         }
         let meta = match inner.client.topic_metadata(topic, true).await? {
@@ -574,42 +580,52 @@ impl Producer {
             return Err(Error::UnknownTopic(topic.to_string()));
         }
         let mut topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
-        let state = topics
-            .entry(topic.to_string())
-            .or_insert_with(|| TopicState {
-                partitions: count,
-                fetched: Instant::now(),
-                round_robin: Arc::new(RoundRobin::default()),
-            });
-        state.partitions = count;
-        state.fetched = Instant::now();
-        Ok((count, Arc::clone(&state.round_robin)))
+        let previous = topics.get(topic);
+        // Keep running workers (one per partition, whatever the refresh) and
+        // the round-robin position.
+        let workers = (0..count as usize)
+            .map(|i| {
+                let slot = OnceLock::new();
+                if let Some(q) = previous
+                    .and_then(|p| p.workers.get(i))
+                    .and_then(|w| w.get())
+                {
+                    let _ = slot.set(q.clone());
+                }
+                slot
+            })
+            .collect();
+        let state = Arc::new(TopicState {
+            name: Arc::from(topic),
+            partitions: count,
+            fetched: Instant::now(),
+            round_robin: RoundRobin::starting_at(previous.map_or(0, |p| p.round_robin.next())),
+            workers,
+        });
+        topics.insert(topic.to_string(), Arc::clone(&state));
+        Ok(state)
     }
 
-    fn worker(&self, topic: &str, partition: i32) -> WorkerQueue {
+    fn worker(&self, topic: &TopicState, partition: i32) -> WorkerQueue {
         let inner = &self.inner;
-        let mut workers = inner.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let key: (Arc<str>, i32) = (Arc::from(topic), partition);
-        if let Some(w) = workers.get(&key) {
-            if !w.is_closed() {
-                return w.clone();
-            }
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let worker = PartitionWorker {
-            client: inner.client.clone(),
-            topic: Arc::clone(&key.0),
-            partition,
-            linger: inner.settings.linger,
-            max_batch_bytes: inner.settings.max_batch_bytes,
-            compression: inner.settings.compression.to_data(),
-            max_in_flight: inner.settings.max_in_flight,
-            outstanding: Arc::clone(&inner.outstanding),
-            reports: inner.reports.clone(),
-        };
-        tokio::spawn(worker.run(rx));
-        workers.insert(key, tx.clone());
-        tx
+        let slot = &topic.workers[partition as usize];
+        slot.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let worker = PartitionWorker {
+                client: inner.client.clone(),
+                topic: Arc::clone(&topic.name),
+                partition,
+                linger: inner.settings.linger,
+                max_batch_bytes: inner.settings.max_batch_bytes,
+                compression: inner.settings.compression.to_data(),
+                max_in_flight: inner.settings.max_in_flight,
+                outstanding: Arc::clone(&inner.outstanding),
+                reports: inner.reports.clone(),
+            };
+            tokio::spawn(worker.run(rx));
+            tx
+        })
+        .clone()
     }
 }
 

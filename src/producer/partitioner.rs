@@ -72,6 +72,10 @@ impl fmt::Debug for Partitioner {
 pub(crate) struct RoundRobin(AtomicU32);
 
 impl RoundRobin {
+    pub fn starting_at(position: u32) -> Self {
+        RoundRobin(AtomicU32::new(position))
+    }
+
     pub fn next(&self) -> u32 {
         self.0.fetch_add(1, Ordering::Relaxed)
     }
