@@ -7,7 +7,6 @@
 //! ```
 
 #[path = "../testcontainers.rs"]
-#[allow(dead_code)]
 mod testcontainers;
 
 use std::time::{Duration, Instant};

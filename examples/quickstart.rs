@@ -8,7 +8,6 @@
 //! ```
 
 #[path = "../testcontainers.rs"]
-#[allow(dead_code)]
 mod testcontainers;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -240,13 +240,14 @@ async fn many_enqueued_records_all_arrive_in_order_with_reports() {
         let n = 5_000;
         for i in 0..n {
             // Fire and forget: the delivery future is dropped.
-            let _ = producer
+            let delivery = producer
                 .to(&topic)
                 .key(format!("key-{}", i % 97))
                 .value(format!("value-{i:06}"))
                 .enqueue()
                 .await
                 .expect("enqueue");
+            drop(delivery);
         }
         producer.flush().await;
         let mut ok = 0;
