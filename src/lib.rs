@@ -28,6 +28,8 @@ pub mod admin;
 mod client;
 pub mod config;
 pub mod error;
+mod fetch;
+pub mod group;
 pub mod producer;
 pub mod protocol;
 pub mod reader;

@@ -12,9 +12,9 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::{map_data_error, Client};
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::protocol::error_codes::OFFSET_OUT_OF_RANGE;
+use crate::fetch::{Fetcher, OutOfRange};
 use crate::record::Record;
 
 /// Where a reader starts in each partition.
@@ -275,10 +275,13 @@ impl Reader {
             }
             let fetcher = Fetcher {
                 client: self.client.clone(),
-                pos,
-                to_end,
+                topic: pos.topic,
+                partition: pos.partition,
+                next: pos.next,
+                end: to_end.then_some(pos.end),
                 max_wait_ms: i32::try_from(self.max_wait.as_millis()).unwrap_or(i32::MAX),
                 max_bytes: self.max_partition_bytes,
+                out_of_range: OutOfRange::Earliest,
                 tx: tx.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));
@@ -300,98 +303,6 @@ pub enum RunError<E> {
     /// The handler returned an error.
     #[error("handler failed: {0}")]
     Handler(E),
-}
-
-struct Fetcher {
-    client: Client,
-    pos: PartitionPosition,
-    to_end: bool,
-    max_wait_ms: i32,
-    max_bytes: i32,
-    tx: mpsc::Sender<Result<Vec<Record>>>,
-}
-
-impl Fetcher {
-    async fn run(mut self) {
-        if let Err(e) = self.fetch_loop().await {
-            let _ = self.tx.send(Err(e)).await;
-        }
-    }
-
-    async fn fetch_loop(&mut self) -> Result<()> {
-        let topic = Arc::clone(&self.pos.topic);
-        let partition = self.pos.partition;
-        let pc = self.client.partition(&topic, partition).await?;
-        loop {
-            if self.to_end && self.pos.next >= self.pos.end {
-                return Ok(());
-            }
-            let fetched = pc
-                .fetch_records(self.pos.next, 1..self.max_bytes, self.max_wait_ms)
-                .await;
-            let (records, _high_watermark) = match fetched {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = map_data_error(&format!("fetching {topic}/{partition}"), e);
-                    if e.broker_code() == Some(OFFSET_OUT_OF_RANGE) {
-                        self.recover_out_of_range(&e).await?;
-                        continue;
-                    }
-                    return Err(match e {
-                        Error::Client { message, .. } if message.contains("decode") => {
-                            Error::Decode {
-                                topic: topic.to_string(),
-                                partition,
-                                offset: self.pos.next,
-                                reason: message,
-                            }
-                        }
-                        other => other,
-                    });
-                }
-            };
-            let mut batch = Vec::with_capacity(records.len());
-            for r in records {
-                if r.offset < self.pos.next {
-                    // Compressed batches start before the requested offset.
-                    continue;
-                }
-                if self.to_end && r.offset >= self.pos.end {
-                    break;
-                }
-                batch.push(Record::from_data(&topic, partition, r));
-            }
-            if let Some(last) = batch.last() {
-                self.pos.next = last.offset + 1;
-                if self.tx.send(Ok(batch)).await.is_err() {
-                    return Ok(()); // stream dropped
-                }
-            }
-        }
-    }
-
-    /// The next offset is no longer stored (retention) or not yet written.
-    async fn recover_out_of_range(&mut self, e: &Error) -> Result<()> {
-        let marks = self.client.admin().watermarks(&self.pos.topic).await?;
-        let Some(m) = marks.iter().find(|m| m.partition == self.pos.partition) else {
-            return Err(e.duplicate());
-        };
-        if self.pos.next < m.low {
-            tracing::warn!(
-                topic = %self.pos.topic,
-                partition = self.pos.partition,
-                from = self.pos.next,
-                to = m.low,
-                "records were deleted by retention before they were read; skipping to the earliest stored offset"
-            );
-            self.pos.next = m.low;
-            Ok(())
-        } else if self.pos.next > m.high {
-            Err(e.duplicate())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// A stream of records from a [`Reader`]. Dropping it stops the fetch tasks.

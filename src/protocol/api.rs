@@ -30,11 +30,11 @@ kafka_api! {
     CreateTopicsRequest => "CreateTopics", 7;
     DeleteTopicsRequest => "DeleteTopics", 5;
     ListOffsetsRequest => "ListOffsets", 8;
-    FindCoordinatorRequest => "FindCoordinator", 4;
+    FindCoordinatorRequest => "FindCoordinator", 3;
     JoinGroupRequest => "JoinGroup", 9;
     SyncGroupRequest => "SyncGroup", 5;
     HeartbeatRequest => "Heartbeat", 4;
     LeaveGroupRequest => "LeaveGroup", 5;
-    OffsetFetchRequest => "OffsetFetch", 8;
+    OffsetFetchRequest => "OffsetFetch", 7;
     OffsetCommitRequest => "OffsetCommit", 8;
 }

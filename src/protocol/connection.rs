@@ -168,6 +168,18 @@ impl BrokerConnection {
         request: &R,
         version: i16,
     ) -> Result<R::Response> {
+        self.request_with_timeout(request, version, self.settings.request_timeout)
+            .await
+    }
+
+    /// Send a request at an explicit version with its own timeout (JoinGroup
+    /// may legitimately block for the whole rebalance timeout).
+    pub async fn request_with_timeout<R: Request + KafkaApi>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response> {
         let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
         let mut body = BytesMut::new();
         request
@@ -180,6 +192,7 @@ impl BrokerConnection {
                 version,
                 api_key.request_header_version(version),
                 body,
+                timeout,
             )
             .await?;
         // The correlation id was matched by the reader task; skip the header.
@@ -208,6 +221,7 @@ impl BrokerConnection {
         version: i16,
         header_version: i16,
         body: BytesMut,
+        timeout: Duration,
     ) -> Result<Bytes> {
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let header = RequestHeader::default()
@@ -240,7 +254,6 @@ impl BrokerConnection {
             let mut writer = self.writer.lock().await;
             writer.write_all(&frame).await
         };
-        let timeout = self.settings.request_timeout;
         let outcome = tokio::time::timeout(timeout, async {
             if let Err(e) = write.await {
                 let reason = format!("write failed: {e}");
@@ -326,6 +339,7 @@ impl BrokerConnection {
                 version,
                 key.request_header_version(version),
                 body,
+                self.settings.request_timeout,
             )
             .await?;
         // ApiVersions responses always use header v0, whatever the version.
