@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 use crate::admin::Admin;
 use crate::config::ClientConfig;
 use crate::error::{BrokerError, Error, Result};
+use crate::group::GroupConsumerBuilder;
 use crate::producer::ProducerBuilder;
 use crate::protocol::cluster::Cluster;
 use crate::protocol::{BrokerInfo, TopicMetadata};
@@ -81,6 +82,11 @@ impl Client {
     /// Start building a [`Reader`](crate::Reader).
     pub fn reader(&self) -> ReaderBuilder {
         ReaderBuilder::new(self.clone())
+    }
+
+    /// Start building a member of consumer group `group_id`.
+    pub fn group_consumer(&self, group_id: impl Into<String>) -> GroupConsumerBuilder {
+        GroupConsumerBuilder::new(self.clone(), group_id.into())
     }
 
     /// Brokers of the cluster as the last metadata answer listed them.

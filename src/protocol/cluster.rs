@@ -102,6 +102,18 @@ impl Cluster {
         Ok(conn)
     }
 
+    /// A new connection to `addr` that is not shared through the pool.
+    ///
+    /// Brokers handle one request per connection at a time, in order, so a
+    /// request that blocks on the broker (JoinGroup waits for the whole
+    /// rebalance) would hold up every other user of a shared connection. Each
+    /// group member therefore talks to its coordinator on its own connection.
+    pub async fn dedicated_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+        Ok(Arc::new(
+            BrokerConnection::connect(addr, self.settings.clone()).await?,
+        ))
+    }
+
     /// A live connection to the broker with node id `id`.
     pub async fn broker(&self, id: i32) -> Result<Arc<BrokerConnection>> {
         let addr = self.broker_addr(id);

@@ -12,6 +12,11 @@ use kastellan::{Client, ClientConfig};
 
 /// A client for the shared test broker (started on first use).
 pub async fn client() -> Client {
+    // RUST_LOG=kastellan=debug shows the library's logs in failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let bootstrap = testcontainers::bootstrap();
     Client::connect(
         ClientConfig::new(&bootstrap)

@@ -1,0 +1,375 @@
+//! Consumer groups against a real broker.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, new_topic, testcontainers, unique_topic};
+use kastellan::group::{
+    AckHandle, ConsumerRecord, HandlerError, ShutdownHandle, StatusHandle,
+};
+use kastellan::{Client, Error};
+use tokio::task::JoinHandle;
+
+type Seen = Arc<Mutex<Vec<(String, i32, i64)>>>;
+
+/// A running member: its task, a way to stop it and its status.
+struct Member {
+    name: String,
+    task: JoinHandle<kastellan::Result<()>>,
+    stop: ShutdownHandle,
+    status: StatusHandle,
+}
+
+impl Member {
+    async fn stop(self, deadline: Duration) {
+        self.stop.shutdown(deadline);
+        let result = tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("member stops in time")
+            .expect("member task did not panic");
+        result.expect("member stopped cleanly");
+    }
+
+    fn partitions(&self) -> Vec<(String, i32)> {
+        self.status.get().assignment
+    }
+}
+
+fn start(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    name: &str,
+    seen: &Seen,
+    configure: impl FnOnce(kastellan::group::GroupConsumerBuilder) -> kastellan::group::GroupConsumerBuilder,
+) -> Member {
+    let builder = client
+        .group_consumer(group)
+        .topic(topic)
+        .start_with_earliest()
+        .session_timeout(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(500))
+        .commit_interval(Duration::from_millis(300))
+        .max_wait(Duration::from_millis(100));
+    let consumer = configure(builder).build().expect("consumer builds");
+    let stop = consumer.shutdown_handle();
+    let status = consumer.status_handle();
+    let seen = Arc::clone(seen);
+    let me = name.to_string();
+    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
+        let seen = Arc::clone(&seen);
+        let me = me.clone();
+        async move {
+            seen.lock().unwrap().push((me, r.partition, r.offset));
+            Ok::<(), HandlerError>(())
+        }
+    }));
+    Member {
+        name: name.to_string(),
+        task,
+        stop,
+        status,
+    }
+}
+
+async fn fill(client: &Client, topic: &str, partitions: i32, per_partition: usize) {
+    let producer = client.producer().build().unwrap();
+    for p in 0..partitions {
+        for i in 0..per_partition {
+            drop(
+                producer
+                    .to(topic)
+                    .partition(p)
+                    .value(format!("{p}-{i}"))
+                    .enqueue()
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    producer.flush().await;
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Distinct (partition, offset) pairs seen.
+fn distinct(seen: &Seen) -> BTreeSet<(i32, i64)> {
+    seen.lock().unwrap().iter().map(|(_, p, o)| (*p, *o)).collect()
+}
+
+/// Committed offsets of a group, as Kafka's own kafka-consumer-groups tool reports them.
+fn committed_by_kafka_tool(group: &str) -> BTreeMap<i32, i64> {
+    let bootstrap = testcontainers::bootstrap();
+    let out = testcontainers::run_kafka_class_checked(
+        testcontainers::CONSUMER_GROUPS,
+        &["--bootstrap-server", &bootstrap, "--describe", "--group", group],
+        Duration::from_secs(60),
+    )
+    .expect("kafka-consumer-groups runs");
+    let mut offsets = BTreeMap::new();
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+        if cols.len() >= 4 && cols[0] == group {
+            if let (Ok(p), Ok(o)) = (cols[2].parse::<i32>(), cols[3].parse::<i64>()) {
+                offsets.insert(p, o);
+            }
+        }
+    }
+    offsets
+}
+
+#[tokio::test]
+async fn two_members_split_partitions_and_process_everything() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-split", 6).await;
+    fill(&client, &topic, 6, 100).await;
+    let group = unique_topic("group-split");
+    let seen: Seen = Arc::default();
+
+    let a = start(&client, &group, &topic, "a", &seen, |b| b);
+    let b = start(&client, &group, &topic, "b", &seen, |b| b);
+    wait_for("both members to own partitions", Duration::from_secs(60), || {
+        let (pa, pb) = (a.partitions(), b.partitions());
+        !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
+    })
+    .await;
+    let (pa, pb) = (a.partitions(), b.partitions());
+    assert!(pa.iter().all(|p| !pb.contains(p)), "no overlap: {pa:?} vs {pb:?}");
+    assert_eq!(pa.len(), 3, "range splits 6 partitions 3/3");
+
+    wait_for("all 600 records", Duration::from_secs(60), || distinct(&seen).len() == 600).await;
+    a.stop(Duration::from_secs(10)).await;
+    b.stop(Duration::from_secs(10)).await;
+
+    // Every record handled; the final commits cover everything.
+    assert_eq!(distinct(&seen), (0..6).flat_map(|p| (0..100).map(move |o| (p, o))).collect());
+    let committed = committed_by_kafka_tool(&group);
+    assert_eq!(committed, (0..6).map(|p| (p, 100)).collect(), "kafka-consumer-groups sees every offset committed");
+}
+
+#[tokio::test]
+async fn graceful_leave_and_crash_hand_partitions_over_without_loss() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-leave", 4).await;
+    let group = unique_topic("group-leave");
+    let seen: Seen = Arc::default();
+    let a = start(&client, &group, &topic, "a", &seen, |b| b);
+    let b = start(&client, &group, &topic, "b", &seen, |b| b);
+    wait_for("assignment", Duration::from_secs(60), || {
+        a.partitions().len() + b.partitions().len() == 4 && !a.partitions().is_empty()
+    })
+    .await;
+    fill(&client, &topic, 4, 50).await;
+    wait_for("first 200", Duration::from_secs(60), || distinct(&seen).len() == 200).await;
+
+    // a leaves gracefully: b takes everything at once (no session timeout wait).
+    let left = Instant::now();
+    a.stop(Duration::from_secs(10)).await;
+    wait_for("b to own all partitions", Duration::from_secs(8), || b.partitions().len() == 4).await;
+    assert!(left.elapsed() < Duration::from_secs(8), "handover after a LeaveGroup is quick");
+    fill(&client, &topic, 4, 50).await;
+    wait_for("next 200", Duration::from_secs(60), || distinct(&seen).len() == 400).await;
+
+    // c joins, then vanishes without leaving (task aborted: no LeaveGroup, no
+    // more heartbeats). After the session timeout b owns everything again.
+    let c = start(&client, &group, &topic, "c", &seen, |b| b);
+    wait_for("c to own partitions", Duration::from_secs(60), || !c.partitions().is_empty()).await;
+    c.task.abort();
+    let _ = c.name;
+    fill(&client, &topic, 4, 50).await;
+    wait_for("b to take over after c's session timeout", Duration::from_secs(60), || {
+        b.partitions().len() == 4
+    })
+    .await;
+    wait_for("all 600", Duration::from_secs(60), || distinct(&seen).len() == 600).await;
+    b.stop(Duration::from_secs(10)).await;
+    assert_eq!(distinct(&seen), (0..4).flat_map(|p| (0..150).map(move |o| (p, o))).collect());
+}
+
+#[tokio::test]
+async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_incomplete() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-resume", 1).await;
+    fill(&client, &topic, 1, 20).await;
+    let group = unique_topic("group-resume");
+
+    // Defer every record; ack all but offsets 7 and 12 (out of order).
+    let deferred: Arc<Mutex<Vec<AckHandle>>> = Arc::default();
+    let consumer = client
+        .group_consumer(&group)
+        .topic(&topic)
+        .start_with_earliest()
+        .commit_interval(Duration::from_millis(200))
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let status = consumer.status_handle();
+    let held = Arc::clone(&deferred);
+    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
+        let held = Arc::clone(&held);
+        async move {
+            let handle = r.defer();
+            held.lock().unwrap().push(handle);
+            Ok::<(), HandlerError>(())
+        }
+    }));
+    wait_for("20 deferred", Duration::from_secs(60), || deferred.lock().unwrap().len() == 20).await;
+    let mut handles: Vec<AckHandle> = std::mem::take(&mut *deferred.lock().unwrap());
+    handles.reverse(); // complete out of order: newest first
+    let mut kept = Vec::new();
+    for h in handles {
+        let offset = h.position().unwrap().2;
+        if offset == 7 || offset == 12 {
+            kept.push(h);
+        } else {
+            h.ack();
+        }
+    }
+    // The commit point is the lowest incomplete offset: 7.
+    wait_for("commit of offset 7", Duration::from_secs(30), || {
+        committed_by_kafka_tool(&group).get(&0) == Some(&7)
+    })
+    .await;
+    let stalled = {
+        let s = status.get();
+        s.stalled.clone()
+    };
+    let _ = stalled; // reported only after the stall threshold; see the status test below
+    // Ack 7: the commit moves to 12 (still incomplete).
+    let seven = kept.remove(0);
+    seven.ack();
+    wait_for("commit of offset 12", Duration::from_secs(30), || {
+        committed_by_kafka_tool(&group).get(&0) == Some(&12)
+    })
+    .await;
+    // Shut down with 12 never completed: it is not committed past.
+    stop.shutdown(Duration::from_millis(500));
+    drop(kept); // dropping an AckHandle marks the record failed
+    tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap();
+    assert_eq!(committed_by_kafka_tool(&group).get(&0), Some(&12));
+
+    // A restarted member resumes at 12: records 12..20 are redelivered, nothing earlier.
+    let seen: Seen = Arc::default();
+    let again = start(&client, &group, &topic, "again", &seen, |b| b);
+    wait_for("redelivery", Duration::from_secs(60), || distinct(&seen).len() == 8).await;
+    again.stop(Duration::from_secs(10)).await;
+    assert_eq!(distinct(&seen), (12..20).map(|o| (0, o)).collect());
+    assert_eq!(committed_by_kafka_tool(&group).get(&0), Some(&20));
+}
+
+#[tokio::test]
+async fn failed_records_stall_the_partition_visibly() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-stall", 1).await;
+    fill(&client, &topic, 1, 10).await;
+    let group = unique_topic("group-stall");
+    let consumer = client
+        .group_consumer(&group)
+        .topic(&topic)
+        .start_with_earliest()
+        .commit_interval(Duration::from_millis(200))
+        .stall_threshold(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let status = consumer.status_handle();
+    let task = tokio::spawn(consumer.run(|r: ConsumerRecord| async move {
+        if r.offset == 4 {
+            Err::<(), HandlerError>("cannot handle record 4".into())
+        } else {
+            Ok(())
+        }
+    }));
+    wait_for("stall report", Duration::from_secs(30), || {
+        status.get().stalled.iter().any(|s| s.offset == 4)
+    })
+    .await;
+    let report = status.get().stalled.into_iter().find(|s| s.offset == 4).unwrap();
+    assert_eq!((report.topic.as_str(), report.partition), (topic.as_str(), 0));
+    assert_eq!(report.failed.as_deref(), Some("cannot handle record 4"));
+    wait_for("commit up to 4", Duration::from_secs(30), || {
+        committed_by_kafka_tool(&group).get(&0) == Some(&4)
+    })
+    .await;
+    stop.shutdown(Duration::from_millis(200));
+    task.await.unwrap().unwrap();
+    assert_eq!(committed_by_kafka_tool(&group).get(&0), Some(&4), "never commits past a failed record");
+}
+
+#[tokio::test]
+async fn static_member_restart_keeps_its_assignment_without_a_rebalance() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-static", 4).await;
+    let group = unique_topic("group-static");
+    let seen: Seen = Arc::default();
+    let a = start(&client, &group, &topic, "a", &seen, |b| b.instance_id("instance-a"));
+    let b = start(&client, &group, &topic, "b", &seen, |b| b.instance_id("instance-b"));
+    wait_for("assignment", Duration::from_secs(60), || {
+        a.partitions().len() == 2 && b.partitions().len() == 2
+    })
+    .await;
+    let before = a.partitions();
+    let b_status = b.status.get();
+
+    // a restarts (static members do not leave on shutdown).
+    a.stop(Duration::from_secs(5)).await;
+    let a2 = start(&client, &group, &topic, "a2", &seen, |b| b.instance_id("instance-a"));
+    wait_for("a2 assignment", Duration::from_secs(30), || !a2.partitions().is_empty()).await;
+    assert_eq!(a2.partitions(), before, "same partitions after the restart");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_after = b.status.get();
+    assert_eq!(b_after.generation, b_status.generation, "b saw no rebalance");
+    assert_eq!(b_after.joins, b_status.joins);
+    a2.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_before_joining() {
+    let client = client().await;
+    assert!(matches!(
+        client.group_consumer("g").build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        client
+            .group_consumer("g")
+            .topic("t")
+            .session_timeout(Duration::from_secs(1))
+            .heartbeat_interval(Duration::from_secs(3))
+            .build(),
+        Err(Error::Config(_))
+    ));
+    // The broker refuses a session timeout below group.min.session.timeout.ms (6 s): fatal, clear.
+    let topic = new_topic(&client, "grp-badsession", 1).await;
+    let mut consumer = client
+        .group_consumer(unique_topic("group-bad"))
+        .topic(&topic)
+        .session_timeout(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut errors = consumer.errors().unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }),
+    )
+    .await
+    .expect("fails fast");
+    match result {
+        Err(Error::Broker(b)) => assert_eq!(b.name(), "INVALID_SESSION_TIMEOUT"),
+        other => panic!("expected INVALID_SESSION_TIMEOUT, got {other:?}"),
+    }
+    assert!(errors.try_recv().is_ok(), "the error stream reports it too");
+}
