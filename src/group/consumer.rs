@@ -101,7 +101,9 @@ impl GroupConsumerBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.settings.topics.extend(topics.into_iter().map(Into::into));
+        self.settings
+            .topics
+            .extend(topics.into_iter().map(Into::into));
         self
     }
 
@@ -442,7 +444,8 @@ impl GroupConsumer {
             let heartbeat = AbortOnDrop(self.spawn_heartbeat(&mut membership, beat_tx).await);
             let mut commit_tick = tokio::time::interval(s.commit_interval);
             commit_tick.tick().await;
-            let mut stall_tick = tokio::time::interval(s.stall_threshold.max(Duration::from_secs(1)));
+            let mut stall_tick =
+                tokio::time::interval(s.stall_threshold.max(Duration::from_secs(1)));
             stall_tick.tick().await;
             let next = loop {
                 tokio::select! {
@@ -480,10 +483,9 @@ impl GroupConsumer {
         }
 
         // Graceful shutdown: stop fetching, finish in-flight, commit, leave.
-        let deadline = shutdown
-            .borrow()
-            .unwrap_or(self.settings.revoke_timeout);
-        self.revoke(&mut membership, &mut owned, None, deadline).await;
+        let deadline = shutdown.borrow().unwrap_or(self.settings.revoke_timeout);
+        self.revoke(&mut membership, &mut owned, None, deadline)
+            .await;
         if let Err(e) = membership.leave("consumer shutting down").await {
             tracing::warn!(error = %DisplayGroupError(&e), "leaving the group failed; the coordinator will evict this member after the session timeout");
         }
@@ -580,7 +582,10 @@ impl GroupConsumer {
             status.protocol = joined.protocol.clone();
             status.leader = joined.leader;
             status.joins += 1;
-            status.assignment = owned.keys().map(|tp| (tp.topic.clone(), tp.partition)).collect();
+            status.assignment = owned
+                .keys()
+                .map(|tp| (tp.topic.clone(), tp.partition))
+                .collect();
         }
         tracing::info!(
             group = %self.settings.group_id,
@@ -610,7 +615,9 @@ impl GroupConsumer {
                     tracing::info!(error = %e, "offset fetch: finding the coordinator again");
                     membership.forget_coordinator();
                 }
-                Err(e) => tracing::info!(error = %DisplayGroupError(&e), "offset fetch failed; retrying"),
+                Err(e) => {
+                    tracing::info!(error = %DisplayGroupError(&e), "offset fetch failed; retrying")
+                }
             }
             tokio::time::sleep(self.client.config().retry_backoff).await;
         };
@@ -712,7 +719,10 @@ impl GroupConsumer {
             }
         }
         for (tp, task) in &mut tasks {
-            if tokio::time::timeout_at(until, &mut task.worker).await.is_err() {
+            if tokio::time::timeout_at(until, &mut task.worker)
+                .await
+                .is_err()
+            {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, "handler still running at the revocation deadline; giving the partition up");
                 task.worker.abort();
             }

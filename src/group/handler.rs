@@ -97,7 +97,8 @@ impl Completion {
     }
 
     pub fn fail(&self, reason: String) {
-        self.tracking.fail(&self.key, self.offset, self.epoch, reason);
+        self.tracking
+            .fail(&self.key, self.offset, self.epoch, reason);
     }
 
     pub fn is_deferred(&self) -> bool {

@@ -25,8 +25,8 @@ use super::subscription::{
     decode_assignment, decode_subscription, encode_assignment, encode_subscription,
     MemberAssignment, Subscription, TopicPartition,
 };
-use crate::error::{BrokerError, Error, Result};
 use crate::client::Client;
+use crate::error::{BrokerError, Error, Result};
 use crate::protocol::connection::BrokerConnection;
 
 // Error codes of the group APIs (Kafka's `Errors.java`).
@@ -280,7 +280,9 @@ impl Membership {
             .ok_or_else(|| {
                 GroupError::Fatal(Error::Protocol {
                     broker: coordinator.addr().to_string(),
-                    reason: format!("coordinator chose protocol `{protocol}` that we did not offer"),
+                    reason: format!(
+                        "coordinator chose protocol `{protocol}` that we did not offer"
+                    ),
                 })
             })?;
 
@@ -420,14 +422,23 @@ impl Membership {
             return Ok(());
         }
         let coordinator = self.coordinator().await?;
-        let request = LeaveGroupRequest::default()
-            .with_group_id(self.group_id())
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_members(vec![MemberIdentity::default()
+        let version = coordinator
+            .version_for::<LeaveGroupRequest>()
+            .map_err(GroupError::Fatal)?;
+        // v3 (KIP-345) moved the member id into a list of members.
+        let request = if version >= 3 {
+            LeaveGroupRequest::default()
+                .with_group_id(self.group_id())
+                .with_members(vec![MemberIdentity::default()
+                    .with_member_id(StrBytes::from_string(self.member_id.clone()))
+                    .with_reason(Some(StrBytes::from_string(reason.to_string())))])
+        } else {
+            LeaveGroupRequest::default()
+                .with_group_id(self.group_id())
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_reason(Some(StrBytes::from_string(reason.to_string())))]);
+        };
         let response = coordinator
-            .request(&request)
+            .request_at(&request, version)
             .await
             .map_err(GroupError::from_transport)?;
         let code = if response.error_code != 0 {

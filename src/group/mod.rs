@@ -17,7 +17,6 @@ pub mod subscription;
 mod tracking;
 
 pub use consumer::{
-    ConsumerStatus, GroupConsumer, GroupConsumerBuilder, OffsetReset, ShutdownHandle,
-    StatusHandle,
+    ConsumerStatus, GroupConsumer, GroupConsumerBuilder, OffsetReset, ShutdownHandle, StatusHandle,
 };
 pub use handler::{AckHandle, ConsumerRecord, Handler, HandlerError};
