@@ -35,7 +35,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .admin()
             .create_topic(NewTopic::new(&topic, partitions, 1))
             .await?;
-        let producer = client.producer().linger(Duration::from_millis(5)).build()?;
+        let in_flight: usize = std::env::var("IN_FLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let producer = client
+            .producer()
+            .linger(Duration::from_millis(5))
+            .max_in_flight(in_flight)
+            .build()?;
         let started = Instant::now();
         let mut pending = Vec::with_capacity(records);
         for _ in 0..records {

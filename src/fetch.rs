@@ -1,14 +1,20 @@
 //! Fetching one partition in a loop, shared by the reader and the group
-//! consumer. Batches go into a bounded channel, so a slow consumer holds at
+//! consumer, on our own wire layer (zero-copy record decoding). Batches go into a bounded channel, so a slow consumer holds at
 //! most a few batches per partition in memory.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::client::{map_data_error, Client};
-use crate::error::{Error, Result};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::client::Client;
+use crate::error::{BrokerError, Error, Result};
+use crate::protocol::connection::BrokerConnection;
 use crate::protocol::error_codes::OFFSET_OUT_OF_RANGE;
+use crate::protocol::records::decode_batches;
 use crate::record::Record;
 
 /// What to do when the next offset is no longer (or not yet) stored.
@@ -45,53 +51,122 @@ impl Fetcher {
     async fn fetch_loop(&mut self) -> Result<()> {
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
-        let pc = self.client.partition(&topic, partition).await?;
+        let client = self.client.clone();
+        let cluster = client.cluster();
+        let mut conn: Option<Arc<BrokerConnection>> = None;
+        let mut failures = 0u32;
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             if self.end.is_some_and(|end| self.next >= end) {
                 return Ok(());
             }
-            let fetched = pc
-                .fetch_records(self.next, 1..self.max_bytes, self.max_wait_ms)
-                .await;
-            let (records, _high_watermark) = match fetched {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = map_data_error(&format!("fetching {topic}/{partition}"), e);
-                    if e.broker_code() == Some(OFFSET_OUT_OF_RANGE) {
-                        self.recover_out_of_range(&e).await?;
-                        continue;
-                    }
-                    return Err(match e {
-                        Error::Client { message, .. } if message.contains("decode") => {
-                            Error::Decode {
-                                topic: topic.to_string(),
-                                partition,
-                                offset: self.next,
-                                reason: message,
-                            }
-                        }
-                        other => other,
-                    });
+            let attempt = self.fetch_once(&mut conn).await;
+            let (records, next) = match attempt {
+                Ok(r) => {
+                    failures = 0;
+                    failing_since = None;
+                    r
                 }
-            };
-            let mut batch = Vec::with_capacity(records.len());
-            for r in records {
-                if r.offset < self.next {
-                    // Compressed batches start before the requested offset.
+                Err(e) if e.broker_code() == Some(OFFSET_OUT_OF_RANGE) => {
+                    self.recover_out_of_range(&e).await?;
                     continue;
                 }
-                if self.end.is_some_and(|end| r.offset >= end) {
-                    break;
+                Err(e) if e.is_retriable() => {
+                    // Leader moved, broker restarting, connection lost: look
+                    // the leader up again and retry until the retry deadline.
+                    conn = None;
+                    cluster.invalidate(&topic);
+                    failures += 1;
+                    let deadline = self.client.config().retry_deadline;
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(topic = %topic, partition, error = %e, "fetch failed; retrying");
+                    let backoff = self.client.config().retry_backoff * failures.min(10);
+                    tokio::time::sleep(backoff.min(self.client.config().retry_backoff_max)).await;
+                    continue;
                 }
-                batch.push(Record::from_data(&topic, partition, r));
+                Err(e) => return Err(e),
+            };
+            if let Some(next) = next {
+                self.next = self.next.max(next);
             }
-            if let Some(last) = batch.last() {
-                self.next = last.offset + 1;
-                if self.tx.send(Ok(batch)).await.is_err() {
-                    return Ok(()); // receiver gone
-                }
+            let records = match self.end {
+                Some(end) => records.into_iter().take_while(|r| r.offset < end).collect(),
+                None => records,
+            };
+            if !records.is_empty() && self.tx.send(Ok(records)).await.is_err() {
+                return Ok(()); // receiver gone
             }
         }
+    }
+
+    /// One Fetch request for this partition to its leader, on a connection
+    /// of its own: the broker answers one request per connection at a time,
+    /// and a fetch may wait `max_wait` for data.
+    async fn fetch_once(
+        &self,
+        conn: &mut Option<Arc<BrokerConnection>>,
+    ) -> Result<(Vec<Record>, Option<i64>)> {
+        let cluster = self.client.cluster();
+        let c = match conn {
+            Some(c) if !c.is_closed() => Arc::clone(c),
+            _ => {
+                let addr = cluster.leader_addr(&self.topic, self.partition).await?;
+                let c = cluster.dedicated_connection(&addr).await?;
+                *conn = Some(Arc::clone(&c));
+                c
+            }
+        };
+        let request = FetchRequest::default()
+            .with_max_wait_ms(self.max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(self.max_bytes.max(1))
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(self.topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(self.partition)
+                    .with_fetch_offset(self.next)
+                    .with_partition_max_bytes(self.max_bytes.max(1))])]);
+        let response = c.request(&request).await?;
+        if response.error_code != 0 {
+            return Err(BrokerError::new(c.addr(), "Fetch", response.error_code, None).into());
+        }
+        let data = response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == self.partition)
+            .ok_or_else(|| Error::Protocol {
+                broker: c.addr().to_string(),
+                reason: format!("fetch answer lacks {}/{}", self.topic, self.partition),
+            })?;
+        if data.error_code != 0 {
+            return Err(BrokerError::new(
+                c.addr(),
+                "Fetch",
+                data.error_code,
+                Some(format!(
+                    "{}/{} at offset {}",
+                    self.topic, self.partition, self.next
+                )),
+            )
+            .into());
+        }
+        let Some(bytes) = data.records else {
+            return Ok((Vec::new(), None));
+        };
+        let decoded =
+            decode_batches(bytes, &self.topic, self.partition, self.next).map_err(|e| {
+                Error::Decode {
+                    topic: self.topic.to_string(),
+                    partition: self.partition,
+                    offset: self.next,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok((decoded.records, decoded.next_offset))
     }
 
     async fn recover_out_of_range(&mut self, e: &Error) -> Result<()> {

@@ -106,28 +106,4 @@ impl Record {
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
     }
-
-    pub(crate) fn from_data(
-        topic: &Arc<str>,
-        partition: i32,
-        r: rskafka::record::RecordAndOffset,
-    ) -> Self {
-        let rec = r.record;
-        Record {
-            topic: Arc::clone(topic),
-            partition,
-            offset: r.offset,
-            key: rec.key.map(Bytes::from),
-            value: rec.value.map(Bytes::from),
-            headers: rec
-                .headers
-                .into_iter()
-                .map(|(key, value)| Header {
-                    key,
-                    value: Bytes::from(value),
-                })
-                .collect(),
-            timestamp: rec.timestamp.timestamp_millis(),
-        }
-    }
 }

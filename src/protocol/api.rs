@@ -1,9 +1,9 @@
 //! The Kafka APIs our wire layer speaks, with the names our errors print.
 
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, FindCoordinatorRequest, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, SyncGroupRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
 };
 
 /// A request type the wire layer can send.
@@ -27,6 +27,8 @@ macro_rules! kafka_api {
 
 kafka_api! {
     MetadataRequest => "Metadata", 12;
+    // v13 switches to topic ids; names are what we have everywhere.
+    FetchRequest => "Fetch", 12;
     CreateTopicsRequest => "CreateTopics", 7;
     DeleteTopicsRequest => "DeleteTopics", 5;
     ListOffsetsRequest => "ListOffsets", 8;

@@ -290,6 +290,36 @@ impl Cluster {
         self.read().controller
     }
 
+    /// `host:port` of the leader of a partition, from cached metadata.
+    pub async fn leader_addr(&self, topic: &str, partition: i32) -> Result<String> {
+        let meta = self
+            .topic(topic)
+            .await?
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        let p = meta
+            .partitions
+            .iter()
+            .find(|p| p.id == partition)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                count: meta.partitions.len() as i32,
+            })?;
+        if p.leader >= 0 {
+            if let Some(addr) = self.broker_addr(p.leader) {
+                return Ok(addr);
+            }
+        }
+        self.invalidate(topic);
+        Err(crate::error::BrokerError::new(
+            "metadata",
+            "Metadata",
+            super::error_codes::LEADER_NOT_AVAILABLE,
+            Some(format!("{topic}/{partition} has no known leader")),
+        )
+        .into())
+    }
+
     /// Drop cached metadata of a topic so the next use fetches it again.
     pub fn invalidate(&self, topic: &str) {
         self.metadata

@@ -392,9 +392,28 @@ async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
                 )
             }
         };
-        let mut buf = BytesMut::zeroed(size);
-        if let Err(e) = reader.read_exact(&mut buf).await {
-            break format!("read failed: {e}");
+        // Read into spare capacity: no zero-filling of large fetch responses.
+        let mut buf = BytesMut::with_capacity(size);
+        let mut failed = None;
+        while buf.len() < size {
+            match (&mut reader)
+                .take((size - buf.len()) as u64)
+                .read_buf(&mut buf)
+                .await
+            {
+                Ok(0) => {
+                    failed = Some("broker closed the connection mid-response".to_string());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(format!("read failed: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failed {
+            break reason;
         }
         let mut frame = buf.freeze();
         let correlation_id = frame.clone().get_i32();

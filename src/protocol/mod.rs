@@ -6,5 +6,6 @@ pub(crate) mod api;
 pub(crate) mod cluster;
 pub(crate) mod connection;
 pub mod error_codes;
+pub(crate) mod records;
 
 pub use cluster::{BrokerInfo, PartitionMetadata, TopicMetadata};
