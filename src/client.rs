@@ -1,18 +1,14 @@
 //! [`Client`]: the shared entry point that owns broker connections.
 //!
-//! One `Client` holds our own wire-layer connections (metadata, admin, group
-//! APIs) and the data-path client (`rskafka`) used for produce and fetch.
-//! Producers, readers and admin handles made from it share both.
+//! One `Client` holds the wire-layer state (broker connections, metadata
+//! cache). Producers, readers, group consumers and admin handles made from
+//! it share that state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
-use tokio::sync::OnceCell;
 
 use crate::admin::Admin;
 use crate::config::ClientConfig;
-use crate::error::{BrokerError, Error, Result};
+use crate::error::Result;
 use crate::group::GroupConsumerBuilder;
 use crate::producer::ProducerBuilder;
 use crate::protocol::cluster::Cluster;
@@ -38,8 +34,6 @@ pub struct Client {
 #[derive(Debug)]
 struct ClientInner {
     cluster: Cluster,
-    data: OnceCell<rskafka::client::Client>,
-    partitions: tokio::sync::Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
 }
 
 impl Client {
@@ -51,8 +45,6 @@ impl Client {
         let client = Client {
             inner: Arc::new(ClientInner {
                 cluster: Cluster::new(config),
-                data: OnceCell::new(),
-                partitions: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
         client.inner.cluster.refresh_metadata(&[]).await?;
@@ -109,120 +101,4 @@ impl Client {
         }
         self.inner.cluster.topic(topic).await
     }
-
-    async fn data(&self) -> Result<&rskafka::client::Client> {
-        self.inner
-            .data
-            .get_or_try_init(|| async {
-                let config = self.config();
-                rskafka::client::ClientBuilder::new(config.bootstrap.clone())
-                    .client_id(config.client_id.clone())
-                    .backoff_config(rskafka::BackoffConfig {
-                        init_backoff: config.retry_backoff,
-                        max_backoff: config.retry_backoff_max,
-                        base: 2.0,
-                        deadline: Some(config.retry_deadline),
-                    })
-                    .build()
-                    .await
-                    .map_err(|e| map_data_error("connecting the data-path client", e))
-            })
-            .await
-    }
-
-    /// The data-path handle for one partition, cached.
-    pub(crate) async fn partition(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>> {
-        let key = (topic.to_string(), partition);
-        if let Some(pc) = self.inner.partitions.lock().await.get(&key) {
-            return Ok(Arc::clone(pc));
-        }
-        let data = self.data().await?;
-        let pc = data
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| map_data_error(&format!("locating leader of {topic}/{partition}"), e))?;
-        let pc = Arc::new(pc);
-        self.inner
-            .partitions
-            .lock()
-            .await
-            .insert(key, Arc::clone(&pc));
-        Ok(pc)
-    }
-}
-
-/// Turn a data-path error into ours, keeping the Kafka error code when there is one.
-pub(crate) fn map_data_error(context: &str, e: rskafka::client::error::Error) -> Error {
-    use rskafka::client::error::Error as E;
-    match e {
-        E::ServerError {
-            protocol_error,
-            error_message,
-            ..
-        } => {
-            let code = rskafka_code(protocol_error);
-            Error::Broker(BrokerError::new(
-                "partition leader",
-                api_of(context),
-                code,
-                error_message.or_else(|| Some(context.to_string())),
-            ))
-        }
-        E::Request(rskafka::client::error::RequestError::ReadError(r)) => Error::Client {
-            context: context.to_string(),
-            message: format!(
-                "cannot decode the broker's answer: {r} (records compressed with lz4 or zstd \
-                 cannot be read by this build)"
-            ),
-            retriable: false,
-        },
-        E::RetryFailed(b) => Error::Client {
-            context: context.to_string(),
-            message: format!("gave up after retrying: {b}"),
-            retriable: true,
-        },
-        other => {
-            let retriable = matches!(other, E::Connection(_) | E::Request(_) | E::Timeout);
-            Error::Client {
-                context: context.to_string(),
-                message: other.to_string(),
-                retriable,
-            }
-        }
-    }
-}
-
-fn api_of(context: &str) -> &'static str {
-    if context.starts_with("produc") {
-        "Produce"
-    } else if context.starts_with("fetch") {
-        "Fetch"
-    } else if context.starts_with("list") {
-        "ListOffsets"
-    } else {
-        "Metadata"
-    }
-}
-
-/// rskafka's error enum mirrors Kafka's error table by variant name; find the
-/// code with the same name in `kafka-protocol`'s table.
-fn rskafka_code(e: rskafka::client::error::ProtocolError) -> i16 {
-    let name = format!("{e:?}");
-    if let Some(code) = name
-        .strip_prefix("Unknown(")
-        .and_then(|rest| rest.strip_suffix(')'))
-        .and_then(|c| c.parse::<i16>().ok())
-    {
-        return code;
-    }
-    (-1..=200)
-        .find(|code| {
-            kafka_protocol::error::ResponseError::try_from_code(*code)
-                .is_some_and(|k| k.to_string() == name)
-        })
-        .unwrap_or(-1)
 }

@@ -3,8 +3,9 @@
 //! A pure-Rust Kafka library for event-driven services: a [`Producer`] with
 //! batching and delivery acknowledgements, a [`Reader`] that reads partitions
 //! without a consumer group, and an [`Admin`] for topics and offsets. Built on
-//! our own wire layer (codecs from `kafka-protocol`) beside `rskafka` for the
-//! produce and fetch data path. No C toolchain is needed for the default build.
+//! our own wire layer (message codecs from `kafka-protocol`, record batches
+//! encoded and decoded in-crate). No C toolchain is needed: gzip, snappy,
+//! lz4 and zstd are all pure Rust.
 //!
 //! ```no_run
 //! # async fn demo() -> kastellan::Result<()> {

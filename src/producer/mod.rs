@@ -9,7 +9,7 @@
 mod partitioner;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use worker::{PartitionWorker, Pending};
 use crate::admin::{IfExists, NewTopic};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::protocol::records::{Codec, OutgoingRecord};
 
 /// Compression codec for produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,25 +40,20 @@ pub enum Compression {
     Gzip,
     /// Snappy (pure Rust), Java-compatible framing.
     Snappy,
-    /// LZ4 (needs a C compiler; cargo feature `lz4`).
-    #[cfg(feature = "lz4")]
+    /// LZ4 frame format (pure Rust).
     Lz4,
-    /// Zstandard (needs a C compiler; cargo feature `zstd`).
-    #[cfg(feature = "zstd")]
+    /// Zstandard (pure Rust; fastest level).
     Zstd,
 }
 
 impl Compression {
-    fn to_data(self) -> rskafka::client::partition::Compression {
-        use rskafka::client::partition::Compression as C;
+    fn codec(self) -> Codec {
         match self {
-            Compression::None => C::NoCompression,
-            Compression::Gzip => C::Gzip,
-            Compression::Snappy => C::Snappy,
-            #[cfg(feature = "lz4")]
-            Compression::Lz4 => C::Lz4,
-            #[cfg(feature = "zstd")]
-            Compression::Zstd => C::Zstd,
+            Compression::None => Codec::None,
+            Compression::Gzip => Codec::Gzip,
+            Compression::Snappy => Codec::Snappy,
+            Compression::Lz4 => Codec::Lz4,
+            Compression::Zstd => Codec::Zstd,
         }
     }
 }
@@ -152,7 +148,7 @@ impl ProducerRecord {
         Ok(self)
     }
 
-    /// Add a header. Header names must be unique within a record.
+    /// Add a header. Kafka keeps headers in order and allows repeated names.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.headers.push((key.into(), value.into()));
         self
@@ -167,17 +163,6 @@ impl ProducerRecord {
     /// The topic, if set.
     pub fn topic(&self) -> Option<&str> {
         self.topic.as_deref()
-    }
-
-    fn encoded_size(&self) -> usize {
-        // Record overhead in a v2 batch is at most ~21 bytes plus varints.
-        32 + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 10)
-                .sum::<usize>()
     }
 }
 
@@ -464,7 +449,24 @@ impl Producer {
                 ))
             }
         };
-        let size = record.encoded_size();
+        let timestamp = match record.timestamp {
+            Some(ms) if ms >= 0 => ms,
+            Some(ms) => {
+                return Err(Error::Config(format!(
+                    "timestamp {ms} is negative; give milliseconds since the Unix epoch"
+                )))
+            }
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        };
+        let outgoing = OutgoingRecord {
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp,
+        };
+        let size = outgoing.max_encoded_size();
         if size > inner.settings.max_batch_bytes {
             return Err(Error::RecordTooLarge {
                 size,
@@ -472,21 +474,13 @@ impl Producer {
                 which: "producer max_batch_bytes",
             });
         }
-        let mut headers = BTreeMap::new();
-        for (k, v) in &record.headers {
-            if headers.insert(k.clone(), v.to_vec()).is_some() {
-                return Err(Error::Config(format!(
-                    "header `{k}` appears twice in one record; kastellan sends unique header names"
-                )));
-            }
-        }
         let state = self.topic_state(&topic).await?;
         let partitions = state.partitions;
         let partition = match record.partition {
             Some(p) => p,
             None => inner.settings.partitioner.pick(
                 &topic,
-                record.key.as_deref(),
+                outgoing.key.as_deref(),
                 partitions,
                 state.round_robin.next(),
             ),
@@ -498,24 +492,13 @@ impl Producer {
                 count: partitions,
             });
         }
-        let timestamp = match record.timestamp {
-            Some(ms) => chrono::DateTime::from_timestamp_millis(ms)
-                .ok_or_else(|| Error::Config(format!("timestamp {ms} ms is out of range")))?,
-            None => chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()),
-        };
         let permit = Arc::clone(&inner.memory)
             .acquire_many_owned(size.min(inner.settings.buffer_bytes) as u32)
             .await
             .map_err(|_| Error::Closed("producer closed"))?;
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
-            record: rskafka::record::Record {
-                key: record.key.as_ref().map(|k| k.to_vec()),
-                value: record.value.map(Vec::from),
-                headers,
-                timestamp,
-            },
-            key: record.key,
+            record: outgoing,
             size,
             _permit: permit,
             done: tx,
@@ -617,7 +600,7 @@ impl Producer {
                 partition,
                 linger: inner.settings.linger,
                 max_batch_bytes: inner.settings.max_batch_bytes,
-                compression: inner.settings.compression.to_data(),
+                compression: inner.settings.compression.codec(),
                 max_in_flight: inner.settings.max_in_flight,
                 outstanding: Arc::clone(&inner.outstanding),
                 reports: inner.reports.clone(),

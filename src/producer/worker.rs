@@ -3,19 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rskafka::client::partition::Compression;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{Delivery, DeliveryReport, Outstanding};
-use crate::client::{map_data_error, Client};
-use crate::error::{Error, Result};
-use crate::protocol::error_codes::{MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE};
+use crate::client::Client;
+use crate::error::{BrokerError, Error, Result};
+use crate::protocol::error_codes::{
+    needs_metadata_refresh, MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE,
+};
+use crate::protocol::records::{encode_batch, Codec, OutgoingRecord};
 
 /// A record waiting in a partition queue.
 pub(crate) struct Pending {
-    pub record: rskafka::record::Record,
-    pub key: Option<Bytes>,
+    pub record: OutgoingRecord,
     pub size: usize,
     /// Buffer memory held until the record is resolved.
     pub _permit: OwnedSemaphorePermit,
@@ -28,7 +31,7 @@ pub(crate) struct PartitionWorker {
     pub partition: i32,
     pub linger: Duration,
     pub max_batch_bytes: usize,
-    pub compression: Compression,
+    pub compression: Codec,
     pub max_in_flight: usize,
     pub outstanding: Arc<Outstanding>,
     pub reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
@@ -116,26 +119,62 @@ impl PartitionWorker {
         }
     }
 
+    /// Encode and send one batch, retrying retriable failures (leader
+    /// moves, lost connections) with backoff until the retry deadline.
+    /// Returns the offset of each record.
     async fn produce(&self, batch: &[Pending]) -> Result<Vec<i64>> {
-        let pc = self.client.partition(&self.topic, self.partition).await?;
-        let records = batch.iter().map(|p| p.record.clone()).collect();
-        let offsets = pc.produce(records, self.compression).await.map_err(|e| {
-            map_data_error(
-                &format!("producing to {}/{}", self.topic, self.partition),
-                e,
+        let encoded =
+            encode_batch(batch.iter().map(|p| &p.record), self.compression).map_err(|e| {
+                Error::Protocol {
+                    broker: "local".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(
+                i32::try_from(self.client.config().request_timeout.as_millis()).unwrap_or(i32::MAX),
             )
-        })?;
-        if offsets.len() != batch.len() {
-            return Err(Error::Protocol {
-                broker: "partition leader".into(),
-                reason: format!(
-                    "produce acknowledged {} offsets for {} records",
-                    offsets.len(),
-                    batch.len()
-                ),
-            });
-        }
-        Ok(offsets)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(self.topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(self.partition)
+                    .with_records(Some(encoded))])]);
+        let cluster = self.client.cluster();
+        let base = cluster
+            .with_retries("Produce", || async {
+                let addr = cluster.leader_addr(&self.topic, self.partition).await?;
+                let conn = cluster.connection(&addr).await?;
+                let response = conn.request(&request).await.inspect_err(|e| {
+                    if e.is_retriable() {
+                        cluster.invalidate(&self.topic);
+                    }
+                })?;
+                let p = response
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter())
+                    .find(|p| p.index == self.partition)
+                    .ok_or_else(|| Error::Protocol {
+                        broker: addr.clone(),
+                        reason: format!("produce answer lacks {}/{}", self.topic, self.partition),
+                    })?;
+                if p.error_code != 0 {
+                    if needs_metadata_refresh(p.error_code) {
+                        cluster.invalidate(&self.topic);
+                    }
+                    return Err(BrokerError::new(
+                        addr,
+                        "Produce",
+                        p.error_code,
+                        p.error_message.as_ref().map(|m| m.to_string()),
+                    )
+                    .into());
+                }
+                Ok(p.base_offset)
+            })
+            .await?;
+        Ok((0..batch.len() as i64).map(|i| base + i).collect())
     }
 
     fn resolve_ok(&self, batch: Vec<Pending>, offsets: Vec<i64>) {
@@ -145,7 +184,7 @@ impl PartitionWorker {
                 let _ = r.send(DeliveryReport {
                     topic: Arc::clone(&self.topic),
                     partition: self.partition,
-                    key: p.key,
+                    key: p.record.key.clone(),
                     result: Ok(offset),
                 });
             }
@@ -166,7 +205,7 @@ impl PartitionWorker {
                 let _ = r.send(DeliveryReport {
                     topic: Arc::clone(&self.topic),
                     partition: self.partition,
-                    key: p.key,
+                    key: p.record.key.clone(),
                     result: Err(e.duplicate()),
                 });
             }

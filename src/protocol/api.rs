@@ -3,7 +3,7 @@
 use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FindCoordinatorRequest,
     HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 
 /// A request type the wire layer can send.
@@ -29,6 +29,7 @@ kafka_api! {
     MetadataRequest => "Metadata", 12;
     // v13 switches to topic ids; names are what we have everywhere.
     FetchRequest => "Fetch", 12;
+    ProduceRequest => "Produce", 12;
     CreateTopicsRequest => "CreateTopics", 7;
     DeleteTopicsRequest => "DeleteTopics", 5;
     ListOffsetsRequest => "ListOffsets", 8;

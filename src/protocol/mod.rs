@@ -1,6 +1,8 @@
-//! Wire layer: our own broker connections for the APIs the data-path client
-//! (`rskafka`) does not cover (metadata details, admin, group coordination).
-//! Message codecs come from `kafka-protocol`.
+//! Wire layer: our own broker connections (framing, correlation ids,
+//! ApiVersions negotiation), cluster metadata, record-batch encoding and
+//! decoding, and the error-code table. Message codecs come from
+//! `kafka-protocol`; record batches are encoded and decoded here so the
+//! data path is zero-copy and every compression codec is pure Rust.
 
 pub(crate) mod api;
 pub(crate) mod cluster;
