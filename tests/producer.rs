@@ -371,3 +371,94 @@ async fn unreachable_broker_is_reported_after_the_deadline() {
         "gave up in bounded time"
     );
 }
+
+#[tokio::test]
+async fn every_codec_interoperates_with_the_java_client() {
+    let client = client().await;
+    let bootstrap = testcontainers::bootstrap();
+    for (codec, java_name) in [
+        (Compression::Gzip, "gzip"),
+        (Compression::Snappy, "snappy"),
+        (Compression::Lz4, "lz4"),
+        (Compression::Zstd, "zstd"),
+    ] {
+        // Java produces, kastellan reads.
+        let from_java = new_topic(&client, &format!("codec-java-{java_name}"), 1).await;
+        let lines: String = (0..50).map(|i| format!("java {java_name} {i}\n")).collect();
+        let out = testcontainers::run_kafka_class_with_stdin(
+            testcontainers::CONSOLE_PRODUCER,
+            &[
+                "--bootstrap-server",
+                &bootstrap,
+                "--topic",
+                &from_java,
+                "--compression-codec",
+                java_name,
+            ],
+            lines.as_bytes(),
+            Duration::from_secs(90),
+        )
+        .expect("console producer runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<String> = read_all(&client, &from_java)
+            .await
+            .iter()
+            .map(|r| r.value_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            got,
+            (0..50)
+                .map(|i| format!("java {java_name} {i}"))
+                .collect::<Vec<_>>()
+        );
+
+        // kastellan produces, Java reads.
+        let to_java = new_topic(&client, &format!("codec-ours-{java_name}"), 1).await;
+        let producer = client
+            .producer()
+            .compression(codec)
+            .linger(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            pending.push(
+                producer
+                    .to(&to_java)
+                    .value(format!("ours {java_name} {i}"))
+                    .enqueue()
+                    .await
+                    .unwrap(),
+            );
+        }
+        for p in pending {
+            p.await.expect("delivered");
+        }
+        let out = testcontainers::run_kafka_class_checked(
+            testcontainers::CONSOLE_CONSUMER,
+            &[
+                "--bootstrap-server",
+                &bootstrap,
+                "--topic",
+                &to_java,
+                "--from-beginning",
+                "--max-messages",
+                "50",
+            ],
+            Duration::from_secs(90),
+        )
+        .expect("console consumer reads our batches");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("ours")).collect();
+        assert_eq!(
+            lines,
+            (0..50)
+                .map(|i| format!("ours {java_name} {i}"))
+                .collect::<Vec<_>>(),
+            "{codec:?}"
+        );
+    }
+}

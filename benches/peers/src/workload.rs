@@ -2,7 +2,7 @@
 //! producer settings shared by all clients.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// `linger.ms` for every producer.
 pub const LINGER_MS: u32 = 5;
@@ -61,6 +61,24 @@ pub fn mark_work_started() {
 /// The instant set by [`mark_work_started`], if any.
 pub fn work_started() -> Option<Instant> {
     WORK_STARTED.get().copied()
+}
+
+/// A group id no earlier run has used: `peers-<what>-<pid>-<unix millis>`.
+pub fn fresh_group_id(what: &str) -> String {
+    format!(
+        "peers-{what}-{}-{}",
+        std::process::id(),
+        unix_micros() / 1000
+    )
+}
+
+/// Wall-clock time in microseconds since the Unix epoch. Events of different
+/// processes on this machine are compared with it.
+pub fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
