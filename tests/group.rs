@@ -460,3 +460,59 @@ async fn bad_configuration_is_refused_before_joining() {
     }
     assert!(errors.try_recv().is_ok(), "the error stream reports it too");
 }
+
+#[tokio::test]
+async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generations() {
+    use kastellan::group::assignor::CooperativeStickyAssignor;
+    let client = client().await;
+    let topic = new_topic(&client, "grp-coop", 4).await;
+    fill(&client, &topic, 4, 25).await;
+    let group = unique_topic("group-coop");
+    let seen: Seen = Arc::default();
+    let coop = |b: kastellan::group::GroupConsumerBuilder| {
+        b.assignors(vec![Arc::new(CooperativeStickyAssignor)])
+    };
+    let a = start(&client, &group, &topic, "a", &seen, coop);
+    wait_for("a owns everything", Duration::from_secs(60), || {
+        a.partitions().len() == 4
+    })
+    .await;
+    wait_for("first 100", Duration::from_secs(60), || {
+        distinct(&seen).len() == 100
+    })
+    .await;
+    let before = a.status.get();
+    assert_eq!(before.protocol, "cooperative-sticky");
+
+    let b = start(&client, &group, &topic, "b", &seen, coop);
+    wait_for("2/2 split", Duration::from_secs(60), || {
+        a.partitions().len() == 2 && b.partitions().len() == 2
+    })
+    .await;
+    let after = a.status.get();
+    // KIP-429: revoke in one rebalance, assign in the next (G -> G+2), and
+    // the member keeps its id.
+    assert_eq!(
+        after.generation,
+        before.generation + 2,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.member_id, before.member_id);
+    let kept: Vec<_> = after.assignment.clone();
+    assert!(
+        kept.iter().all(|p| before.assignment.contains(p)),
+        "a keeps a subset of what it had"
+    );
+
+    fill(&client, &topic, 4, 25).await;
+    wait_for("all 200", Duration::from_secs(60), || {
+        distinct(&seen).len() == 200
+    })
+    .await;
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+    assert_eq!(
+        distinct(&seen),
+        (0..4).flat_map(|p| (0..50).map(move |o| (p, o))).collect()
+    );
+}
