@@ -3,8 +3,14 @@
 # otherwise it starts a single-node Apache Kafka broker (KRaft) on free
 # loopback ports, runs the benchmark against it and stops it afterwards.
 #
-#   ./run.sh                      # defaults: 200000 records of 1 KiB
+#   ./run.sh                      # all phases: produce, read, group, rebalance
 #   ./run.sh --rounds 3 --keyed   # any option of the peers binary
+#   ./run.sh --phases group,rebalance --rebalance-trials 5
+#
+# The rebalance phase also runs Kafka's Java VerifiableConsumer; it comes from
+# the repository fixture's jar cache ($KASTELLAN_CACHE_DIR, else
+# ~/.cache/kastellan), fetched with mvn on first use, and needs java on PATH
+# (or JAVA_HOME) even when KAFKA_BOOTSTRAP points at a running broker.
 #
 # Environment:
 #   KAFKA_BOOTSTRAP       use this broker instead of starting one

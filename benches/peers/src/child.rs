@@ -114,20 +114,30 @@ pub fn run(args: PhaseArgs) -> ExitCode {
 async fn run_phase(args: &PhaseArgs) -> anyhow::Result<PhaseReport> {
     let payload = workload::payload(args.size);
     let start = Instant::now();
-    let bytes = match args.phase {
+    let (bytes, end) = match args.phase {
         Phase::Produce => {
             args.client
                 .produce(&args.bootstrap, &args.topic, &payload, args.records)
                 .await?;
-            (args.records as u64) * (args.size as u64)
+            ((args.records as u64) * (args.size as u64), Instant::now())
         }
         Phase::Read => {
-            args.client
+            let bytes = args
+                .client
                 .read(&args.bootstrap, &args.topic, args.partitions, args.records)
-                .await?
+                .await?;
+            (bytes, Instant::now())
+        }
+        // Timed to the last record handed over, not to the end of the
+        // call, which also leaves the group.
+        Phase::Group => {
+            let read = args
+                .client
+                .group_consume(&args.bootstrap, &args.topic, args.partitions, args.records)
+                .await?;
+            (read.bytes, read.finished)
         }
     };
-    let end = Instant::now();
     let expected_bytes = (args.records as u64) * (args.size as u64);
     if bytes != expected_bytes {
         anyhow::bail!(

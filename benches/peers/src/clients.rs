@@ -1,8 +1,9 @@
-//! The clients under test and the dispatch to their two functions.
+//! The clients under test and the dispatch to their functions.
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::tally::GroupRead;
 use crate::{confluent_client, kastellan_client, rdkafka_client};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +69,26 @@ impl Client {
             }
         }
     }
+
+    pub async fn group_consume(
+        self,
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        expected: usize,
+    ) -> anyhow::Result<GroupRead> {
+        match self {
+            Client::Kastellan => {
+                kastellan_client::group_consume(bootstrap, topic, partitions, expected).await
+            }
+            Client::Rdkafka => {
+                rdkafka_client::group_consume(bootstrap, topic, partitions, expected).await
+            }
+            Client::Confluent => {
+                confluent_client::group_consume(bootstrap, topic, partitions, expected).await
+            }
+        }
+    }
 }
 
 impl fmt::Display for Client {
@@ -95,6 +116,8 @@ impl FromStr for Client {
 pub enum Phase {
     Produce,
     Read,
+    /// One member of a fresh consumer group reads the whole topic.
+    Group,
 }
 
 impl Phase {
@@ -102,6 +125,7 @@ impl Phase {
         match self {
             Phase::Produce => "produce",
             Phase::Read => "read",
+            Phase::Group => "group",
         }
     }
 }
@@ -113,7 +137,8 @@ impl FromStr for Phase {
         match s {
             "produce" => Ok(Phase::Produce),
             "read" => Ok(Phase::Read),
-            other => anyhow::bail!("unknown phase {other:?} (known: produce, read)"),
+            "group" => Ok(Phase::Group),
+            other => anyhow::bail!("unknown phase {other:?} (known: produce, read, group)"),
         }
     }
 }

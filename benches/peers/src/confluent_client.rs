@@ -1,6 +1,8 @@
 //! Confluent's pure-Rust `confluent-kafka` crate: a `KafkaProducer` fed with
-//! `send` plus a completion callback and drained with `flush`, and a
-//! group-less `KafkaConsumer` with `assign()` and `seek_to_beginning()`.
+//! `send` plus a completion callback and drained with `flush`, a
+//! group-less `KafkaConsumer` with `assign()` and `seek_to_beginning()`, and
+//! a `KafkaConsumer` with `subscribe` in a KIP-848 (`consumer` protocol)
+//! group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +17,7 @@ use confluent_kafka::producer::{
     Callback, KafkaProducer, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
 
+use crate::tally::{GroupRead, GroupTally};
 use crate::workload;
 
 /// The producer settings, as the Java client names them.
@@ -187,4 +190,74 @@ async fn read_with(
         last_progress = Instant::now();
     }
     Ok(bytes)
+}
+
+pub async fn group_consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<GroupRead> {
+    let settings = [
+        ("group.id", workload::fresh_group_id("group-confluent")),
+        // The only group protocol this client implements (KIP-848).
+        ("group.protocol", "consumer".to_string()),
+        ("auto.offset.reset", "earliest".to_string()),
+    ];
+    let config = ConsumerConfig::new(&properties(bootstrap, &settings))
+        .context("confluent-kafka consumer config")?;
+    let mut consumer =
+        KafkaConsumer::new(config, BytesDeserializer::new(), BytesDeserializer::new())
+            .context("creating the confluent-kafka consumer")?;
+    let result = group_consume_with(&mut consumer, topic, partitions, expected).await;
+    let closed = consumer.close().await;
+    let read = result?;
+    closed.context("closing the confluent-kafka consumer")?;
+    Ok(read)
+}
+
+async fn group_consume_with(
+    consumer: &mut KafkaConsumer<bytes::Bytes, bytes::Bytes>,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<GroupRead> {
+    consumer
+        .partitions_for(topic)
+        .await
+        .context("fetching metadata before subscribing")?;
+    let tally = GroupTally::new(partitions, expected);
+    workload::mark_work_started();
+    consumer
+        .subscribe_with_topics(vec![topic.to_string()])
+        .await
+        .context("confluent-kafka subscribe")?;
+
+    let stall = Duration::from_secs(workload::READ_STALL_SECS);
+    let mut last_progress = Instant::now();
+    while !tally.is_done() {
+        let batch = consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .context("confluent-kafka poll")?;
+        if batch.is_empty() {
+            if last_progress.elapsed() > stall {
+                tally.give_up(format!(
+                    "no record for {stall:?}; saw {} of {expected}",
+                    tally.seen()
+                ));
+                break;
+            }
+            continue;
+        }
+        for record in &batch {
+            tally.see(
+                record.partition(),
+                record.offset(),
+                record.value().map_or(0, |v| v.len()),
+            );
+        }
+        last_progress = Instant::now();
+    }
+    tally.finish()
 }

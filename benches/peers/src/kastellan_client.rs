@@ -11,14 +11,24 @@
 //!   is built and connected, so that set-up is left out of the timing.
 //! - Producer settings to match: `crate::workload::{LINGER_MS, BATCH_BYTES,
 //!   MAX_REQUEST_BYTES, COMPRESSION}`.
+//! - `group_consume` joins a fresh consumer group as its only member,
+//!   subscribed to `topic` from the earliest offset, and feeds every record
+//!   to a `crate::tally::GroupTally` until it holds `expected` records.
+//! - `member` (rebalance phase) is one member of a shared group that reports
+//!   its assignments and records through `crate::member::Events`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures::StreamExt;
+use kastellan::group::assignor::{Assignor, CooperativeStickyAssignor, RangeAssignor};
+use kastellan::group::{ConsumerRecord, HandlerError, StatusHandle};
 use kastellan::{Client, ClientConfig, StartOffset};
 
+use crate::member::{self, Events, MemberArgs, MemberKind};
+use crate::tally::{self, GroupRead, GroupTally};
 use crate::workload;
 
 async fn connect(bootstrap: &str) -> anyhow::Result<Client> {
@@ -103,4 +113,129 @@ pub async fn read(
         }
     }
     Ok(bytes)
+}
+
+pub async fn group_consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<GroupRead> {
+    let client = connect(bootstrap).await?;
+    client
+        .topic_metadata(topic, true)
+        .await?
+        .context("topic missing")?;
+    let consumer = client
+        .group_consumer(workload::fresh_group_id("group-kastellan"))
+        .topic(topic)
+        .start_with_earliest()
+        .build()?;
+    let stop = consumer.shutdown_handle();
+    let tally = Arc::new(GroupTally::new(partitions, expected));
+    let handler = {
+        let tally = Arc::clone(&tally);
+        let stop = stop.clone();
+        move |record: ConsumerRecord| {
+            let len = record.value.as_ref().map_or(0, |v| v.len());
+            if tally.see(record.partition, record.offset, len) {
+                stop.shutdown(tally::SHUTDOWN_DEADLINE);
+            }
+            async { Ok::<(), HandlerError>(()) }
+        }
+    };
+    let watchdog = {
+        let tally = Arc::clone(&tally);
+        tokio::spawn(async move {
+            let stall = Duration::from_secs(workload::READ_STALL_SECS);
+            if tally::watch_for_stall(&tally, stall).await {
+                stop.shutdown(tally::SHUTDOWN_DEADLINE);
+            }
+        })
+    };
+    workload::mark_work_started();
+    let outcome = consumer.run(handler).await;
+    watchdog.abort();
+    outcome.context("kastellan group consumer")?;
+    tally.finish()
+}
+
+/// Reports assignment changes of a kastellan member: a new join (the
+/// `joins` counter moved) is an assignment, a shrinking assignment between
+/// joins is a revocation.
+struct AssignmentWatch {
+    status: StatusHandle,
+    topic: String,
+    /// `joins` and partitions last reported.
+    last: std::sync::Mutex<(u64, Vec<i32>)>,
+}
+
+impl AssignmentWatch {
+    /// Reports a change since the last call, if any. Called before every
+    /// record is reported, so a record of a new assignment never appears
+    /// before that assignment.
+    fn check(&self, events: &Events) {
+        let status = self.status.get();
+        let partitions: Vec<i32> = status
+            .assignment
+            .iter()
+            .filter(|(t, _)| *t == self.topic)
+            .map(|(_, p)| *p)
+            .collect();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if status.joins != last.0 {
+            events.assigned(&partitions);
+        } else if partitions != last.1 {
+            events.revoked(&partitions);
+        } else {
+            return;
+        }
+        *last = (status.joins, partitions);
+    }
+}
+
+pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
+    let client = connect(&args.bootstrap).await?;
+    client
+        .topic_metadata(&args.topic, true)
+        .await?
+        .context("topic missing")?;
+    let assignor: Arc<dyn Assignor> = match args.kind {
+        MemberKind::KastellanCooperative => Arc::new(CooperativeStickyAssignor),
+        _ => Arc::new(RangeAssignor),
+    };
+    let consumer = client
+        .group_consumer(args.group.clone())
+        .topic(args.topic.clone())
+        .start_with_earliest()
+        .session_timeout(member::SESSION_TIMEOUT)
+        .heartbeat_interval(member::HEARTBEAT_INTERVAL)
+        .commit_interval(member::COMMIT_INTERVAL)
+        .assignors(vec![assignor])
+        .build()?;
+    let stop = consumer.shutdown_handle();
+    member::on_stdin_closed(move || stop.shutdown(tally::SHUTDOWN_DEADLINE));
+    let watch = Arc::new(AssignmentWatch {
+        status: consumer.status_handle(),
+        topic: args.topic.clone(),
+        last: std::sync::Mutex::new((0, Vec::new())),
+    });
+    let poller = {
+        let watch = Arc::clone(&watch);
+        tokio::spawn(async move {
+            loop {
+                watch.check(&Events);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let handler = move |record: ConsumerRecord| {
+        watch.check(&Events);
+        Events.consumed(record.partition, record.value.as_deref());
+        async { Ok::<(), HandlerError>(()) }
+    };
+    Events.start();
+    let outcome = consumer.run(handler).await;
+    poller.abort();
+    outcome.context("kastellan group consumer")
 }

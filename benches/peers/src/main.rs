@@ -8,9 +8,12 @@ mod child;
 mod clients;
 mod confluent_client;
 mod kastellan_client;
+mod member;
 mod rdkafka_client;
+mod rebalance;
 mod report;
 mod spawn;
+mod tally;
 #[path = "../../../testcontainers.rs"]
 mod testcontainers;
 mod workload;
@@ -24,22 +27,33 @@ use anyhow::{anyhow, bail, Context as _};
 use crate::bench::BenchArgs;
 use crate::child::PhaseArgs;
 use crate::clients::Client;
+use crate::member::{MemberArgs, MemberKind};
 
 const USAGE: &str = "\
 usage: peers [options]
-  --records N          records per client and topic layout (default 200000)
+  --phases p,q         phases to run (default produce,read,group,rebalance;
+                       read also runs produce)
+  --records N          records per client and topic layout, and for the group
+                       phase (default 200000)
   --size BYTES         value size in bytes (default 1024)
   --clients a,b,c      clients to run, in this order (default kastellan,rdkafka,confluent)
   --rounds R           rounds, client order rotated each round (default 1)
-  --layouts 1,6        partition counts of the topics (default 1,6)
-  --keyed              give every record a key (default: no keys)
+  --layouts 1,6        partition counts of the produce/read topics (default 1,6)
+  --keyed              give every produced record a key (default: no keys)
   --timeout SECS       limit for one phase of one client (default 600)
   --warmup N           records pushed through the broker, untimed, first (default 50000; 0: none)
+  --rebalance-members a,b
+                       rebalance members, in this order (default
+                       kastellan-eager,kastellan-cooperative,rdkafka,java)
+  --rebalance-trials N trials per rebalance member (default 3)
+  --trickle-rate N     records/s produced during a rebalance trial (default 200)
   --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP, else a local
                        broker started through the repository's test fixture)
 
-internal: peers run --client C --phase produce|read --bootstrap H:P --topic T
-                    --partitions N --records N --size BYTES [--keyed]";
+internal: peers run --client C --phase produce|read|group --bootstrap H:P --topic T
+                    --partitions N --records N --size BYTES [--keyed]
+          peers member --client kastellan-eager|kastellan-cooperative|rdkafka
+                    --bootstrap H:P --topic T --group G";
 
 struct Flags {
     args: std::vec::IntoIter<String>,
@@ -76,6 +90,17 @@ where
     Ok(items)
 }
 
+/// `items` without repeats, first occurrences kept in order.
+fn deduplicated<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
     let mut bench = BenchArgs::default();
     let mut flags = Flags {
@@ -86,26 +111,29 @@ fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
             "--records" => bench.records = flags.parsed(&flag)?,
             "--size" => bench.size = flags.parsed(&flag)?,
             "--clients" => {
-                let mut clients: Vec<Client> = list(&flag, &flags.value(&flag)?)?;
-                let mut seen = Vec::new();
-                clients.retain(|c| {
-                    let first = !seen.contains(c);
-                    seen.push(*c);
-                    first
-                });
-                bench.clients = clients;
+                let clients: Vec<Client> = list(&flag, &flags.value(&flag)?)?;
+                bench.clients = deduplicated(clients);
             }
             "--rounds" => bench.rounds = flags.parsed(&flag)?,
             "--layouts" => bench.layouts = list(&flag, &flags.value(&flag)?)?,
             "--keyed" => bench.keyed = true,
             "--timeout" => bench.timeout = Duration::from_secs(flags.parsed(&flag)?),
             "--warmup" => bench.warmup = flags.parsed(&flag)?,
+            "--phases" => bench.phases = deduplicated(list(&flag, &flags.value(&flag)?)?),
+            "--rebalance-members" => {
+                bench.rebalance_members = deduplicated(list(&flag, &flags.value(&flag)?)?)
+            }
+            "--rebalance-trials" => bench.rebalance_trials = flags.parsed(&flag)?,
+            "--trickle-rate" => bench.trickle_rate = flags.parsed(&flag)?,
             "--bootstrap" => bench.bootstrap = Some(flags.value(&flag)?),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
     }
     if bench.records == 0 || bench.rounds == 0 {
         bail!("--records and --rounds must be at least 1");
+    }
+    if bench.rebalance_trials == 0 || bench.trickle_rate == 0 {
+        bail!("--rebalance-trials and --trickle-rate must be at least 1");
     }
     if bench.layouts.iter().any(|&p| p < 1) {
         bail!("--layouts takes partition counts of at least 1");
@@ -146,11 +174,45 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<PhaseArgs> {
     })
 }
 
+fn parse_member(args: Vec<String>) -> anyhow::Result<MemberArgs> {
+    let mut flags = Flags {
+        args: args.into_iter(),
+    };
+    let (mut kind, mut bootstrap, mut topic, mut group) = (None, None, None, None);
+    while let Some(flag) = flags.args.next() {
+        match flag.as_str() {
+            "--client" => kind = Some(flags.parsed::<MemberKind>(&flag)?),
+            "--bootstrap" => bootstrap = Some(flags.value(&flag)?),
+            "--topic" => topic = Some(flags.value(&flag)?),
+            "--group" => group = Some(flags.value(&flag)?),
+            other => bail!("unknown option {other:?} for member"),
+        }
+    }
+    Ok(MemberArgs {
+        kind: kind.context("member needs --client")?,
+        bootstrap: bootstrap
+            .or_else(broker::from_env)
+            .context("member needs --bootstrap or KAFKA_BOOTSTRAP")?,
+        topic: topic.context("member needs --topic")?,
+        group: group.context("member needs --group")?,
+    })
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("member") {
+        args.remove(0);
+        return match parse_member(args) {
+            Ok(member) => member::run(member),
+            Err(error) => {
+                println!("{} {error:#}", member::ERROR_TAG);
+                ExitCode::from(2)
+            }
+        };
     }
     if args.first().map(String::as_str) == Some("run") {
         args.remove(0);
@@ -204,6 +266,28 @@ mod tests {
         assert_eq!(parsed.rounds, 3);
         assert!(parsed.keyed);
         assert!(parse_bench(strings(&["--clients", "nope"])).is_err());
+        assert_eq!(defaults.phases, bench::BenchPhase::ALL.to_vec());
+        assert_eq!(defaults.rebalance_members, MemberKind::ALL.to_vec());
+        assert_eq!(defaults.rebalance_trials, 3);
+        let phases = parse_bench(strings(&[
+            "--phases",
+            "group,rebalance,group",
+            "--rebalance-members",
+            "java,kastellan-cooperative",
+            "--rebalance-trials",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(
+            phases.phases,
+            vec![bench::BenchPhase::Group, bench::BenchPhase::Rebalance]
+        );
+        assert_eq!(
+            phases.rebalance_members,
+            vec![MemberKind::Java, MemberKind::KastellanCooperative]
+        );
+        assert_eq!(phases.rebalance_trials, 1);
+        assert!(parse_bench(strings(&["--phases", "consume"])).is_err());
         assert!(parse_bench(strings(&["--records"])).is_err());
     }
 }

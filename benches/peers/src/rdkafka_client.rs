@@ -1,19 +1,22 @@
 //! The `rdkafka` crate (librdkafka): a `BaseProducer` polled from the send
-//! loop and flushed at the end, and a group-less `BaseConsumer` with
-//! `assign()`.
+//! loop and flushed at the end, a group-less `BaseConsumer` with
+//! `assign()`, and a `BaseConsumer` with `subscribe()` in a classic group.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::member::{self, Events, MemberArgs};
+use crate::tally::{GroupRead, GroupTally};
 use crate::workload;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -190,4 +193,133 @@ fn read_blocking(
         }
     }
     Ok(bytes)
+}
+
+pub async fn group_consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<GroupRead> {
+    tokio::task::block_in_place(|| group_consume_blocking(bootstrap, topic, partitions, expected))
+}
+
+fn group_consume_blocking(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<GroupRead> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", workload::fresh_group_id("group-rdkafka"))
+        .set("group.protocol", "classic")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating the rdkafka consumer")?;
+    consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .context("fetching metadata before subscribing")?;
+    let tally = GroupTally::new(partitions, expected);
+    workload::mark_work_started();
+    consumer.subscribe(&[topic]).context("rdkafka subscribe")?;
+
+    let stall = Duration::from_secs(workload::READ_STALL_SECS);
+    let mut last_progress = Instant::now();
+    while !tally.is_done() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                tally.see(message.partition(), message.offset(), message.payload_len());
+                last_progress = Instant::now();
+            }
+            Some(Err(error)) => return Err(anyhow!(error).context("rdkafka poll")),
+            None => {
+                if last_progress.elapsed() > stall {
+                    tally.give_up(format!(
+                        "no record for {stall:?}; saw {} of {expected}",
+                        tally.seen()
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    consumer.unsubscribe();
+    tally.finish()
+}
+
+/// Reports the member's rebalances as they are applied.
+struct MemberContext {
+    topic: String,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| -> Vec<i32> {
+            let mut partitions: Vec<i32> = list
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            partitions.sort_unstable();
+            partitions
+        };
+        match rebalance {
+            Rebalance::Assign(list) => Events.assigned(&partitions(list)),
+            Rebalance::Revoke(_) => {
+                let left = consumer
+                    .assignment()
+                    .map(|list| partitions(&list))
+                    .unwrap_or_default();
+                Events.revoked(&left);
+            }
+            Rebalance::Error(_) => {}
+        }
+    }
+}
+
+pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| member_blocking(args))
+}
+
+fn member_blocking(args: &MemberArgs) -> anyhow::Result<()> {
+    let millis = |d: Duration| d.as_millis().to_string();
+    let consumer: BaseConsumer<MemberContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", &args.group)
+        .set("group.protocol", "classic")
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", millis(member::SESSION_TIMEOUT))
+        .set("heartbeat.interval.ms", millis(member::HEARTBEAT_INTERVAL))
+        .set("auto.commit.interval.ms", millis(member::COMMIT_INTERVAL))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create_with_context(MemberContext {
+            topic: args.topic.clone(),
+        })
+        .context("creating the rdkafka consumer")?;
+    consumer
+        .fetch_metadata(Some(&args.topic), METADATA_TIMEOUT)
+        .context("fetching metadata before subscribing")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        member::on_stdin_closed(move || stop.store(true, Ordering::Relaxed));
+    }
+    Events.start();
+    consumer
+        .subscribe(&[&args.topic])
+        .context("rdkafka subscribe")?;
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => Events.consumed(message.partition(), message.payload()),
+            Some(Err(error)) => return Err(anyhow!(error).context("rdkafka poll")),
+            None => {}
+        }
+    }
+    consumer.unsubscribe();
+    Ok(())
 }

@@ -7,6 +7,9 @@ use crate::spawn::PhaseOutcome;
 
 pub const MIB: f64 = 1024.0 * 1024.0;
 
+/// What a read cell says when the read phase was not run.
+const NOT_RUN: &str = "not run";
+
 /// One client on one topic layout in one round.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -25,7 +28,7 @@ pub struct Rate {
     pub mib_per_sec: f64,
 }
 
-fn rate(outcome: &PhaseOutcome) -> Option<Rate> {
+pub fn rate(outcome: &PhaseOutcome) -> Option<Rate> {
     let report = outcome.result.as_ref().ok()?;
     let secs = report.work_ns as f64 / 1e9;
     if secs <= 0.0 {
@@ -65,7 +68,7 @@ pub struct Summary {
     pub runs: usize,
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -91,7 +94,7 @@ fn figure<'a>(outcomes: impl Iterator<Item = Option<&'a PhaseOutcome>> + Clone) 
     }
     let error = outcomes
         .map(|o| match o {
-            None => "skipped: produce failed".to_string(),
+            None => NOT_RUN.to_string(),
             Some(o) => o.result.as_ref().err().cloned().unwrap_or_default(),
         })
         .find(|e| !e.is_empty())
@@ -149,7 +152,7 @@ pub fn layout_label(partitions: i32) -> String {
 }
 
 /// `1234567.8` as `1,234,568`.
-fn grouped(value: f64) -> String {
+pub fn grouped(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -161,7 +164,7 @@ fn grouped(value: f64) -> String {
     out
 }
 
-fn cell_text(text: &str) -> String {
+pub fn cell_text(text: &str) -> String {
     let one_line = text.replace(['\n', '\r'], " ").replace('|', "\\|");
     let limit = 120;
     if one_line.chars().count() > limit {
@@ -178,6 +181,7 @@ fn figure_cells(figure: &Figure) -> [String; 2] {
             grouped(rate.records_per_sec),
             format!("{:.1}", rate.mib_per_sec),
         ],
+        Figure::Error(error) if error == NOT_RUN => [NOT_RUN.to_string(), "n/a".to_string()],
         Figure::Error(error) => [format!("error: {}", cell_text(error)), "n/a".to_string()],
     }
 }
@@ -350,6 +354,160 @@ pub fn render(summaries: &[Summary], runs: &[Run], layouts: &[i32]) -> String {
     out
 }
 
+/// One client's group-consume process in one round.
+#[derive(Debug, Clone)]
+pub struct GroupRun {
+    pub round: usize,
+    pub client: Client,
+    pub outcome: PhaseOutcome,
+}
+
+fn rss_cell(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "n/a".to_string(),
+        |kib| format!("{:.1}", kib as f64 / 1024.0),
+    )
+}
+
+/// The group-consume section: medians per client, ratios, and every run.
+pub fn render_group(runs: &[GroupRun], clients: &[Client], partitions: i32) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Group consume");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "One member of a fresh consumer group reads the whole topic ({}) from the earliest offset, with a handler that only counts; timed from the subscribe call (kastellan: `run`) to the last record handed to the application.",
+        layout_label(partitions)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| client | group protocol | rec/s | MiB/s | peak RSS (MiB) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|");
+    let mut values: Vec<(Client, [Option<f64>; 3])> = Vec::new();
+    let mut notes = Vec::new();
+    for &client in clients {
+        let mine: Vec<&GroupRun> = runs.iter().filter(|r| r.client == client).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let figure = figure(mine.iter().map(|r| Some(&r.outcome)));
+        let rss = mine
+            .iter()
+            .filter(|r| r.outcome.result.is_ok())
+            .filter_map(|r| r.outcome.max_rss_kib)
+            .max();
+        let [records, mib] = figure_cells(&figure);
+        let protocol = match client {
+            Client::Confluent => "consumer (KIP-848)",
+            Client::Kastellan | Client::Rdkafka => "classic",
+        };
+        let _ = writeln!(
+            out,
+            "| {client} | {protocol} | {records} | {mib} | {} |",
+            rss_cell(rss)
+        );
+        let rate = figure.rate();
+        values.push((
+            client,
+            [
+                rate.map(|r| r.records_per_sec),
+                rate.map(|r| r.mib_per_sec),
+                rss.map(|kib| kib as f64 / 1024.0),
+            ],
+        ));
+        let failed = mine.iter().filter(|r| r.outcome.result.is_err()).count();
+        if failed > 0 && failed < mine.len() {
+            notes.push(format!(
+                "Note: {client} failed in {failed} of {} rounds; its figures are medians of the other rounds.",
+                mine.len()
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out);
+        for note in notes {
+            let _ = writeln!(out, "{note}");
+        }
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(out, "### Group consume ratios");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Above 1 means kastellan is faster; for peak RSS, above 1 means kastellan uses more memory."
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| figure | kastellan/rdkafka | kastellan/confluent-kafka |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|");
+    let find = |client: Client| {
+        values
+            .iter()
+            .find(|(c, _)| *c == client)
+            .map(|(_, v)| *v)
+            .unwrap_or([None; 3])
+    };
+    let kastellan = find(Client::Kastellan);
+    let rdkafka = find(Client::Rdkafka);
+    let confluent = find(Client::Confluent);
+    for (index, name) in ["rec/s", "MiB/s", "peak RSS (MiB)"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} |",
+            ratio(kastellan[index], rdkafka[index]),
+            ratio(kastellan[index], confluent[index])
+        );
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(out, "### Group consume runs");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| round | client | timed s | call s | rec/s | MiB/s | RSS (MiB) | outcome |"
+    );
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|");
+    for run in runs {
+        let outcome = &run.outcome;
+        let (timed, call, records, mib, result) = match (&outcome.result, rate(outcome)) {
+            (Ok(report), Some(rate)) => (
+                format!("{:.3}", report.work_ns as f64 / 1e9),
+                format!("{:.3}", report.call_ns as f64 / 1e9),
+                grouped(rate.records_per_sec),
+                format!("{:.1}", rate.mib_per_sec),
+                "ok".to_string(),
+            ),
+            (Ok(_), None) => (
+                "0".to_string(),
+                "0".to_string(),
+                "n/a".to_string(),
+                "n/a".to_string(),
+                "no time measured".to_string(),
+            ),
+            (Err(error), _) => (
+                "n/a".to_string(),
+                "n/a".to_string(),
+                "n/a".to_string(),
+                "n/a".to_string(),
+                format!("error: {}", cell_text(error)),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {timed} | {call} | {records} | {mib} | {} | {result} |",
+            run.round + 1,
+            run.client,
+            rss_cell(outcome.max_rss_kib)
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +567,37 @@ mod tests {
         assert!(text
             .contains("| kastellan | 1 partition | error: kastellan client not wired yet | n/a |"));
         assert!(text.contains("| 1 partition | produce rec/s | n/a | n/a |"));
+    }
+
+    #[test]
+    fn group_section_has_medians_ratios_and_errors() {
+        let runs = vec![
+            GroupRun {
+                round: 0,
+                client: Client::Kastellan,
+                outcome: ok(0.5, 8192),
+            },
+            GroupRun {
+                round: 0,
+                client: Client::Rdkafka,
+                outcome: ok(1.0, 4096),
+            },
+            GroupRun {
+                round: 0,
+                client: Client::Confluent,
+                outcome: PhaseOutcome::failed("no group"),
+            },
+        ];
+        let text = render_group(&runs, &Client::ALL, 6);
+        assert!(
+            text.contains("| kastellan | classic | 2,000 | 2.0 | 8.0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| confluent-kafka | consumer (KIP-848) | error: no group | n/a | n/a |"),
+            "{text}"
+        );
+        assert!(text.contains("| rec/s | 2.00 | n/a |"), "{text}");
+        assert!(text.contains("| peak RSS (MiB) | 2.00 | n/a |"), "{text}");
     }
 }

@@ -60,7 +60,10 @@ impl GroupTally {
     /// Counts one record. Returns `true` for the record that completes the
     /// expected count (and only for that one).
     pub fn see(&self, partition: i32, offset: i64, value_len: usize) -> bool {
-        match usize::try_from(partition).ok().and_then(|p| self.next.get(p)) {
+        match usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.next.get(p))
+        {
             Some(next) => {
                 let wanted = next.swap(offset + 1, Ordering::Relaxed);
                 if offset != wanted {
