@@ -6,6 +6,7 @@
 //! `acks=all`, or to the error that stopped it. Nothing is reported
 //! delivered that was not acknowledged.
 
+mod idempotence;
 mod partitioner;
 mod worker;
 
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use idempotence::ProducerIds;
 use partitioner::RoundRobin;
 pub use partitioner::{java_partition, murmur2, PartitionFn, Partitioner};
 use worker::{PartitionWorker, Pending};
@@ -183,6 +185,7 @@ pub(crate) struct ProducerSettings {
     pub buffer_bytes: usize,
     pub compression: Compression,
     pub max_in_flight: usize,
+    pub idempotent: bool,
     pub auto_create: Option<(i32, i16)>,
     pub metadata_max_age: Duration,
 }
@@ -198,7 +201,8 @@ impl ProducerBuilder {
                 max_batch_bytes: 1024 * 1024,
                 buffer_bytes: 32 * 1024 * 1024,
                 compression: Compression::None,
-                max_in_flight: 1,
+                max_in_flight: 5,
+                idempotent: true,
                 auto_create: None,
                 metadata_max_age: Duration::from_secs(300),
             },
@@ -244,11 +248,32 @@ impl ProducerBuilder {
         self
     }
 
-    /// Batches in flight per partition (default 1). With 1, records of a
-    /// partition are stored in the order they were sent even across retries;
-    /// more raises throughput but a retried batch may land after a later one.
+    /// Batches in flight per partition (default 5, at most 5 when
+    /// idempotent). An idempotent producer keeps a partition's records in
+    /// the order they were sent whatever the setting; without idempotence
+    /// only 1 does, as a retried batch may otherwise land after a later one.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.settings.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Idempotent delivery (default on, as in the Java client): batches carry
+    /// a producer id and sequence numbers, so the partition leader stores
+    /// each batch once even when a retry resends it, and stores a
+    /// partition's batches in order even with several in flight.
+    ///
+    /// Turn it off only for clusters that refuse producer ids (it needs the
+    /// `IDEMPOTENT_WRITE` cluster permission on brokers before Kafka 2.8
+    /// when ACLs are on).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> kastellan::Result<()> {
+    /// let client = kastellan::Client::bootstrap("127.0.0.1:9092").await?;
+    /// let producer = client.producer().idempotent(false).max_in_flight(1).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.settings.idempotent = on;
         self
     }
 
@@ -281,6 +306,13 @@ impl ProducerBuilder {
                 s.buffer_bytes, s.max_batch_bytes
             )));
         }
+        if s.idempotent && s.max_in_flight > 5 {
+            return Err(Error::Config(format!(
+                "max_in_flight {} is more than an idempotent producer may use (5); \
+                 lower it or turn idempotence off",
+                s.max_in_flight
+            )));
+        }
         if let Some((p, r)) = s.auto_create {
             if p < 1 || r < 1 {
                 return Err(Error::Config(
@@ -295,6 +327,9 @@ impl ProducerBuilder {
             (None, None)
         };
         let permits = s.buffer_bytes.min(Semaphore::MAX_PERMITS);
+        let ids = s
+            .idempotent
+            .then(|| Arc::new(ProducerIds::new(self.client.clone())));
         Ok(Producer {
             inner: Arc::new(ProducerInner {
                 client: self.client,
@@ -302,6 +337,7 @@ impl ProducerBuilder {
                 topics: Mutex::new(HashMap::new()),
                 memory: Arc::new(Semaphore::new(permits)),
                 outstanding: Arc::new(Outstanding::default()),
+                ids,
                 reports: reports_tx,
                 reports_rx: Mutex::new(reports_rx),
             }),
@@ -358,6 +394,8 @@ struct ProducerInner {
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
     memory: Arc<Semaphore>,
     outstanding: Arc<Outstanding>,
+    /// Producer ids, when idempotent.
+    ids: Option<Arc<ProducerIds>>,
     reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<DeliveryReport>>>,
 }
@@ -602,6 +640,7 @@ impl Producer {
                 max_batch_bytes: inner.settings.max_batch_bytes,
                 compression: inner.settings.compression.codec(),
                 max_in_flight: inner.settings.max_in_flight,
+                ids: inner.ids.clone(),
                 outstanding: Arc::clone(&inner.outstanding),
                 reports: inner.reports.clone(),
             };

@@ -1,9 +1,10 @@
 //! The Kafka APIs our wire layer speaks, with the names our errors print.
 
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 
 /// A request type the wire layer can send.
@@ -40,4 +41,6 @@ kafka_api! {
     LeaveGroupRequest => "LeaveGroup", 5;
     OffsetFetchRequest => "OffsetFetch", 7;
     OffsetCommitRequest => "OffsetCommit", 8;
+    ApiVersionsRequest => "ApiVersions", 3;
+    InitProducerIdRequest => "InitProducerId", 5;
 }

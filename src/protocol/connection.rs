@@ -180,29 +180,49 @@ impl BrokerConnection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response> {
-        let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
-        let mut body = BytesMut::new();
-        request
-            .encode(&mut body, version)
-            .map_err(|e| self.protocol(format!("cannot encode {} v{version}: {e}", R::NAME)))?;
-        let mut frame = self
-            .round_trip(
-                R::NAME,
-                R::KEY,
-                version,
-                api_key.request_header_version(version),
-                body,
-                timeout,
-            )
-            .await?;
-        // The correlation id was matched by the reader task; skip the header.
-        ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
-            .map_err(|e| self.protocol(format!("bad {} response header: {e}", R::NAME)))?;
-        R::Response::decode(&mut frame, version).map_err(|e| {
-            self.protocol(format!(
-                "cannot decode {} v{version} response: {e}",
-                R::NAME
-            ))
+        let (correlation_id, frame) = self.encode_request(request, version)?;
+        let answer = tokio::time::timeout(timeout, async {
+            let rx = self.write_frame(correlation_id, frame).await?;
+            self.await_frame(rx).await
+        })
+        .await;
+        let frame = self.within_timeout::<R>(answer, correlation_id, timeout)?;
+        self.decode_response::<R>(frame, version)
+    }
+
+    /// Write a request now, at the negotiated version, and return a future
+    /// of its answer. Requests written this way reach the broker in the
+    /// order of the `send` calls, and the broker handles the requests of one
+    /// connection in order, so a caller can keep several in flight (produce
+    /// pipelining) without reordering them.
+    pub async fn send<R>(
+        self: &Arc<Self>,
+        request: &R,
+    ) -> Result<impl std::future::Future<Output = Result<R::Response>> + Send + 'static>
+    where
+        R: Request + KafkaApi,
+        R::Response: Send + 'static,
+    {
+        let version = self.version_for::<R>()?;
+        let timeout = self.settings.request_timeout;
+        let (correlation_id, frame) = self.encode_request(request, version)?;
+        let written = tokio::time::timeout(timeout, self.write_frame(correlation_id, frame)).await;
+        let rx = match written {
+            Ok(rx) => rx?,
+            Err(_) => {
+                lock(&self.pending).waiters.remove(&correlation_id);
+                return Err(Error::RequestTimeout {
+                    broker: self.addr.clone(),
+                    api: R::NAME,
+                    timeout,
+                });
+            }
+        };
+        let conn = Arc::clone(self);
+        Ok(async move {
+            let answer = tokio::time::timeout(timeout, conn.await_frame(rx)).await;
+            let frame = conn.within_timeout::<R>(answer, correlation_id, timeout)?;
+            conn.decode_response::<R>(frame, version)
         })
     }
 
@@ -213,32 +233,59 @@ impl BrokerConnection {
         }
     }
 
-    /// Frame and send one request, wait for the matching response frame.
-    async fn round_trip(
+    /// Frame a request: size prefix, header with a fresh correlation id and
+    /// the body, encoded straight into one buffer.
+    fn encode_request<R: Request + KafkaApi>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<(i32, BytesMut)> {
+        let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
+        self.encode_frame(
+            R::NAME,
+            R::KEY,
+            version,
+            api_key.request_header_version(version),
+            |buf| {
+                request
+                    .encode(buf, version)
+                    .map_err(|e| format!("cannot encode {} v{version}: {e}", R::NAME))
+            },
+        )
+    }
+
+    fn encode_frame(
         &self,
         api: &'static str,
         api_key: i16,
         version: i16,
         header_version: i16,
-        body: BytesMut,
-        timeout: Duration,
-    ) -> Result<Bytes> {
+        body: impl FnOnce(&mut BytesMut) -> std::result::Result<(), String>,
+    ) -> Result<(i32, BytesMut)> {
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         let header = RequestHeader::default()
             .with_request_api_key(api_key)
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(StrBytes::from_string(self.settings.client_id.clone())));
-        let mut frame = BytesMut::with_capacity(body.len() + 64);
+        let mut frame = BytesMut::with_capacity(256);
         frame.put_i32(0);
         header
             .encode(&mut frame, header_version)
             .map_err(|e| self.protocol(format!("cannot encode request header: {e}")))?;
-        frame.extend_from_slice(&body);
+        body(&mut frame).map_err(|e| self.protocol(e))?;
         let size = i32::try_from(frame.len() - 4)
             .map_err(|_| self.protocol(format!("{api} request too large")))?;
         frame[0..4].copy_from_slice(&size.to_be_bytes());
+        Ok((correlation_id, frame))
+    }
 
+    /// Register a waiter for `correlation_id` and write the frame.
+    async fn write_frame(
+        &self,
+        correlation_id: i32,
+        frame: BytesMut,
+    ) -> Result<oneshot::Receiver<Result<Bytes>>> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -250,29 +297,21 @@ impl BrokerConnection {
             }
             pending.waiters.insert(correlation_id, tx);
         }
-        let write = async {
-            let mut writer = self.writer.lock().await;
-            writer.write_all(&frame).await
-        };
-        let outcome = tokio::time::timeout(timeout, async {
-            if let Err(e) = write.await {
-                let reason = format!("write failed: {e}");
-                fail_all(&self.pending, &reason);
-                return Err(Error::ConnectionLost {
-                    broker: self.addr.clone(),
-                    reason,
-                });
-            }
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(Error::ConnectionLost {
-                    broker: self.addr.clone(),
-                    reason: "connection closed".into(),
-                }),
-            }
-        })
-        .await;
-        match outcome {
+        let mut writer = self.writer.lock().await;
+        if let Err(e) = writer.write_all(&frame).await {
+            let reason = format!("write failed: {e}");
+            fail_all(&self.pending, &reason);
+            return Err(Error::ConnectionLost {
+                broker: self.addr.clone(),
+                reason,
+            });
+        }
+        Ok(rx)
+    }
+
+    /// Wait for the response frame the reader task hands to `rx`.
+    async fn await_frame(&self, rx: oneshot::Receiver<Result<Bytes>>) -> Result<Bytes> {
+        match rx.await {
             Ok(result) => result.map_err(|e| match e {
                 Error::ConnectionLost { reason, .. } => Error::ConnectionLost {
                     broker: self.addr.clone(),
@@ -280,15 +319,48 @@ impl BrokerConnection {
                 },
                 other => other,
             }),
+            Err(_) => Err(Error::ConnectionLost {
+                broker: self.addr.clone(),
+                reason: "connection closed".into(),
+            }),
+        }
+    }
+
+    /// Turn an elapsed timeout into [`Error::RequestTimeout`], forgetting the waiter.
+    fn within_timeout<R: KafkaApi>(
+        &self,
+        answer: std::result::Result<Result<Bytes>, tokio::time::error::Elapsed>,
+        correlation_id: i32,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        match answer {
+            Ok(result) => result,
             Err(_) => {
                 lock(&self.pending).waiters.remove(&correlation_id);
                 Err(Error::RequestTimeout {
                     broker: self.addr.clone(),
-                    api,
+                    api: R::NAME,
                     timeout,
                 })
             }
         }
+    }
+
+    fn decode_response<R: Request + KafkaApi>(
+        &self,
+        mut frame: Bytes,
+        version: i16,
+    ) -> Result<R::Response> {
+        let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
+        // The correlation id was matched by the reader task; skip the header.
+        ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+            .map_err(|e| self.protocol(format!("bad {} response header: {e}", R::NAME)))?;
+        R::Response::decode(&mut frame, version).map_err(|e| {
+            self.protocol(format!(
+                "cannot decode {} v{version} response: {e}",
+                R::NAME
+            ))
+        })
     }
 
     /// ApiVersions: try the newest version we know; a broker that does not
@@ -327,21 +399,26 @@ impl BrokerConnection {
         request: &ApiVersionsRequest,
         version: i16,
     ) -> Result<ApiVersionsResponse> {
-        let mut body = BytesMut::new();
-        request
-            .encode(&mut body, version)
-            .map_err(|e| self.protocol(format!("cannot encode ApiVersions: {e}")))?;
         let key = ApiKey::ApiVersions;
-        let mut frame = self
-            .round_trip(
-                "ApiVersions",
-                key as i16,
-                version,
-                key.request_header_version(version),
-                body,
-                self.settings.request_timeout,
-            )
-            .await?;
+        let (correlation_id, frame) = self.encode_frame(
+            "ApiVersions",
+            key as i16,
+            version,
+            key.request_header_version(version),
+            |buf| {
+                request
+                    .encode(buf, version)
+                    .map_err(|e| format!("cannot encode ApiVersions: {e}"))
+            },
+        )?;
+        let timeout = self.settings.request_timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let rx = self.write_frame(correlation_id, frame).await?;
+            self.await_frame(rx).await
+        })
+        .await;
+        let mut frame =
+            self.within_timeout::<ApiVersionsRequest>(answer, correlation_id, timeout)?;
         // ApiVersions responses always use header v0, whatever the version.
         ResponseHeader::decode(&mut frame, 0)
             .map_err(|e| self.protocol(format!("bad ApiVersions response header: {e}")))?;

@@ -21,6 +21,14 @@ pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 pub const UNSUPPORTED_VERSION: i16 = 35;
 /// Error code `RECORD_LIST_TOO_LARGE`.
 pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+/// Error code `OUT_OF_ORDER_SEQUENCE_NUMBER`.
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+/// Error code `DUPLICATE_SEQUENCE_NUMBER`.
+pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+/// Error code `INVALID_PRODUCER_EPOCH`.
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+/// Error code `UNKNOWN_PRODUCER_ID`.
+pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 
 /// The Kafka name of an error code in its documented form (`NOT_LEADER_OR_FOLLOWER`).
 pub fn name(code: i16) -> String {

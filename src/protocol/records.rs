@@ -547,11 +547,30 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// The idempotent-producer fields of a batch header: producer id, epoch and
+/// the sequence number of the batch's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerFields {
+    /// A batch from a producer that is not idempotent.
+    pub const NONE: Self = Self {
+        id: -1,
+        epoch: -1,
+        base_sequence: -1,
+    };
+}
+
 /// Encode `records` as one v2 batch (base offset 0; the broker assigns
-/// offsets). Not idempotent: producer id, epoch and sequence are -1.
+/// offsets), stamped with `producer`'s id, epoch and base sequence.
 pub(crate) fn encode_batch<'a>(
     records: impl ExactSizeIterator<Item = &'a OutgoingRecord> + Clone,
     codec: Codec,
+    producer: ProducerFields,
 ) -> Result<Bytes, BatchError> {
     let count = records.len();
     let first_ts = records.clone().next().map_or(0, |r| r.timestamp);
@@ -561,7 +580,44 @@ pub(crate) fn encode_batch<'a>(
         .max()
         .unwrap_or(first_ts);
     let capacity: usize = records.clone().map(OutgoingRecord::max_encoded_size).sum();
-    let mut body = Vec::with_capacity(capacity);
+    // The header is filled in last; uncompressed records go straight after
+    // it, compressed ones through a scratch buffer.
+    let mut out = Vec::with_capacity(BATCH_HEADER + capacity);
+    out.resize(BATCH_HEADER, 0);
+    if codec == Codec::None {
+        put_records(&mut out, records, first_ts);
+    } else {
+        let mut body = Vec::with_capacity(capacity);
+        put_records(&mut body, records, first_ts);
+        out.extend_from_slice(&compress(codec, body)?);
+    }
+    let length = i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| BatchError::Unsupported {
+        offset: 0,
+        reason: "batch larger than 2 GiB".into(),
+    })?;
+    let header = &mut out[..BATCH_HEADER];
+    header[0..8].copy_from_slice(&0i64.to_be_bytes()); // base offset
+    header[8..12].copy_from_slice(&length.to_be_bytes());
+    header[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    header[16] = 2; // magic
+    header[21..23].copy_from_slice(&(codec as i16).to_be_bytes());
+    header[23..27].copy_from_slice(&(count.saturating_sub(1) as i32).to_be_bytes());
+    header[27..35].copy_from_slice(&first_ts.to_be_bytes());
+    header[35..43].copy_from_slice(&max_ts.to_be_bytes());
+    header[43..51].copy_from_slice(&producer.id.to_be_bytes());
+    header[51..53].copy_from_slice(&producer.epoch.to_be_bytes());
+    header[53..57].copy_from_slice(&producer.base_sequence.to_be_bytes());
+    header[57..61].copy_from_slice(&(count as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[21..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(Bytes::from(out))
+}
+
+fn put_records<'a>(
+    out: &mut Vec<u8>,
+    records: impl Iterator<Item = &'a OutgoingRecord>,
+    first_ts: i64,
+) {
     for (i, r) in records.enumerate() {
         let ts_delta = r.timestamp - first_ts;
         let field = |b: &Option<Bytes>| match b {
@@ -582,44 +638,18 @@ pub(crate) fn encode_batch<'a>(
             + field(&r.value)
             + varint_len(r.headers.len() as i64)
             + headers;
-        put_varlong(&mut body, len as i64);
-        body.push(0); // record attributes
-        put_varlong(&mut body, ts_delta);
-        put_varlong(&mut body, i as i64);
-        put_bytes(&mut body, r.key.as_deref());
-        put_bytes(&mut body, r.value.as_deref());
-        put_varlong(&mut body, r.headers.len() as i64);
+        put_varlong(out, len as i64);
+        out.push(0); // record attributes
+        put_varlong(out, ts_delta);
+        put_varlong(out, i as i64);
+        put_bytes(out, r.key.as_deref());
+        put_bytes(out, r.value.as_deref());
+        put_varlong(out, r.headers.len() as i64);
         for (k, v) in &r.headers {
-            put_bytes(&mut body, Some(k.as_bytes()));
-            put_bytes(&mut body, Some(v));
+            put_bytes(out, Some(k.as_bytes()));
+            put_bytes(out, Some(v));
         }
     }
-    let body = compress(codec, body)?;
-
-    let mut out = Vec::with_capacity(BATCH_HEADER + body.len());
-    out.extend_from_slice(&0i64.to_be_bytes()); // base offset
-    let length = i32::try_from(BATCH_HEADER - LOG_OVERHEAD + body.len()).map_err(|_| {
-        BatchError::Unsupported {
-            offset: 0,
-            reason: "batch larger than 2 GiB".into(),
-        }
-    })?;
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
-    out.push(2); // magic
-    out.extend_from_slice(&[0; 4]); // crc, filled below
-    out.extend_from_slice(&(codec as i16).to_be_bytes());
-    out.extend_from_slice(&(count.saturating_sub(1) as i32).to_be_bytes());
-    out.extend_from_slice(&first_ts.to_be_bytes());
-    out.extend_from_slice(&max_ts.to_be_bytes());
-    out.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-    out.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
-    out.extend_from_slice(&(count as i32).to_be_bytes());
-    out.extend_from_slice(&body);
-    let crc = crc32c::crc32c(&out[21..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    Ok(Bytes::from(out))
 }
 
 fn compress(codec: Codec, body: Vec<u8>) -> Result<Vec<u8>, BatchError> {
@@ -697,7 +727,7 @@ mod encode_tests {
             Codec::Lz4,
             Codec::Zstd,
         ] {
-            let batch = encode_batch(records.iter(), codec).unwrap();
+            let batch = encode_batch(records.iter(), codec, ProducerFields::NONE).unwrap();
             // Pretend the broker assigned base offset 500.
             let mut b = batch.to_vec();
             b[..8].copy_from_slice(&500i64.to_be_bytes());

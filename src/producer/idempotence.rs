@@ -1,0 +1,88 @@
+//! Producer ids for the idempotent producer (KIP-98).
+//!
+//! An idempotent producer stamps every batch with a producer id, an epoch and
+//! a per-partition sequence number. The partition leader stores a batch only
+//! if its sequence follows the last one stored for that producer id, and
+//! answers a resent batch it already stored with the original offset. So a
+//! retry after a lost answer writes nothing twice, and batches pipelined on
+//! one partition cannot be stored out of order.
+//!
+//! The broker tracks sequences per (producer id, partition), so partitions do
+//! not have to share one id: a partition whose sequence state the broker has
+//! lost asks for a fresh id for itself and starts again at sequence 0, while
+//! the other partitions carry on.
+
+use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
+use tokio::sync::OnceCell;
+
+use crate::client::Client;
+use crate::error::{BrokerError, Error, Result};
+
+/// A producer id and epoch as the broker assigned them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdentity {
+    pub id: i64,
+    pub epoch: i16,
+}
+
+/// Hands out producer ids: one shared by all partitions, fetched on first
+/// use, and fresh ones for partitions that must start over.
+#[derive(Debug)]
+pub(crate) struct ProducerIds {
+    client: Client,
+    shared: OnceCell<ProducerIdentity>,
+}
+
+impl ProducerIds {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            shared: OnceCell::new(),
+        }
+    }
+
+    /// The id shared by all partitions of this producer.
+    pub async fn shared(&self) -> Result<ProducerIdentity> {
+        self.shared
+            .get_or_try_init(|| init_producer_id(&self.client))
+            .await
+            .copied()
+    }
+
+    /// A new id, for a partition whose sequence state the broker lost.
+    pub async fn fresh(&self) -> Result<ProducerIdentity> {
+        init_producer_id(&self.client).await
+    }
+}
+
+/// InitProducerId without a transactional id: any broker can answer it.
+async fn init_producer_id(client: &Client) -> Result<ProducerIdentity> {
+    let cluster = client.cluster();
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    cluster
+        .with_retries("InitProducerId", || async {
+            let conn = cluster.any_broker().await?;
+            let response = conn.request(&request).await?;
+            if response.error_code != 0 {
+                return Err(Error::from(BrokerError::new(
+                    conn.addr(),
+                    "InitProducerId",
+                    response.error_code,
+                    Some(
+                        "the idempotent producer needs a producer id; if the cluster \
+                         refuses one, build the producer with .idempotent(false)"
+                            .into(),
+                    ),
+                )));
+            }
+            Ok(ProducerIdentity {
+                id: response.producer_id.0,
+                epoch: response.producer_epoch,
+            })
+        })
+        .await
+}
