@@ -462,3 +462,131 @@ async fn every_codec_interoperates_with_the_java_client() {
         );
     }
 }
+
+/// Pipelined batches (5 in flight per partition) sent the moment a topic is
+/// created, while its partition leaders may still refuse writes: every record
+/// arrives once, and each partition holds its records in the order they were
+/// sent.
+#[tokio::test]
+async fn pipelined_sends_to_a_new_topic_keep_order_without_duplicates() {
+    let client = client().await;
+    let topic = unique_topic("prod-pipelined");
+    client
+        .admin()
+        .create_topic(NewTopic::new(&topic, 6, 1))
+        .await
+        .expect("create topic");
+    let producer = client
+        .producer()
+        .max_in_flight(5)
+        .max_batch_bytes(16 * 1024)
+        .build()
+        .unwrap();
+    let total = 30_000;
+    let mut pending = Vec::with_capacity(total);
+    for i in 0..total {
+        pending.push(
+            producer
+                .to(&topic)
+                .partition((i % 6) as i32)
+                .value(format!("{i:08}"))
+                .enqueue()
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.expect("delivered");
+    }
+    let records = read_all(&client, &topic).await;
+    assert_eq!(records.len(), total, "every record once");
+    let mut last: HashMap<i32, usize> = HashMap::new();
+    for r in &records {
+        let n: usize = r.value_str().unwrap().parse().unwrap();
+        assert_eq!(n % 6, r.partition as usize);
+        if let Some(prev) = last.insert(r.partition, n) {
+            assert!(n > prev, "partition {} holds {n} after {prev}", r.partition);
+        }
+    }
+}
+
+/// The producer is idempotent by default: Kafka's own tool sees our producer
+/// id on the partition with the sequence of the last record we sent. Without
+/// idempotence the partition has no producer state.
+#[tokio::test]
+async fn idempotence_is_on_by_default_as_kafka_sees_it() {
+    let client = client().await;
+    let bootstrap = testcontainers::bootstrap();
+    let describe = |topic: &str| {
+        testcontainers::run_kafka_class_checked(
+            testcontainers::TRANSACTIONS_COMMAND,
+            &[
+                "--bootstrap-server",
+                &bootstrap,
+                "describe-producers",
+                "--topic",
+                topic,
+                "--partition",
+                "0",
+            ],
+            Duration::from_secs(90),
+        )
+        .expect("describe-producers")
+    };
+
+    let topic = new_topic(&client, "prod-idempotent", 1).await;
+    let producer = client.producer().max_batch_bytes(4096).build().unwrap();
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        pending.push(
+            producer
+                .to(&topic)
+                .value(vec![b'x'; 200 + i])
+                .enqueue()
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.expect("delivered");
+    }
+    let out = describe(&topic);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|cols: &Vec<&str>| !cols.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 1, "one producer id on the partition: {out}");
+    // Columns: ProducerId ProducerEpoch LatestCoordinatorEpoch LastSequence ...
+    assert_eq!(
+        rows[0][3], "99",
+        "last sequence is that of record 100: {out}"
+    );
+
+    let plain = new_topic(&client, "prod-not-idempotent", 1).await;
+    let producer = client.producer().idempotent(false).build().unwrap();
+    producer.to(&plain).value("x").send().await.expect("sent");
+    let out = describe(&plain);
+    assert_eq!(
+        out.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
+        0,
+        "no producer state without idempotence: {out}"
+    );
+}
+
+#[tokio::test]
+async fn idempotence_refuses_more_than_five_in_flight() {
+    let client = client().await;
+    let err = client.producer().max_in_flight(6).build().unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("max_in_flight 6")),
+        "{err}"
+    );
+    client
+        .producer()
+        .idempotent(false)
+        .max_in_flight(6)
+        .build()
+        .expect("allowed without idempotence");
+}

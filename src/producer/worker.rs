@@ -95,7 +95,8 @@ struct State {
     /// Batches that failed in the current recovery, in order; they go back
     /// to the head of the queue once nothing is in flight.
     failed: Vec<Batch>,
-    /// Sending one batch at a time until a resent batch succeeds.
+    /// Sending one batch at a time until one succeeds (after failures, and
+    /// for the first batch of a producer id).
     recovering: bool,
     /// The broker lost this partition's sequence state: get a fresh id.
     reset_identity: bool,
@@ -116,7 +117,11 @@ impl PartitionWorker {
             queue: VecDeque::new(),
             in_flight: FuturesOrdered::new(),
             failed: Vec::new(),
-            recovering: false,
+            // The first batch goes alone: a new producer id's first sequence
+            // on a partition is whatever arrives first, so a pipelined second
+            // batch must not overtake a first one that failed (for example on
+            // a topic whose leader is not ready yet).
+            recovering: true,
             reset_identity: false,
             renumber_from: None,
             identity: None,
@@ -241,6 +246,7 @@ impl PartitionWorker {
                     st.identity = Some(identity);
                     st.reset_identity = false;
                     st.renumber_from = Some(0);
+                    st.recovering = true;
                 }
                 Err(e) => {
                     // Without an id nothing can be sent: fail the head batch
@@ -444,13 +450,18 @@ impl PartitionWorker {
                 code,
                 Some(OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID | INVALID_PRODUCER_EPOCH)
             );
-        if sequence_lost && !st.recovering {
-            // The first failure is a sequence complaint: nothing failed before
-            // it, so the broker no longer knows our sequence. Start over.
+        // Nothing older is unresolved or waiting for new sequence numbers.
+        let alone = st.in_flight.is_empty() && st.failed.is_empty() && st.renumber_from.is_none();
+        if sequence_lost && (!st.recovering || alone) {
+            // A sequence complaint about the oldest unresolved batch, with
+            // nothing failed before it: the broker's sequence state for this
+            // partition is not ours (it lost it, or a later batch got in
+            // first). Start over with a fresh producer id.
             st.reset_identity = true;
         }
-        let expected_after_failure = sequence_lost && st.recovering;
-        let retriable = e.is_retriable() || sequence_lost || expected_after_failure;
+        // Other sequence complaints follow an earlier failure and clear up
+        // once the batches before them are resent.
+        let retriable = e.is_retriable() || sequence_lost;
         let first_failure = *batch.first_failure.get_or_insert_with(Instant::now);
         let deadline = self.client.config().retry_deadline;
         if retriable && first_failure.elapsed() < deadline {
