@@ -67,7 +67,9 @@ pub struct Delivery {
     pub topic: Arc<str>,
     /// Partition the record went to.
     pub partition: i32,
-    /// Offset the broker assigned.
+    /// Offset the broker assigned; -1 in the rare case of a resent batch the
+    /// broker had stored long before and no longer remembers the offset of
+    /// (`DUPLICATE_SEQUENCE_NUMBER`): stored once, offset unknown.
     pub offset: i64,
 }
 
