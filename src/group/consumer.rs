@@ -441,7 +441,10 @@ impl GroupConsumer {
             }
 
             let (beat_tx, mut beat_rx) = mpsc::unbounded_channel();
-            let heartbeat = AbortOnDrop(self.spawn_heartbeat(&mut membership, beat_tx).await);
+            let heartbeat = AbortOnDrop(
+                self.spawn_heartbeat(&mut membership, beat_tx, cooperative)
+                    .await,
+            );
             let mut commit_tick = tokio::time::interval(s.commit_interval);
             commit_tick.tick().await;
             let mut stall_tick =
@@ -825,9 +828,21 @@ impl GroupConsumer {
         &self,
         membership: &mut Membership,
         events: mpsc::UnboundedSender<Beat>,
+        cooperative: bool,
     ) -> JoinHandle<()> {
         let beat = membership.heartbeat_sender().await;
         let interval = self.settings.heartbeat_interval;
+        // A cooperative rebalance takes two generations: members that gave
+        // up partitions rejoin at once, and everyone else learns of the
+        // second round from a heartbeat. Two early heartbeats after each join
+        // let them learn within milliseconds instead of a full interval.
+        const EARLY: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(150)];
+        let early = if cooperative { &EARLY[..] } else { &[] };
+        let delays = early
+            .iter()
+            .copied()
+            .filter(move |d| *d < interval)
+            .chain(std::iter::repeat(interval));
         let session = self.settings.session_timeout;
         tokio::spawn(async move {
             let beat = match beat {
@@ -838,8 +853,8 @@ impl GroupConsumer {
                 }
             };
             let mut last_ok = Instant::now();
-            loop {
-                tokio::time::sleep(interval).await;
+            for delay in delays {
+                tokio::time::sleep(delay).await;
                 match beat.beat().await {
                     Ok(()) => last_ok = Instant::now(),
                     Err(GroupError::Retry(e)) if last_ok.elapsed() < session => {
