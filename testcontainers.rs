@@ -239,6 +239,8 @@ pub enum FixtureError {
     /// The broker shared by this process (see [`shared_bootstrap`]) could
     /// not be started; it is not retried within the process.
     SharedBroker(Arc<FixtureError>),
+    /// The test certificates (see [`TestPki`]) could not be generated.
+    Pki(String),
     /// A once-per-process step (fetching Kafka) failed earlier in this
     /// process; the same error is returned again rather than retried.
     Cached(Arc<FixtureError>),
@@ -338,6 +340,9 @@ impl fmt::Display for FixtureError {
             ),
             FixtureError::SharedBroker(inner) => {
                 write!(f, "the shared Kafka broker could not be started: {inner}")
+            }
+            FixtureError::Pki(reason) => {
+                write!(f, "cannot generate the test certificates with rcgen: {reason}")
             }
             FixtureError::Cached(inner) => inner.fmt(f),
         }
@@ -771,6 +776,500 @@ fn java_command(main_class: &str, extra_jvm_args: &[String]) -> Result<Command, 
         .args(extra_jvm_args)
         .arg(main_class);
     Ok(cmd)
+}
+
+// ---------------------------------------------------------------------------
+// Secure listeners: a test PKI, and a broker serving TLS, mutual TLS and SASL.
+
+/// Listener with security protocol `SSL`: serves [`TestPki::broker_cert`]
+/// and asks for no client certificate.
+pub const SSL_LISTENER: &str = "SSL";
+/// Listener with security protocol `SSL` and `ssl.client.auth=required`:
+/// serves [`TestPki::broker_cert`] and accepts only client certificates
+/// signed by [`TestPki::ca_cert`] (for example [`TestPki::client_cert`]).
+pub const MTLS_LISTENER: &str = "MTLS";
+/// Listener with security protocol `SASL_PLAINTEXT` and every mechanism of
+/// [`SASL_MECHANISMS`] enabled.
+pub const SASL_PLAINTEXT_LISTENER: &str = "SASL_PLAIN";
+/// Listener with security protocol `SASL_SSL` (server certificate
+/// [`TestPki::broker_cert`], no client certificate) and every mechanism of
+/// [`SASL_MECHANISMS`] enabled.
+pub const SASL_SSL_LISTENER: &str = "SASL_SSL";
+/// Listener with security protocol `SASL_PLAINTEXT` that enables only
+/// `PLAIN`: asking it for `SCRAM-SHA-256` or `SCRAM-SHA-512` gets
+/// `UNSUPPORTED_SASL_MECHANISM` (the unsupported-mechanism case).
+pub const SASL_PLAIN_ONLY_LISTENER: &str = "SASL_PLAIN_ONLY";
+/// Listener with security protocol `SSL` serving
+/// [`TestPki::expired_broker_cert`] (the expired-certificate case).
+pub const SSL_EXPIRED_LISTENER: &str = "SSL_EXPIRED";
+/// Listener with security protocol `SSL` serving
+/// [`TestPki::wrong_host_cert`], valid only for [`WRONG_HOST_NAME`] (the
+/// hostname-mismatch case).
+pub const SSL_WRONG_HOST_LISTENER: &str = "SSL_WRONG_HOST";
+
+/// SASL mechanisms enabled on [`SASL_PLAINTEXT_LISTENER`] and
+/// [`SASL_SSL_LISTENER`].
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// The only name [`TestPki::wrong_host_cert`] is valid for (a DNS name; no
+/// IP address).
+pub const WRONG_HOST_NAME: &str = "wrong-host.kastellan.invalid";
+
+// The secure broker's extra listeners: (name, security protocol).
+const SECURE_LISTENERS: [(&str, &str); 7] = [
+    (SSL_LISTENER, "SSL"),
+    (MTLS_LISTENER, "SSL"),
+    (SASL_PLAINTEXT_LISTENER, "SASL_PLAINTEXT"),
+    (SASL_SSL_LISTENER, "SASL_SSL"),
+    (SASL_PLAIN_ONLY_LISTENER, "SASL_PLAINTEXT"),
+    (SSL_EXPIRED_LISTENER, "SSL"),
+    (SSL_WRONG_HOST_LISTENER, "SSL"),
+];
+
+// Validity of the good certificates (in years: from 1 January of the first
+// to 1 January of the second), and of the expired ones.
+const VALID_YEARS: (i32, i32) = (2020, 2099);
+const EXPIRED_YEARS: (i32, i32) = (2000, 2001);
+
+/// Certificates and keys for TLS tests, generated fresh (with `rcgen`) each
+/// time [`TestPki::generate`] runs. Every key is ECDSA P-256; every
+/// certificate and key is PEM text (`-----BEGIN CERTIFICATE-----`, keys as
+/// unencrypted PKCS#8 `-----BEGIN PRIVATE KEY-----`). Certificates are
+/// single (leaf only); the broker itself serves leaf + CA.
+///
+/// `Debug` shows none of the PEM text.
+#[derive(Clone)]
+pub struct TestPki {
+    /// The test CA's self-signed certificate. Trust it to verify the broker
+    /// on [`SSL_LISTENER`], [`MTLS_LISTENER`], [`SASL_SSL_LISTENER`]; the
+    /// broker trusts it for client certificates on [`MTLS_LISTENER`].
+    pub ca_cert: String,
+    /// The broker's certificate, signed by [`ca_cert`](Self::ca_cert), with
+    /// subject alternative names `127.0.0.1` (IP) and `localhost` (DNS);
+    /// extended key usages server and client auth. Served on
+    /// [`SSL_LISTENER`], [`MTLS_LISTENER`] and [`SASL_SSL_LISTENER`].
+    pub broker_cert: String,
+    /// Private key of [`broker_cert`](Self::broker_cert).
+    pub broker_key: String,
+    /// A client certificate signed by [`ca_cert`](Self::ca_cert), subject
+    /// `CN=kastellan-test-client` (the broker's principal for it is
+    /// `User:CN=kastellan-test-client`), extended key usage client auth: the
+    /// one [`MTLS_LISTENER`] accepts.
+    pub client_cert: String,
+    /// Private key of [`client_cert`](Self::client_cert).
+    pub client_key: String,
+    /// A second, unrelated CA. Trusting only it must fail against every TLS
+    /// listener (the wrong-CA case).
+    pub other_ca_cert: String,
+    /// A client certificate signed by [`other_ca_cert`](Self::other_ca_cert):
+    /// [`MTLS_LISTENER`] rejects it.
+    pub other_ca_client_cert: String,
+    /// Private key of [`other_ca_client_cert`](Self::other_ca_client_cert).
+    pub other_ca_client_key: String,
+    /// A broker certificate signed by [`ca_cert`](Self::ca_cert) with the
+    /// same names as [`broker_cert`](Self::broker_cert), but valid only from
+    /// 2000-01-01 to 2001-01-01. Served on [`SSL_EXPIRED_LISTENER`].
+    pub expired_broker_cert: String,
+    /// Private key of [`expired_broker_cert`](Self::expired_broker_cert).
+    pub expired_broker_key: String,
+    /// A client certificate signed by [`ca_cert`](Self::ca_cert), valid only
+    /// from 2000-01-01 to 2001-01-01: [`MTLS_LISTENER`] rejects it.
+    pub expired_client_cert: String,
+    /// Private key of [`expired_client_cert`](Self::expired_client_cert).
+    pub expired_client_key: String,
+    /// A broker certificate signed by [`ca_cert`](Self::ca_cert), valid and
+    /// trusted, but only for the DNS name [`WRONG_HOST_NAME`]: connecting as
+    /// `127.0.0.1` or `localhost` must fail hostname verification. Served on
+    /// [`SSL_WRONG_HOST_LISTENER`].
+    pub wrong_host_cert: String,
+    /// Private key of [`wrong_host_cert`](Self::wrong_host_cert).
+    pub wrong_host_key: String,
+}
+
+impl fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TestPki { (PEM certificates and private keys not shown) }")
+    }
+}
+
+#[derive(Clone, Copy)]
+enum CertRole {
+    Broker,
+    Client,
+}
+
+impl TestPki {
+    /// Generates a fresh set: two CAs and the leaf certificates described on
+    /// each field. Takes a few milliseconds.
+    pub fn generate() -> Result<TestPki, FixtureError> {
+        let ca = new_ca("kastellan test CA")?;
+        let other_ca = new_ca("kastellan unrelated test CA")?;
+        let local = ["127.0.0.1", "localhost"];
+        let broker = |names: &[&str], years| {
+            leaf_cert(&ca, "kastellan test broker", names, CertRole::Broker, years)
+        };
+        let (broker_cert, broker_key) = broker(&local, VALID_YEARS)?;
+        let (expired_broker_cert, expired_broker_key) = broker(&local, EXPIRED_YEARS)?;
+        let (wrong_host_cert, wrong_host_key) = broker(&[WRONG_HOST_NAME], VALID_YEARS)?;
+        let client = |issuer, years| {
+            leaf_cert(
+                issuer,
+                "kastellan-test-client",
+                &[],
+                CertRole::Client,
+                years,
+            )
+        };
+        let (client_cert, client_key) = client(&ca, VALID_YEARS)?;
+        let (expired_client_cert, expired_client_key) = client(&ca, EXPIRED_YEARS)?;
+        let (other_ca_client_cert, other_ca_client_key) = client(&other_ca, VALID_YEARS)?;
+        Ok(TestPki {
+            ca_cert: ca.pem(),
+            broker_cert,
+            broker_key,
+            client_cert,
+            client_key,
+            other_ca_cert: other_ca.pem(),
+            other_ca_client_cert,
+            other_ca_client_key,
+            expired_broker_cert,
+            expired_broker_key,
+            expired_client_cert,
+            expired_client_key,
+            wrong_host_cert,
+            wrong_host_key,
+        })
+    }
+}
+
+fn pki_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> FixtureError {
+    let what = what.into();
+    move |e| FixtureError::Pki(format!("{what}: {e}"))
+}
+
+fn distinguished_name(common_name: &str) -> rcgen::DistinguishedName {
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::OrganizationName, "kastellan tests");
+    name.push(rcgen::DnType::CommonName, common_name);
+    name
+}
+
+type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn new_ca(common_name: &str) -> Result<TestCa, FixtureError> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(VALID_YEARS.0, 1, 1);
+    params.not_after = rcgen::date_time_ymd(VALID_YEARS.1, 1, 1);
+    let key = rcgen::KeyPair::generate().map_err(pki_error("generating a CA key"))?;
+    rcgen::CertifiedIssuer::self_signed(params, key)
+        .map_err(pki_error(format!("self-signing the CA {common_name:?}")))
+}
+
+// A leaf certificate signed by `ca`; returns (certificate, key) as PEM.
+fn leaf_cert(
+    ca: &TestCa,
+    common_name: &str,
+    names: &[&str],
+    role: CertRole,
+    (from, to): (i32, i32),
+) -> Result<(String, String), FixtureError> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names)
+        .map_err(pki_error(format!("names for {common_name:?}")))?;
+    params.distinguished_name = distinguished_name(common_name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match role {
+        CertRole::Broker => vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        CertRole::Client => vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let key = rcgen::KeyPair::generate().map_err(pki_error("generating a key"))?;
+    let cert = params.signed_by(&key, &**ca).map_err(pki_error(format!(
+        "signing the certificate {common_name:?}"
+    )))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A SASL user name and password. `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslUser {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl SaslUser {
+    fn new(username: &str, password: &str) -> SaslUser {
+        SaslUser {
+            username: username.to_string(),
+            password: password.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for SaslUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaslUser")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A dedicated broker with TLS, mutual-TLS and SASL listeners next to its
+/// usual PLAINTEXT one, started by [`start_secure_broker`] (or shared by
+/// [`shared_secure_broker`]). Controller and inter-broker traffic stay on
+/// PLAINTEXT listeners. Topics are created automatically on first use
+/// (`auto.create.topics.enable=true`, one partition), unlike the plain
+/// broker's.
+///
+/// Every address is "127.0.0.1:port". A TLS client should verify the broker
+/// as `127.0.0.1` or `localhost` against [`TestPki::ca_cert`].
+#[derive(Debug)]
+pub struct SecureBroker {
+    /// The broker itself (log tail, pid, [`Broker::listener_address`] by
+    /// the `*_LISTENER` names). Dropping the `SecureBroker` stops it.
+    pub broker: Broker,
+    /// The certificates the listeners serve and trust.
+    pub pki: TestPki,
+    /// `PLAINTEXT` listener, no security (the default bootstrap).
+    pub plaintext: String,
+    /// [`SSL_LISTENER`]: TLS, no client certificate.
+    pub ssl: String,
+    /// [`MTLS_LISTENER`]: TLS with a client certificate required.
+    pub mtls: String,
+    /// [`SASL_PLAINTEXT_LISTENER`]: SASL_PLAINTEXT, PLAIN and SCRAM-SHA-256/512.
+    pub sasl_plaintext: String,
+    /// [`SASL_SSL_LISTENER`]: SASL_SSL, PLAIN and SCRAM-SHA-256/512.
+    pub sasl_ssl: String,
+    /// [`SASL_PLAIN_ONLY_LISTENER`]: SASL_PLAINTEXT, PLAIN only.
+    pub sasl_plain_only: String,
+    /// [`SSL_EXPIRED_LISTENER`]: TLS serving an expired certificate.
+    pub ssl_expired: String,
+    /// [`SSL_WRONG_HOST_LISTENER`]: TLS serving a certificate for
+    /// [`WRONG_HOST_NAME`] only.
+    pub ssl_wrong_host: String,
+    /// The PLAIN user (`alice`), accepted by mechanism `PLAIN` on every SASL
+    /// listener. It has no SCRAM credentials.
+    pub plain_user: SaslUser,
+    /// The SCRAM user (`bob`), with credentials for both SCRAM-SHA-256 and
+    /// SCRAM-SHA-512 (4096 iterations) added when the storage was formatted.
+    /// Not a PLAIN user.
+    pub scram_user: SaslUser,
+}
+
+/// Starts a dedicated broker with secure listeners (see [`SecureBroker`])
+/// and a freshly generated [`TestPki`]. It takes about as long as
+/// [`start_broker`]. Unlike [`shared_bootstrap`], it ignores
+/// `KAFKA_BOOTSTRAP`: an external broker would not know these certificates
+/// and users.
+pub fn start_secure_broker() -> Result<SecureBroker, FixtureError> {
+    let pki = TestPki::generate()?;
+    let plain_user = SaslUser::new("alice", "alice-secret");
+    let scram_user = SaslUser::new("bob", "bob-secret");
+    let broker = start_broker(secure_broker_options(&pki, &plain_user, &scram_user))?;
+    let address = |name: &str| {
+        broker
+            .listener_address(name)
+            .unwrap_or_else(|| unreachable!("listener {name} was configured"))
+            .to_string()
+    };
+    Ok(SecureBroker {
+        plaintext: broker.bootstrap().to_string(),
+        ssl: address(SSL_LISTENER),
+        mtls: address(MTLS_LISTENER),
+        sasl_plaintext: address(SASL_PLAINTEXT_LISTENER),
+        sasl_ssl: address(SASL_SSL_LISTENER),
+        sasl_plain_only: address(SASL_PLAIN_ONLY_LISTENER),
+        ssl_expired: address(SSL_EXPIRED_LISTENER),
+        ssl_wrong_host: address(SSL_WRONG_HOST_LISTENER),
+        broker,
+        pki,
+        plain_user,
+        scram_user,
+    })
+}
+
+/// The secure broker shared by this process: started on first use
+/// (`OnceLock`) with [`start_secure_broker`] and stopped when the process
+/// exits, like the plain shared broker. Independent of [`shared_bootstrap`].
+pub fn shared_secure_broker() -> Result<&'static SecureBroker, FixtureError> {
+    static SHARED: OnceLock<Result<SecureBroker, Arc<FixtureError>>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_secure_broker().map_err(Arc::new)) {
+        Ok(broker) => Ok(broker),
+        Err(e) => Err(FixtureError::SharedBroker(Arc::clone(e))),
+    }
+}
+
+/// Same as [`shared_secure_broker`], but panics with the error's full
+/// message.
+pub fn secure_broker() -> &'static SecureBroker {
+    match shared_secure_broker() {
+        Ok(broker) => broker,
+        Err(e) => panic!("no secure Kafka broker for this test: {e}"),
+    }
+}
+
+fn secure_broker_options(pki: &TestPki, plain: &SaslUser, scram: &SaslUser) -> BrokerOptions {
+    let mut opts = BrokerOptions::default().property("auto.create.topics.enable", "true");
+    for (name, protocol) in SECURE_LISTENERS {
+        opts = opts.listener(name, protocol);
+    }
+    let prefix = |listener: &str| format!("listener.name.{}.", listener.to_ascii_lowercase());
+
+    // The broker serves its certificate followed by the CA's.
+    let keystores = [
+        (SSL_LISTENER, &pki.broker_cert, &pki.broker_key),
+        (MTLS_LISTENER, &pki.broker_cert, &pki.broker_key),
+        (SASL_SSL_LISTENER, &pki.broker_cert, &pki.broker_key),
+        (
+            SSL_EXPIRED_LISTENER,
+            &pki.expired_broker_cert,
+            &pki.expired_broker_key,
+        ),
+        (
+            SSL_WRONG_HOST_LISTENER,
+            &pki.wrong_host_cert,
+            &pki.wrong_host_key,
+        ),
+    ];
+    for (listener, cert, key) in keystores {
+        let p = prefix(listener);
+        opts = opts
+            .property(format!("{p}ssl.keystore.type"), "PEM")
+            .property(
+                format!("{p}ssl.keystore.certificate.chain"),
+                format!("{cert}{}", pki.ca_cert),
+            )
+            .property(format!("{p}ssl.keystore.key"), key.as_str())
+            .property(format!("{p}ssl.truststore.type"), "PEM")
+            .property(
+                format!("{p}ssl.truststore.certificates"),
+                pki.ca_cert.as_str(),
+            );
+    }
+    opts = opts.property(
+        format!("{}ssl.client.auth", prefix(MTLS_LISTENER)),
+        "required",
+    );
+
+    let plain_jaas = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required user_{}=\"{}\";",
+        plain.username, plain.password
+    );
+    let scram_jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+    let sasl_listeners: [(&str, &[&str]); 3] = [
+        (SASL_PLAINTEXT_LISTENER, &SASL_MECHANISMS),
+        (SASL_SSL_LISTENER, &SASL_MECHANISMS),
+        (SASL_PLAIN_ONLY_LISTENER, &["PLAIN"]),
+    ];
+    for (listener, mechanisms) in sasl_listeners {
+        let p = prefix(listener);
+        opts = opts.property(format!("{p}sasl.enabled.mechanisms"), mechanisms.join(","));
+        for mechanism in mechanisms {
+            let jaas = if *mechanism == "PLAIN" {
+                plain_jaas.as_str()
+            } else {
+                scram_jaas
+            };
+            opts = opts.property(
+                format!("{p}{}.sasl.jaas.config", mechanism.to_ascii_lowercase()),
+                jaas,
+            );
+        }
+    }
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        opts.format_args.push("--add-scram".to_string());
+        opts.format_args.push(format!(
+            "{mechanism}=[name={},password={}]",
+            scram.username, scram.password
+        ));
+    }
+    opts
+}
+
+impl SecureBroker {
+    /// The security protocol of a listener of this broker (`PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`), by listener name.
+    pub fn protocol(listener: &str) -> Option<&'static str> {
+        if listener.eq_ignore_ascii_case("PLAINTEXT") {
+            return Some("PLAINTEXT");
+        }
+        SECURE_LISTENERS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(listener))
+            .map(|(_, protocol)| *protocol)
+    }
+
+    /// Client properties for a Java Kafka client (the console tools'
+    /// `--command-config` file, say) connecting to `listener` as a
+    /// well-configured client would: trusting [`TestPki::ca_cert`] (PEM
+    /// truststore) on TLS listeners, presenting [`TestPki::client_cert`] on
+    /// [`MTLS_LISTENER`], and logging in with `sasl = (mechanism, user)` on
+    /// SASL listeners. Returns `java.util.Properties` text.
+    ///
+    /// # Panics
+    /// If `listener` is not one of this broker's.
+    pub fn java_client_properties(
+        &self,
+        listener: &str,
+        sasl: Option<(&str, &SaslUser)>,
+    ) -> String {
+        let protocol = Self::protocol(listener)
+            .unwrap_or_else(|| panic!("the secure broker has no listener {listener:?}"));
+        let mut props: Vec<(&str, String)> = vec![("security.protocol", protocol.to_string())];
+        if protocol.ends_with("SSL") {
+            props.push(("ssl.truststore.type", "PEM".to_string()));
+            props.push(("ssl.truststore.certificates", self.pki.ca_cert.clone()));
+        }
+        if listener.eq_ignore_ascii_case(MTLS_LISTENER) {
+            props.push(("ssl.keystore.type", "PEM".to_string()));
+            props.push((
+                "ssl.keystore.certificate.chain",
+                self.pki.client_cert.clone(),
+            ));
+            props.push(("ssl.keystore.key", self.pki.client_key.clone()));
+        }
+        if let Some((mechanism, user)) = sasl {
+            props.push(("sasl.mechanism", mechanism.to_string()));
+            props.push(("sasl.jaas.config", java_jaas_login(mechanism, user)));
+        }
+        let mut text = String::new();
+        for (key, value) in props {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(&escape_property(&value));
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// The `sasl.jaas.config` value with which a Java client logs in as `user`
+/// with `mechanism` (`PLAIN` or `SCRAM-SHA-*`).
+pub fn java_jaas_login(mechanism: &str, user: &SaslUser) -> String {
+    let module = if mechanism.eq_ignore_ascii_case("PLAIN") {
+        "org.apache.kafka.common.security.plain.PlainLoginModule"
+    } else {
+        "org.apache.kafka.common.security.scram.ScramLoginModule"
+    };
+    format!(
+        "{module} required username=\"{}\" password=\"{}\";",
+        user.username, user.password
+    )
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,375 @@
+//! The secure broker of `testcontainers.rs` (TLS, mutual TLS, SASL PLAIN and
+//! SCRAM listeners), checked with Kafka's own Java console producer and
+//! consumer rather than with kastellan: if these pass, a failing kastellan
+//! security test points at the library, not at the fixture.
+//!
+//! Each test launches at most three short JVMs; the tests run in parallel
+//! against one shared broker.
+
+#[path = "../testcontainers.rs"]
+mod testcontainers;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use testcontainers::{
+    run_kafka_class, run_kafka_class_with_stdin, secure_broker, SaslUser, SecureBroker,
+    CONSOLE_CONSUMER, CONSOLE_PRODUCER, MTLS_LISTENER, SASL_PLAINTEXT_LISTENER,
+    SASL_PLAIN_ONLY_LISTENER, SASL_SSL_LISTENER, SSL_EXPIRED_LISTENER, SSL_LISTENER,
+    SSL_WRONG_HOST_LISTENER,
+};
+
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+// How long a failing producer may wait for metadata before giving up; the
+// failures below arrive well within it.
+const FAILING_MAX_BLOCK_MS: &str = "15000";
+
+// A client properties file, deleted on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(text: &str) -> ConfigFile {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "kastellan-client-{}-{}.properties",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        ConfigFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8 here")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn unique_topic(name: &str) -> String {
+    format!("fixture-security-{name}-{}", std::process::id())
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+// A properties file for a well-configured Java client of `listener` (see
+// `SecureBroker::java_client_properties`).
+fn client_config(
+    broker: &SecureBroker,
+    listener: &str,
+    sasl: Option<(&str, &SaslUser)>,
+) -> ConfigFile {
+    ConfigFile::new(&broker.java_client_properties(listener, sasl))
+}
+
+fn address<'a>(broker: &'a SecureBroker, listener: &str) -> &'a str {
+    broker
+        .broker
+        .listener_address(listener)
+        .unwrap_or_else(|| panic!("no listener {listener}"))
+}
+
+fn run_producer(address: &str, config: &ConfigFile, topic: &str, records: &[String]) -> Output {
+    let stdin = records.iter().map(|r| format!("{r}\n")).collect::<String>();
+    run_kafka_class_with_stdin(
+        CONSOLE_PRODUCER,
+        &[
+            "--bootstrap-server",
+            address,
+            "--topic",
+            topic,
+            "--command-config",
+            config.path(),
+            "--command-property",
+            "acks=all",
+            "--max-block-ms",
+            FAILING_MAX_BLOCK_MS,
+        ],
+        stdin.as_bytes(),
+        TOOL_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("console producer: {e}"))
+}
+
+// Produces `records` and checks the producer reported no error.
+fn produce(address: &str, config: &ConfigFile, topic: &str, records: &[String]) {
+    let output = run_producer(address, config, topic, records);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("ERROR"),
+        "producing to {topic} at {address} failed:\n{}",
+        text(&output)
+    );
+}
+
+// Reads `count` records from the beginning of `topic` (through a consumer
+// group, so FindCoordinator and the group protocol cross the listener too).
+fn consume(address: &str, config: &ConfigFile, topic: &str, count: usize) -> Vec<String> {
+    let count_arg = count.to_string();
+    let output = run_kafka_class(
+        CONSOLE_CONSUMER,
+        &[
+            "--bootstrap-server",
+            address,
+            "--topic",
+            topic,
+            "--command-config",
+            config.path(),
+            "--from-beginning",
+            "--max-messages",
+            &count_arg,
+            "--timeout-ms",
+            "30000",
+        ],
+        TOOL_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("console consumer: {e}"));
+    let values: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        output.status.success() && values.len() == count,
+        "consuming {count} records of {topic} at {address} failed:\n{}",
+        text(&output)
+    );
+    values
+}
+
+fn records(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}")).collect()
+}
+
+// Producing must fail fast, and the tool's output must contain one of
+// `needles` (the Java client's description of why). The console producer
+// logs a failed send and still exits with status 0, so its output is what
+// tells.
+fn assert_produce_fails(address: &str, config: &ConfigFile, topic: &str, needles: &[&str]) {
+    let started = Instant::now();
+    let output = run_producer(address, config, topic, &records("never", 1));
+    let all = text(&output);
+    assert!(
+        needles.iter().any(|n| all.contains(n)),
+        "expected one of {needles:?} from the producer at {address}:\n{all}"
+    );
+    assert!(
+        !all.contains("TimeoutException"),
+        "the producer at {address} timed out instead of failing fast:\n{all}"
+    );
+    eprintln!(
+        "producer at {address} failed as expected in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn ssl_round_trip() {
+    let broker = secure_broker();
+    let config = client_config(broker, SSL_LISTENER, None);
+    let topic = unique_topic("ssl");
+    let sent = records("ssl", 3);
+    produce(&broker.ssl, &config, &topic, &sent);
+    assert_eq!(consume(&broker.ssl, &config, &topic, sent.len()), sent);
+}
+
+#[test]
+fn mtls_round_trip_with_client_certificate() {
+    let broker = secure_broker();
+    let config = client_config(broker, MTLS_LISTENER, None);
+    let topic = unique_topic("mtls");
+    let sent = records("mtls", 3);
+    produce(&broker.mtls, &config, &topic, &sent);
+    assert_eq!(consume(&broker.mtls, &config, &topic, sent.len()), sent);
+}
+
+// Every mechanism on one SASL listener: produce with PLAIN, then with
+// SCRAM-SHA-256, and read both batches back with SCRAM-SHA-512.
+fn sasl_round_trip(listener: &str, tag: &str) {
+    let broker = secure_broker();
+    let at = address(broker, listener);
+    let topic = unique_topic(tag);
+    let plain = client_config(broker, listener, Some(("PLAIN", &broker.plain_user)));
+    let scram256 = client_config(
+        broker,
+        listener,
+        Some(("SCRAM-SHA-256", &broker.scram_user)),
+    );
+    let scram512 = client_config(
+        broker,
+        listener,
+        Some(("SCRAM-SHA-512", &broker.scram_user)),
+    );
+    let first = records(&format!("{tag}-plain"), 2);
+    let second = records(&format!("{tag}-scram256"), 2);
+    produce(at, &plain, &topic, &first);
+    produce(at, &scram256, &topic, &second);
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_eq!(consume(at, &scram512, &topic, all.len()), all);
+}
+
+#[test]
+fn sasl_plaintext_round_trip_plain_scram256_scram512() {
+    sasl_round_trip(SASL_PLAINTEXT_LISTENER, "sasl-plaintext");
+}
+
+#[test]
+fn sasl_ssl_round_trip_plain_scram256_scram512() {
+    sasl_round_trip(SASL_SSL_LISTENER, "sasl-ssl");
+}
+
+const AUTH_FAILED: &[&str] = &["Authentication failed", "SaslAuthenticationException"];
+
+#[test]
+fn wrong_plain_password_is_rejected() {
+    let broker = secure_broker();
+    let wrong = SaslUser {
+        password: "not-the-password".to_string(),
+        ..broker.plain_user.clone()
+    };
+    let config = client_config(broker, SASL_PLAINTEXT_LISTENER, Some(("PLAIN", &wrong)));
+    let topic = unique_topic("wrong-plain");
+    assert_produce_fails(&broker.sasl_plaintext, &config, &topic, AUTH_FAILED);
+}
+
+#[test]
+fn wrong_scram_password_is_rejected() {
+    let broker = secure_broker();
+    let wrong = SaslUser {
+        password: "not-the-password".to_string(),
+        ..broker.scram_user.clone()
+    };
+    let config = client_config(broker, SASL_SSL_LISTENER, Some(("SCRAM-SHA-512", &wrong)));
+    let topic = unique_topic("wrong-scram");
+    assert_produce_fails(&broker.sasl_ssl, &config, &topic, AUTH_FAILED);
+}
+
+#[test]
+fn plain_only_listener_rejects_scram_and_accepts_plain() {
+    let broker = secure_broker();
+    let topic = unique_topic("plain-only");
+    let scram = client_config(
+        broker,
+        SASL_PLAIN_ONLY_LISTENER,
+        Some(("SCRAM-SHA-256", &broker.scram_user)),
+    );
+    assert_produce_fails(
+        &broker.sasl_plain_only,
+        &scram,
+        &topic,
+        &["UnsupportedSaslMechanismException"],
+    );
+    let plain = client_config(
+        broker,
+        SASL_PLAIN_ONLY_LISTENER,
+        Some(("PLAIN", &broker.plain_user)),
+    );
+    produce(
+        &broker.sasl_plain_only,
+        &plain,
+        &topic,
+        &records("plain-only", 1),
+    );
+}
+
+#[test]
+fn expired_broker_certificate_is_rejected() {
+    let broker = secure_broker();
+    let config = client_config(broker, SSL_EXPIRED_LISTENER, None);
+    let topic = unique_topic("expired");
+    assert_produce_fails(
+        &broker.ssl_expired,
+        &config,
+        &topic,
+        &["CertificateExpiredException"],
+    );
+}
+
+#[test]
+fn wrong_host_certificate_fails_only_hostname_verification() {
+    let broker = secure_broker();
+    let topic = unique_topic("wrong-host");
+    let config = client_config(broker, SSL_WRONG_HOST_LISTENER, None);
+    assert_produce_fails(
+        &broker.ssl_wrong_host,
+        &config,
+        &topic,
+        &["No subject alternative names matching IP address 127.0.0.1"],
+    );
+    // The same client without hostname verification gets through: the
+    // certificate is otherwise valid and trusted.
+    let unverified = ConfigFile::new(&format!(
+        "{}ssl.endpoint.identification.algorithm=\n",
+        broker.java_client_properties(SSL_WRONG_HOST_LISTENER, None)
+    ));
+    produce(
+        &broker.ssl_wrong_host,
+        &unverified,
+        &topic,
+        &records("wrong-host", 1),
+    );
+}
+
+#[test]
+fn unrelated_ca_is_rejected() {
+    let broker = secure_broker();
+    let props = broker.java_client_properties(SSL_LISTENER, None).replace(
+        &escape(&broker.pki.ca_cert),
+        &escape(&broker.pki.other_ca_cert),
+    );
+    assert!(props.contains(&escape(&broker.pki.other_ca_cert)));
+    let config = ConfigFile::new(&props);
+    let topic = unique_topic("wrong-ca");
+    assert_produce_fails(
+        &broker.ssl,
+        &config,
+        &topic,
+        &[
+            "PKIX path building failed",
+            "unable to find valid certification path",
+        ],
+    );
+}
+
+#[test]
+fn mtls_without_client_certificate_is_rejected() {
+    let broker = secure_broker();
+    // Trusts the broker, but presents no certificate.
+    let config = client_config(broker, SSL_LISTENER, None);
+    let topic = unique_topic("mtls-no-cert");
+    assert_produce_fails(
+        &broker.mtls,
+        &config,
+        &topic,
+        // TLS 1.3: the client finishes its handshake first, then reads the
+        // broker's alert.
+        &["Received fatal alert: bad_certificate"],
+    );
+}
+
+// PEM text as it appears in a properties file.
+fn escape(pem: &str) -> String {
+    pem.replace('\n', "\\n")
+}
+
+#[test]
+fn pki_debug_hides_keys() {
+    let broker = secure_broker();
+    let shown = format!("{broker:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!shown.contains(&broker.scram_user.password), "{shown}");
+    assert!(!shown.contains(&broker.plain_user.password), "{shown}");
+}
