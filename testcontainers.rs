@@ -1066,7 +1066,7 @@ pub struct SecureBroker {
     /// listener. It has no SCRAM credentials.
     pub plain_user: SaslUser,
     /// The SCRAM user (`bob`), with credentials for both SCRAM-SHA-256 and
-    /// SCRAM-SHA-512 (4096 iterations) added when the storage was formatted.
+    /// SCRAM-SHA-512, added when the storage was formatted.
     /// Not a PLAIN user.
     pub scram_user: SaslUser,
 }
