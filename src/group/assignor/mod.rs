@@ -278,6 +278,47 @@ pub(crate) fn sort_assignment(assignment: &mut GroupAssignment) {
     }
 }
 
+/// Builders shared by the assignors' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+
+    use super::{MemberSubscription, TopicPartition};
+    use crate::group::subscription::Subscription;
+
+    /// A member subscribed to `topics`, owning `owned` from `generation`.
+    pub fn subscriber(
+        id: &str,
+        instance: Option<&str>,
+        topics: &[&str],
+        owned: &[(&str, i32)],
+        generation: i32,
+    ) -> MemberSubscription {
+        MemberSubscription {
+            member_id: id.into(),
+            group_instance_id: instance.map(Into::into),
+            subscription: Subscription {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                owned_partitions: tps(owned),
+                generation_id: generation,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Topic-partitions from `(topic, partition)` pairs, in the given order.
+    pub fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
+        list.iter()
+            .map(|&(t, p)| TopicPartition::new(t, p))
+            .collect()
+    }
+
+    /// Partition counts from `(topic, count)` pairs.
+    pub fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
+        list.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,27 +77,10 @@ impl Assignor for RoundRobinAssignor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::subscription::Subscription;
+    use crate::group::assignor::test_support::{counts, subscriber, tps};
 
     fn member(id: &str, instance: Option<&str>, topics: &[&str]) -> MemberSubscription {
-        MemberSubscription {
-            member_id: id.into(),
-            group_instance_id: instance.map(Into::into),
-            subscription: Subscription {
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                ..Default::default()
-            },
-        }
-    }
-
-    fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
-        list.iter()
-            .map(|&(t, p)| TopicPartition::new(t, p))
-            .collect()
-    }
-
-    fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
-        list.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+        subscriber(id, instance, topics, &[], -1)
     }
 
     #[test]

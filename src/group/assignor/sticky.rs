@@ -957,6 +957,7 @@ impl<'i> GeneralBuilder<'i> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::group::assignor::test_support::{counts, subscriber, tps};
 
     fn member(
         id: &str,
@@ -964,29 +965,7 @@ mod tests {
         owned: &[(&str, i32)],
         generation: i32,
     ) -> MemberSubscription {
-        MemberSubscription {
-            member_id: id.into(),
-            group_instance_id: None,
-            subscription: Subscription {
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                owned_partitions: owned
-                    .iter()
-                    .map(|&(t, p)| TopicPartition::new(t, p))
-                    .collect(),
-                generation_id: generation,
-                ..Default::default()
-            },
-        }
-    }
-
-    fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
-        list.iter()
-            .map(|&(t, p)| TopicPartition::new(t, p))
-            .collect()
-    }
-
-    fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
-        list.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+        subscriber(id, None, topics, owned, generation)
     }
 
     fn sizes(a: &GroupAssignment) -> Vec<usize> {
@@ -1190,6 +1169,7 @@ mod tests {
 #[cfg(test)]
 mod java_cases {
     use super::*;
+    use crate::group::assignor::test_support::counts;
 
     const GENERATION: i32 = 1;
 
@@ -1227,10 +1207,6 @@ mod java_cases {
             .collect();
         v.sort();
         v
-    }
-
-    fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
-        list.iter().map(|&(t, n)| (t.to_string(), n)).collect()
     }
 
     /// Partitions of subscribed topics assigned to nobody (what Java's
