@@ -312,29 +312,7 @@ pub fn render(summaries: &[Summary], runs: &[Run], layouts: &[i32]) -> String {
                 || "n/a".to_string(),
                 |kib| format!("{:.1}", kib as f64 / 1024.0),
             );
-            let (timed, call, records, mib, result) = match (&outcome.result, rate(outcome)) {
-                (Ok(report), Some(rate)) => (
-                    format!("{:.3}", report.work_ns as f64 / 1e9),
-                    format!("{:.3}", report.call_ns as f64 / 1e9),
-                    grouped(rate.records_per_sec),
-                    format!("{:.1}", rate.mib_per_sec),
-                    "ok".to_string(),
-                ),
-                (Ok(_), None) => (
-                    "0".to_string(),
-                    "0".to_string(),
-                    "n/a".to_string(),
-                    "n/a".to_string(),
-                    "no time measured".to_string(),
-                ),
-                (Err(error), _) => (
-                    "n/a".to_string(),
-                    "n/a".to_string(),
-                    "n/a".to_string(),
-                    "n/a".to_string(),
-                    format!("error: {}", cell_text(error)),
-                ),
-            };
+            let (timed, call, records, mib, result) = run_cells(outcome);
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -474,29 +452,7 @@ pub fn render_group(runs: &[GroupRun], clients: &[Client], partitions: i32) -> S
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|");
     for run in runs {
         let outcome = &run.outcome;
-        let (timed, call, records, mib, result) = match (&outcome.result, rate(outcome)) {
-            (Ok(report), Some(rate)) => (
-                format!("{:.3}", report.work_ns as f64 / 1e9),
-                format!("{:.3}", report.call_ns as f64 / 1e9),
-                grouped(rate.records_per_sec),
-                format!("{:.1}", rate.mib_per_sec),
-                "ok".to_string(),
-            ),
-            (Ok(_), None) => (
-                "0".to_string(),
-                "0".to_string(),
-                "n/a".to_string(),
-                "n/a".to_string(),
-                "no time measured".to_string(),
-            ),
-            (Err(error), _) => (
-                "n/a".to_string(),
-                "n/a".to_string(),
-                "n/a".to_string(),
-                "n/a".to_string(),
-                format!("error: {}", cell_text(error)),
-            ),
-        };
+        let (timed, call, records, mib, result) = run_cells(outcome);
         let _ = writeln!(
             out,
             "| {} | {} | {timed} | {call} | {records} | {mib} | {} | {result} |",
@@ -599,5 +555,33 @@ mod tests {
         );
         assert!(text.contains("| rec/s | 2.00 | n/a |"), "{text}");
         assert!(text.contains("| peak RSS (MiB) | 2.00 | n/a |"), "{text}");
+    }
+}
+
+/// The timed, call, rec/s, MiB/s and outcome cells of one run's row.
+fn run_cells(outcome: &PhaseOutcome) -> (String, String, String, String, String) {
+    let na = || "n/a".to_string();
+    match (&outcome.result, rate(outcome)) {
+        (Ok(report), Some(rate)) => (
+            format!("{:.3}", report.work_ns as f64 / 1e9),
+            format!("{:.3}", report.call_ns as f64 / 1e9),
+            grouped(rate.records_per_sec),
+            format!("{:.1}", rate.mib_per_sec),
+            "ok".to_string(),
+        ),
+        (Ok(_), None) => (
+            "0".to_string(),
+            "0".to_string(),
+            na(),
+            na(),
+            "no time measured".to_string(),
+        ),
+        (Err(error), _) => (
+            na(),
+            na(),
+            na(),
+            na(),
+            format!("error: {}", cell_text(error)),
+        ),
     }
 }
