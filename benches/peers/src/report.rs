@@ -464,6 +464,34 @@ pub fn render_group(runs: &[GroupRun], clients: &[Client], partitions: i32) -> S
     out
 }
 
+/// The timed, call, rec/s, MiB/s and outcome cells of one run's row.
+fn run_cells(outcome: &PhaseOutcome) -> (String, String, String, String, String) {
+    let na = || "n/a".to_string();
+    match (&outcome.result, rate(outcome)) {
+        (Ok(report), Some(rate)) => (
+            format!("{:.3}", report.work_ns as f64 / 1e9),
+            format!("{:.3}", report.call_ns as f64 / 1e9),
+            grouped(rate.records_per_sec),
+            format!("{:.1}", rate.mib_per_sec),
+            "ok".to_string(),
+        ),
+        (Ok(_), None) => (
+            "0".to_string(),
+            "0".to_string(),
+            na(),
+            na(),
+            "no time measured".to_string(),
+        ),
+        (Err(error), _) => (
+            na(),
+            na(),
+            na(),
+            na(),
+            format!("error: {}", cell_text(error)),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,33 +583,5 @@ mod tests {
         );
         assert!(text.contains("| rec/s | 2.00 | n/a |"), "{text}");
         assert!(text.contains("| peak RSS (MiB) | 2.00 | n/a |"), "{text}");
-    }
-}
-
-/// The timed, call, rec/s, MiB/s and outcome cells of one run's row.
-fn run_cells(outcome: &PhaseOutcome) -> (String, String, String, String, String) {
-    let na = || "n/a".to_string();
-    match (&outcome.result, rate(outcome)) {
-        (Ok(report), Some(rate)) => (
-            format!("{:.3}", report.work_ns as f64 / 1e9),
-            format!("{:.3}", report.call_ns as f64 / 1e9),
-            grouped(rate.records_per_sec),
-            format!("{:.1}", rate.mib_per_sec),
-            "ok".to_string(),
-        ),
-        (Ok(_), None) => (
-            "0".to_string(),
-            "0".to_string(),
-            na(),
-            na(),
-            "no time measured".to_string(),
-        ),
-        (Err(error), _) => (
-            na(),
-            na(),
-            na(),
-            na(),
-            format!("error: {}", cell_text(error)),
-        ),
     }
 }
