@@ -1709,6 +1709,13 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
     if let Ok(extra) = std::env::var("KASTELLAN_BROKER_JVM_ARGS") {
         java_cmd.extend(extra.split_whitespace().map(OsString::from));
     }
+    // Compression codecs unpack native libraries into the JVM's temporary
+    // directory and remove them only on a clean exit; keep them inside the
+    // broker's directory, which goes when the broker goes.
+    let jvm_tmp = dir.join("tmp");
+    std::fs::create_dir_all(&jvm_tmp)
+        .map_err(io_error(format!("creating {}", jvm_tmp.display())))?;
+    java_cmd.push(flag_with_path("-Djava.io.tmpdir=", &jvm_tmp));
     java_cmd.push(OsString::from(KAFKA_SERVER));
     java_cmd.push(config.into_os_string());
 
