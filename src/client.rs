@@ -44,7 +44,7 @@ impl Client {
         config.validate()?;
         let client = Client {
             inner: Arc::new(ClientInner {
-                cluster: Cluster::new(config),
+                cluster: Cluster::new(config)?,
             }),
         };
         client.inner.cluster.refresh_metadata(&[]).await?;

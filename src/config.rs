@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::security::{SaslConfig, SaslMechanism, TlsConfig};
 
 /// Where the brokers are and how patiently to talk to them.
 ///
@@ -27,6 +28,8 @@ pub struct ClientConfig {
     pub(crate) retry_backoff: Duration,
     pub(crate) retry_backoff_max: Duration,
     pub(crate) retry_deadline: Duration,
+    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) sasl: Option<SaslConfig>,
 }
 
 impl ClientConfig {
@@ -40,24 +43,118 @@ impl ClientConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             retry_deadline: Duration::from_secs(60),
+            tls: None,
+            sasl: None,
         }
     }
 
-    /// Settings from the environment:
+    /// Settings from the environment.
     ///
-    /// - `KAFKA_BOOTSTRAP` (or `KAFKA_BROKERS`): comma-separated `host:port` list (required);
-    /// - `KAFKA_CLIENT_ID`: client id sent to brokers (optional).
+    /// Brokers, from the first of these that is set:
+    /// - `KAFKA_URL`: comma-separated `kafka://host:port` or
+    ///   `kafka+ssl://host:port` URLs (Heroku's form); `kafka+ssl` turns TLS on;
+    /// - `KAFKA_BOOTSTRAP` (or `KAFKA_BROKERS`): comma-separated `host:port` list.
+    ///
+    /// TLS (needs the `tls` feature):
+    /// - `KAFKA_TLS=true` turns TLS on for a `KAFKA_BOOTSTRAP` list;
+    /// - `KAFKA_TRUSTED_CERT`: PEM of the CA to trust (default: the system store);
+    /// - `KAFKA_CLIENT_CERT` and `KAFKA_CLIENT_CERT_KEY`: PEM certificate and
+    ///   key for mutual TLS (both or neither);
+    /// - `KAFKA_TLS_SERVER_NAME`: name to check broker certificates against.
+    ///
+    /// SASL:
+    /// - `KAFKA_SASL_MECHANISM` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`),
+    ///   `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` (all three or none).
+    ///
+    /// Other: `KAFKA_CLIENT_ID`.
     pub fn from_env() -> Result<Self> {
-        let bootstrap = std::env::var("KAFKA_BOOTSTRAP")
-            .or_else(|_| std::env::var("KAFKA_BROKERS"))
-            .map_err(|_| {
-                Error::Config(
-                    "set KAFKA_BOOTSTRAP to a comma-separated list of host:port brokers".into(),
-                )
-            })?;
-        let mut config = Self::new(bootstrap);
-        if let Ok(id) = std::env::var("KAFKA_CLIENT_ID") {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) reading variables through `lookup`.
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let (mut config, url_tls) = if let Some(urls) = var("KAFKA_URL") {
+            let (brokers, tls) = parse_kafka_urls(&urls)?;
+            (Self::new(brokers.join(",")), tls)
+        } else {
+            let bootstrap = var("KAFKA_BOOTSTRAP")
+                .or_else(|| var("KAFKA_BROKERS"))
+                .ok_or_else(|| {
+                    Error::Config(
+                        "set KAFKA_BOOTSTRAP to a comma-separated list of host:port brokers \
+                         (or KAFKA_URL to kafka+ssl://host:port URLs)"
+                            .into(),
+                    )
+                })?;
+            (Self::new(bootstrap), false)
+        };
+        if let Some(id) = var("KAFKA_CLIENT_ID") {
             config.client_id = id;
+        }
+        let tls_flag = match var("KAFKA_TLS").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "KAFKA_TLS is `{v}`; expected true or false"
+                )))
+            }
+        };
+        let trusted = var("KAFKA_TRUSTED_CERT");
+        let client_cert = match (var("KAFKA_CLIENT_CERT"), var("KAFKA_CLIENT_CERT_KEY")) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "set both KAFKA_CLIENT_CERT and KAFKA_CLIENT_CERT_KEY, or neither".into(),
+                ))
+            }
+        };
+        let server_name = var("KAFKA_TLS_SERVER_NAME");
+        if url_tls || tls_flag {
+            let mut tls = TlsConfig::new();
+            if let Some(ca) = trusted {
+                tls = tls.ca_pem(ca);
+            }
+            if let Some((cert, key)) = client_cert {
+                tls = tls.client_cert_pem(cert, key);
+            }
+            if let Some(name) = server_name {
+                tls = tls.server_name(name);
+            }
+            config.tls = Some(tls);
+        } else if trusted.is_some() || client_cert.is_some() {
+            return Err(Error::Config(
+                "KAFKA_TRUSTED_CERT or KAFKA_CLIENT_CERT is set but TLS is off: \
+                 use kafka+ssl:// URLs in KAFKA_URL or set KAFKA_TLS=true"
+                    .into(),
+            ));
+        }
+        let sasl = (
+            var("KAFKA_SASL_MECHANISM"),
+            var("KAFKA_SASL_USERNAME"),
+            lookup("KAFKA_SASL_PASSWORD"),
+        );
+        match sasl {
+            (None, None, None) => {}
+            (Some(mechanism), Some(user), Some(password)) => {
+                let m = SaslMechanism::parse(&mechanism).ok_or_else(|| {
+                    Error::Config(format!(
+                        "KAFKA_SASL_MECHANISM `{mechanism}` is not one of PLAIN, \
+                         SCRAM-SHA-256, SCRAM-SHA-512"
+                    ))
+                })?;
+                config.sasl = Some(SaslConfig::new(m, user, password));
+            }
+            _ => {
+                return Err(Error::Config(
+                    "set all of KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and \
+                     KAFKA_SASL_PASSWORD, or none"
+                        .into(),
+                ))
+            }
         }
         config.validate()?;
         Ok(config)
@@ -93,6 +190,59 @@ impl ClientConfig {
     pub fn retry_deadline(mut self, deadline: Duration) -> Self {
         self.retry_deadline = deadline;
         self
+    }
+
+    /// Connect with TLS (needs the `tls` feature).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate with SASL after connecting (over TLS too, when set).
+    pub fn sasl(mut self, sasl: SaslConfig) -> Self {
+        self.sasl = Some(sasl);
+        self
+    }
+
+    /// SASL `PLAIN` with this user and password.
+    pub fn sasl_plain(self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.sasl(SaslConfig::new(SaslMechanism::Plain, username, password))
+    }
+
+    /// SASL `SCRAM-SHA-256` with this user and password.
+    pub fn sasl_scram_sha256(
+        self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sasl(SaslConfig::new(
+            SaslMechanism::ScramSha256,
+            username,
+            password,
+        ))
+    }
+
+    /// SASL `SCRAM-SHA-512` with this user and password.
+    pub fn sasl_scram_sha512(
+        self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sasl(SaslConfig::new(
+            SaslMechanism::ScramSha512,
+            username,
+            password,
+        ))
+    }
+
+    /// The TLS settings, if TLS is on.
+    pub fn tls_config(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// The SASL settings, if SASL is on.
+    pub fn sasl_config(&self) -> Option<&SaslConfig> {
+        self.sasl.as_ref()
     }
 
     /// The backoff policy for retriable failures: exponential with jitter
@@ -131,8 +281,53 @@ impl ClientConfig {
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than zero".into()));
         }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Err(Error::Config(
+                "TLS is configured but kastellan was built without its `tls` feature \
+                 (kastellan = { features = [\"tls\"] })"
+                    .into(),
+            ));
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.is_empty() {
+                return Err(Error::Config("SASL user name is empty".into()));
+            }
+        }
         Ok(())
     }
+}
+
+/// Brokers from Heroku-style URLs, and whether they ask for TLS.
+fn parse_kafka_urls(urls: &str) -> Result<(Vec<String>, bool)> {
+    let mut brokers = Vec::new();
+    let mut schemes = Vec::new();
+    for url in split_list(urls) {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::Config(format!(
+                "KAFKA_URL entry `{url}` is not a kafka:// or kafka+ssl:// URL"
+            ))
+        })?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "kafka" => false,
+            "kafka+ssl" => true,
+            other => {
+                return Err(Error::Config(format!(
+                    "KAFKA_URL scheme `{other}` is not kafka or kafka+ssl"
+                )))
+            }
+        };
+        schemes.push(tls);
+        brokers.push(rest.trim_end_matches('/').to_string());
+    }
+    if brokers.is_empty() {
+        return Err(Error::Config("KAFKA_URL lists no brokers".into()));
+    }
+    if schemes.iter().any(|&t| t != schemes[0]) {
+        return Err(Error::Config(
+            "KAFKA_URL mixes kafka:// and kafka+ssl:// brokers".into(),
+        ));
+    }
+    Ok((brokers, schemes[0]))
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -153,5 +348,100 @@ mod tests {
         assert!(ClientConfig::new("localhost").validate().is_err());
         assert!(ClientConfig::new("localhost:notaport").validate().is_err());
         assert!(ClientConfig::new(" 127.0.0.1:9092 , ").validate().is_ok());
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Result<ClientConfig> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ClientConfig::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn heroku_urls_give_brokers_and_tls() {
+        let vars = [
+            (
+                "KAFKA_URL",
+                "kafka+ssl://b1.example:9096,kafka+ssl://b2.example:9096",
+            ),
+            ("KAFKA_TRUSTED_CERT", "CA-PEM"),
+            ("KAFKA_CLIENT_CERT", "CERT-PEM"),
+            ("KAFKA_CLIENT_CERT_KEY", "KEY-PEM-SECRET"),
+        ];
+        let result = env(&vars);
+        if cfg!(feature = "tls") {
+            let config = result.expect("valid");
+            assert_eq!(
+                config.bootstrap_servers(),
+                ["b1.example:9096", "b2.example:9096"]
+            );
+            let tls = config.tls_config().expect("tls on");
+            assert_eq!(
+                tls.roots,
+                crate::security::TrustedRoots::Pem("CA-PEM".into())
+            );
+            assert_eq!(
+                tls.client_cert.as_ref().map(|c| c.0.as_str()),
+                Some("CERT-PEM")
+            );
+            assert!(!format!("{config:?}").contains("KEY-PEM-SECRET"));
+        } else {
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("`tls` feature"), "{e}");
+        }
+        let plain = env(&[("KAFKA_URL", "kafka://b1:9092")]).expect("plain url");
+        assert!(plain.tls_config().is_none());
+        assert!(env(&[("KAFKA_URL", "kafka://b1:9092,kafka+ssl://b2:9096")]).is_err());
+        assert!(env(&[("KAFKA_URL", "http://b1:9092")]).is_err());
+        assert!(env(&[("KAFKA_URL", "b1:9092")]).is_err());
+    }
+
+    #[test]
+    fn sasl_from_env_needs_all_three_and_hides_the_password() {
+        let config = env(&[
+            ("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "bob"),
+            ("KAFKA_SASL_PASSWORD", "pa55word"),
+        ])
+        .expect("valid");
+        let sasl = config.sasl_config().expect("sasl on");
+        assert_eq!(sasl.mechanism(), SaslMechanism::ScramSha512);
+        assert_eq!(sasl.username(), "bob");
+        assert!(!format!("{config:?}").contains("pa55word"));
+        let partial = env(&[
+            ("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("KAFKA_SASL_USERNAME", "bob"),
+        ]);
+        assert!(partial.is_err());
+        let unknown = env(&[
+            ("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+            ("KAFKA_SASL_USERNAME", "bob"),
+            ("KAFKA_SASL_PASSWORD", "pa55word"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown.contains("GSSAPI") && !unknown.contains("pa55word"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn certificates_without_tls_are_refused() {
+        let e = env(&[
+            ("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("KAFKA_TRUSTED_CERT", "CA"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("TLS is off"), "{e}");
+        assert!(env(&[
+            ("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("KAFKA_TLS", "maybe")
+        ])
+        .is_err());
+        assert!(env(&[]).is_err());
     }
 }

@@ -114,6 +114,30 @@ pub enum Error {
         reason: String,
     },
 
+    /// The TLS handshake with a broker failed, or the broker's TLS answer
+    /// showed a problem (untrusted or expired certificate, wrong host name,
+    /// client certificate refused, TLS on one side only). Not retriable:
+    /// the configuration or the certificates need fixing.
+    #[error("TLS with broker {broker} failed: {reason}")]
+    Tls {
+        /// `host:port` of the broker.
+        broker: String,
+        /// What went wrong and what to check.
+        reason: String,
+    },
+
+    /// The broker refused SASL authentication (wrong credentials, a
+    /// mechanism it does not enable). Not retriable.
+    #[error("SASL {mechanism} authentication with broker {broker} failed: {reason}")]
+    Authentication {
+        /// `host:port` of the broker.
+        broker: String,
+        /// The mechanism tried.
+        mechanism: &'static str,
+        /// The broker's explanation, or ours.
+        reason: String,
+    },
+
     /// None of the bootstrap brokers could be reached before the deadline.
     #[error("no broker reachable among [{brokers}] within {elapsed:?}; last error: {last}")]
     Unreachable {
@@ -275,6 +299,19 @@ impl Error {
             Error::Config(s) => Error::Config(s.clone()),
             Error::Connect { broker, reason } => Error::Connect {
                 broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::Tls { broker, reason } => Error::Tls {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::Authentication {
+                broker,
+                mechanism,
+                reason,
+            } => Error::Authentication {
+                broker: broker.clone(),
+                mechanism,
                 reason: reason.clone(),
             },
             Error::Unreachable {

@@ -35,6 +35,7 @@ pub mod producer;
 pub mod protocol;
 pub mod reader;
 mod record;
+pub mod security;
 
 pub use admin::Admin;
 pub use client::Client;
@@ -46,3 +47,4 @@ pub use producer::{
 };
 pub use reader::{Reader, ReaderBuilder, RecordStream, StartOffset};
 pub use record::{Header, Record};
+pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};

@@ -4,7 +4,8 @@ use kafka_protocol::messages::{
     ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
     FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
     LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    SyncGroupRequest,
 };
 
 /// A request type the wire layer can send.
@@ -43,4 +44,6 @@ kafka_api! {
     OffsetCommitRequest => "OffsetCommit", 8;
     ApiVersionsRequest => "ApiVersions", 3;
     InitProducerIdRequest => "InitProducerId", 5;
+    SaslHandshakeRequest => "SaslHandshake", 1;
+    SaslAuthenticateRequest => "SaslAuthenticate", 2;
 }

@@ -14,7 +14,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::connection::{BrokerConnection, ConnectionSettings};
+use super::connection::{BrokerConnection, ConnectionSettings, SecurityContext};
 use super::error_codes;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
@@ -71,18 +71,19 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(config: ClientConfig) -> Self {
+    pub fn new(config: ClientConfig) -> Result<Self> {
         let settings = ConnectionSettings {
             client_id: config.client_id.clone(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            security: Arc::new(SecurityContext::new(&config)?),
         };
-        Self {
+        Ok(Self {
             config,
             settings,
             connections: tokio::sync::Mutex::new(HashMap::new()),
             metadata: RwLock::new(MetadataCache::default()),
-        }
+        })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -152,28 +153,38 @@ impl Cluster {
                 .map(|b| b.addr.clone())
                 .collect();
             candidates.extend(self.config.bootstrap.iter().cloned());
-            let mut last = String::new();
+            let mut last = None;
             for addr in &candidates {
                 match self.connection(addr).await {
                     Ok(c) => return Ok(c),
+                    // Wrong credentials or certificates: trying again, or
+                    // another broker, will not help.
+                    Err(e) if !e.is_retriable() => return Err(e),
                     Err(e) => {
                         tracing::debug!(broker = %addr, error = %e, "broker not reachable");
-                        last = e.to_string();
+                        last = Some(e);
                     }
                 }
             }
-            Err(last)
+            Err(last.unwrap_or_else(|| Error::Config("no bootstrap servers".into())))
         };
         attempt
             .retry(self.config.backoff())
+            .when(Error::is_retriable)
             .notify(
                 |e, delay| tracing::warn!(error = %e, "no broker reachable, retrying in {delay:?}"),
             )
             .await
-            .map_err(|last| Error::Unreachable {
-                brokers: self.config.bootstrap.join(","),
-                elapsed: started.elapsed(),
-                last,
+            .map_err(|last| {
+                if last.is_retriable() {
+                    Error::Unreachable {
+                        brokers: self.config.bootstrap.join(","),
+                        elapsed: started.elapsed(),
+                        last: last.to_string(),
+                    }
+                } else {
+                    last
+                }
             })
     }
 

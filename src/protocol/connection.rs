@@ -18,8 +18,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes, VersionRange};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,7 +37,51 @@ pub(crate) struct ConnectionSettings {
     pub client_id: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// TLS and SASL, shared by every connection of a client.
+    pub security: Arc<SecurityContext>,
 }
+
+/// TLS and SASL settings in the form connections use them.
+#[derive(Debug, Default)]
+pub(crate) struct SecurityContext {
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::tls::TlsContext>,
+    pub sasl: Option<crate::security::SaslConfig>,
+}
+
+impl SecurityContext {
+    /// Prepare the settings of `config` (parses certificates once).
+    pub fn new(config: &crate::ClientConfig) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        let tls = match config.tls_config() {
+            Some(t) => Some(super::tls::TlsContext::new(t)?),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if config.tls_config().is_some() {
+            return Err(Error::Config(
+                "TLS is configured but kastellan was built without its `tls` feature".into(),
+            ));
+        }
+        Ok(Self {
+            #[cfg(feature = "tls")]
+            tls,
+            sasl: config.sasl_config().cloned(),
+        })
+    }
+
+    fn tls_on(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
+/// The two directions of a connection's byte stream: a plain TCP socket's
+/// halves, or a TLS stream's.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
 
@@ -52,7 +95,7 @@ struct Pending {
 /// A connection to one broker with negotiated API versions.
 pub(crate) struct BrokerConnection {
     addr: String,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf>,
     pending: Arc<Mutex<Pending>>,
     next_correlation_id: AtomicI32,
     versions: HashMap<i16, VersionRange>,
@@ -75,13 +118,16 @@ impl Drop for BrokerConnection {
 }
 
 impl BrokerConnection {
-    /// Connect to `addr` and negotiate API versions.
+    /// Connect to `addr`, run the TLS handshake and negotiate API versions,
+    /// then authenticate with SASL, as the settings ask.
     pub async fn connect(addr: &str, settings: ConnectionSettings) -> Result<Self> {
-        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        let timeout = settings.connect_timeout;
+        let security = Arc::clone(&settings.security);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Connect {
                 broker: addr.to_string(),
-                reason: format!("no answer within {:?}", settings.connect_timeout),
+                reason: format!("no answer within {timeout:?}"),
             })?
             .map_err(|e| Error::Connect {
                 broker: addr.to_string(),
@@ -92,7 +138,7 @@ impl BrokerConnection {
             broker: addr.to_string(),
             reason: e.to_string(),
         })?;
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = Self::secure(addr, stream, &security, timeout).await?;
         let pending = Arc::new(Mutex::new(Pending::default()));
         let reader = tokio::spawn(read_loop(read_half, Arc::clone(&pending)));
         let mut conn = BrokerConnection {
@@ -104,17 +150,83 @@ impl BrokerConnection {
             settings,
             reader,
         };
-        let timeout = conn.settings.connect_timeout;
-        conn.versions = tokio::time::timeout(timeout, conn.negotiate_versions())
-            .await
-            .map_err(|_| Error::Connect {
-                broker: addr.to_string(),
-                reason: format!(
-                    "TCP connected but no ApiVersions answer within {timeout:?}; \
-                     is this a Kafka listener of the right security protocol?"
-                ),
-            })??;
+        let negotiated = tokio::time::timeout(timeout, conn.negotiate_versions()).await;
+        conn.versions = match negotiated {
+            Ok(Ok(versions)) => versions,
+            Ok(Err(e)) => return Err(conn.first_answer_failed(e, &security)),
+            Err(_) => {
+                return Err(Error::Connect {
+                    broker: addr.to_string(),
+                    reason: format!(
+                        "TCP connected but no ApiVersions answer within {timeout:?}; \
+                         is this a Kafka listener of the right security protocol?"
+                    ),
+                })
+            }
+        };
+        if let Some(sasl) = &security.sasl {
+            tokio::time::timeout(timeout, super::sasl::authenticate(&conn, sasl))
+                .await
+                .map_err(|_| Error::Authentication {
+                    broker: addr.to_string(),
+                    mechanism: sasl.mechanism().name(),
+                    reason: format!("no answer within {timeout:?}"),
+                })??;
+        }
         Ok(conn)
+    }
+
+    /// The stream halves: TLS on top of `stream` when configured.
+    async fn secure(
+        addr: &str,
+        stream: TcpStream,
+        security: &SecurityContext,
+        timeout: Duration,
+    ) -> Result<(ReadHalf, WriteHalf)> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &security.tls {
+            let tls_stream = tokio::time::timeout(timeout, tls.handshake(addr, stream))
+                .await
+                .map_err(|_| Error::Tls {
+                    broker: addr.to_string(),
+                    reason: format!("no TLS handshake within {timeout:?}; is this a TLS listener?"),
+                })??;
+            let (r, w) = tokio::io::split(tls_stream);
+            return Ok((Box::new(r), Box::new(w)));
+        }
+        let _ = (addr, security, timeout);
+        let (r, w) = stream.into_split();
+        Ok((Box::new(r), Box::new(w)))
+    }
+
+    /// Explain a failure of the very first request, which is where a
+    /// security mismatch between client and listener shows.
+    fn first_answer_failed(&self, e: Error, security: &SecurityContext) -> Error {
+        let Error::ConnectionLost { reason, .. } = &e else {
+            return e;
+        };
+        if let Some(tls_reason) = reason.strip_prefix(TLS_PREFIX) {
+            return Error::Tls {
+                broker: self.addr.clone(),
+                reason: tls_reason.to_string(),
+            };
+        }
+        if reason.starts_with(TLS_LISTENER) {
+            return Error::Tls {
+                broker: self.addr.clone(),
+                reason: reason.clone(),
+            };
+        }
+        if !security.tls_on() {
+            return Error::Connect {
+                broker: self.addr.clone(),
+                reason: format!(
+                    "{reason}; the broker dropped our first request: \
+                     if this listener uses TLS (SSL or SASL_SSL), turn TLS on"
+                ),
+            };
+        }
+        e
     }
 
     /// `host:port` of the broker.
@@ -451,21 +563,47 @@ fn fail_all(pending: &Mutex<Pending>, reason: &str) {
     }
 }
 
-async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
+/// Prefix of a connection-lost reason that carries a TLS failure.
+const TLS_PREFIX: &str = "TLS: ";
+/// Start of the reason given when a plaintext connection gets a TLS answer.
+const TLS_LISTENER: &str = "the broker answered with TLS";
+
+/// The reason for a failed read; TLS failures (an alert from the broker)
+/// get an explanation and the [`TLS_PREFIX`].
+fn read_failure(e: &std::io::Error) -> String {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return format!("{TLS_PREFIX}{}", super::tls::describe(tls));
+    }
+    format!("read failed: {e}")
+}
+
+async fn read_loop(mut reader: ReadHalf, pending: Arc<Mutex<Pending>>) {
     let reason = loop {
         let size = match reader.read_i32().await {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 break "broker closed the connection".to_string()
             }
-            Err(e) => break format!("read failed: {e}"),
+            Err(e) => break read_failure(&e),
         };
+        // A TLS record starts with its content type (0x15 alert, 0x16
+        // handshake) and version 0x03: a TLS listener answering plaintext.
+        let head = size.to_be_bytes();
+        if matches!(head[0], 0x15 | 0x16) && head[1] == 0x03 {
+            break format!(
+                "{TLS_LISTENER}: this listener expects TLS (SSL or SASL_SSL); turn TLS on"
+            );
+        }
         let size = match usize::try_from(size) {
             Ok(s) if (4..=MAX_FRAME_BYTES).contains(&s) => s,
             _ => {
                 break format!(
                     "response frame size {size} is not plausible; \
-                     the peer may not speak Kafka's plaintext protocol (TLS listener?)"
+                     the peer may not speak Kafka's protocol"
                 )
             }
         };
@@ -484,7 +622,7 @@ async fn read_loop(mut reader: OwnedReadHalf, pending: Arc<Mutex<Pending>>) {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    failed = Some(format!("read failed: {e}"));
+                    failed = Some(read_failure(&e));
                     break;
                 }
             }
@@ -519,6 +657,7 @@ mod tests {
             client_id: "test".into(),
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(500),
+            security: Arc::new(SecurityContext::default()),
         }
     }
 
@@ -538,9 +677,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn implausible_frame_size_is_a_clear_error() {
-        // A TLS alert record starts 0x15 0x03 0x03: as a size that is ~350 MB.
+    async fn a_tls_answer_to_plaintext_says_tls_is_needed() {
+        // A TLS alert record starts 0x15 0x03 0x03.
         let addr = peer(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50], false).await;
+        let err = BrokerConnection::connect(&addr, settings())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+        assert!(err.to_string().contains("expects TLS"), "{err}");
+        assert!(!err.is_retriable());
+    }
+
+    #[tokio::test]
+    async fn implausible_frame_size_is_a_clear_error() {
+        let addr = peer(&[0x7f, 0x00, 0x00, 0x00, 0x01], false).await;
         let err = BrokerConnection::connect(&addr, settings())
             .await
             .unwrap_err();
@@ -554,7 +704,9 @@ mod tests {
         let err = BrokerConnection::connect(&addr, settings())
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::ConnectionLost { .. }), "{err:?}");
+        // Retriable (brokers restart), with a hint for the TLS-listener case.
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains("turn TLS on"), "{err}");
         assert!(err.is_retriable());
     }
 

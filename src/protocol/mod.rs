@@ -9,5 +9,9 @@ pub(crate) mod cluster;
 pub(crate) mod connection;
 pub mod error_codes;
 pub(crate) mod records;
+pub(crate) mod sasl;
+pub(crate) mod scram;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 
 pub use cluster::{BrokerInfo, PartitionMetadata, TopicMetadata};

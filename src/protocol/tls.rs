@@ -1,0 +1,234 @@
+//! TLS for broker connections (rustls with the ring provider).
+//!
+//! The rustls configuration is built once per client from [`TlsConfig`];
+//! each connection runs the handshake on its TCP stream. Handshake and
+//! certificate failures become [`Error::Tls`] with a reason that says what
+//! to check, since rustls' own wording ("invalid peer certificate:
+//! UnknownIssuer") rarely tells a user which setting is wrong.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{CertificateError, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::{Error, Result};
+use crate::security::{TlsConfig, TrustedRoots};
+
+/// A ready rustls client configuration and the name override, if any.
+#[derive(Clone)]
+pub(crate) struct TlsContext {
+    connector: TlsConnector,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsContext {
+    /// Build the rustls configuration: trusted roots and client certificate.
+    pub fn new(config: &TlsConfig) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = root_store(&config.roots)?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS protocol versions: {e}")))?
+            .with_root_certificates(roots);
+        let client = match &config.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(chain.as_bytes())
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|e| {
+                            Error::Config(format!("client certificate is not valid PEM: {e}"))
+                        })?;
+                if chain.is_empty() {
+                    return Err(Error::Config(
+                        "client certificate PEM holds no CERTIFICATE block".into(),
+                    ));
+                }
+                // Never echo key material: the parser's message is enough.
+                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).map_err(|e| {
+                    Error::Config(format!(
+                        "client private key is not an unencrypted PEM key \
+                         (PKCS#8, PKCS#1 or SEC1): {e}"
+                    ))
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    Error::Config(format!(
+                        "client certificate and key do not go together: {e}"
+                    ))
+                })?
+            }
+        };
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(client)),
+            server_name: config.server_name.clone(),
+        })
+    }
+
+    /// Run the TLS handshake on `tcp` for the broker at `addr` (`host:port`).
+    pub async fn handshake(&self, addr: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+        let host = match &self.server_name {
+            Some(name) => name.as_str(),
+            None => host_of(addr),
+        };
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_string()).map_err(|_| Error::Tls {
+                broker: addr.to_string(),
+                reason: format!("`{host}` is not a valid TLS server name"),
+            })?,
+        };
+        self.connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Tls {
+                broker: addr.to_string(),
+                reason: describe_io(&e),
+            })
+    }
+}
+
+fn root_store(roots: &TrustedRoots) -> Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    match roots {
+        TrustedRoots::Pem(pem) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| Error::Config(format!("trusted CA is not valid PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Config(
+                    "trusted CA PEM holds no CERTIFICATE block".into(),
+                ));
+            }
+            for cert in certs {
+                store.add(cert).map_err(|e| {
+                    Error::Config(format!("trusted CA certificate is not usable: {e}"))
+                })?;
+            }
+        }
+        TrustedRoots::System => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // One odd certificate in the system store is no reason to fail.
+                let _ = store.add(cert);
+            }
+            if store.is_empty() {
+                return Err(Error::Config(format!(
+                    "no usable CA certificates in the system trust store{}; \
+                     give the broker's CA with TlsConfig::ca_pem",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(store)
+}
+
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A user-facing reason for a TLS failure carried in an I/O error.
+pub(crate) fn describe_io(e: &std::io::Error) -> String {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return describe(tls);
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => format!(
+            "the broker closed the connection during the TLS handshake ({e}); \
+             is this a plaintext listener? (use TLS only with SSL or SASL_SSL listeners)"
+        ),
+        _ => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// A user-facing reason for a rustls error.
+pub(crate) fn describe(e: &rustls::Error) -> String {
+    use rustls::AlertDescription as Alert;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "the broker's certificate is not signed by a trusted CA ({e}); \
+                 set the broker's CA with TlsConfig::ca_pem (KAFKA_TRUSTED_CERT)"
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+                "the broker's certificate has expired ({e}); the broker needs a new certificate"
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                format!("the broker's certificate is not valid yet ({e}); check clocks")
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "the broker's certificate does not name the host we connected to ({e}); \
+                     connect by a name the certificate lists, or set TlsConfig::server_name"
+                )
+            }
+            _ => format!("the broker's certificate was rejected: {e}"),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA => format!(
+                "the broker rejected our client certificate (alert {alert:?}); \
+                 this listener wants mutual TLS with a certificate its truststore accepts: \
+                 set TlsConfig::client_cert_pem (KAFKA_CLIENT_CERT, KAFKA_CLIENT_CERT_KEY)"
+            ),
+            Alert::CertificateExpired => {
+                format!("the broker rejected our client certificate as expired (alert {alert:?})")
+            }
+            _ => format!("the broker ended the TLS session with alert {alert:?}"),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
+            "the broker did not answer with TLS ({e}); \
+             is this a plaintext listener? (use TLS only with SSL or SASL_SSL listeners)"
+        ),
+        _ => format!("TLS failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_pem_is_a_config_error_without_key_material() {
+        let e = TlsContext::new(&TlsConfig::new().ca_pem("not pem")).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e}");
+        let e = TlsContext::new(
+            &TlsConfig::new()
+                .ca_pem(include_str!("../../tests/data/ca.pem"))
+                .client_cert_pem("nope", "SECRET-KEY-TEXT"),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("SECRET-KEY-TEXT"), "{e}");
+    }
+
+    #[test]
+    fn host_names_come_from_addresses() {
+        assert_eq!(host_of("127.0.0.1:9093"), "127.0.0.1");
+        assert_eq!(host_of("broker.example:9093"), "broker.example");
+        assert_eq!(host_of("[::1]:9093"), "::1");
+    }
+}

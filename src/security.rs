@@ -1,0 +1,211 @@
+//! Security settings: TLS (opt-in `tls` feature) and SASL authentication.
+//!
+//! Every connection kastellan opens (metadata, produce, fetch, group
+//! coordinator, admin) goes through the same connect path, so these
+//! settings apply to all of them alike.
+//!
+//! ```
+//! use kastellan::{ClientConfig, TlsConfig};
+//!
+//! // SASL/SCRAM over TLS, trusting one CA (needs the `tls` feature to connect).
+//! let config = ClientConfig::new("kafka-1.internal:9094")
+//!     .tls(TlsConfig::new().ca_pem("-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"))
+//!     .sasl_scram_sha512("billing", "s3cret");
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! ```
+
+use std::fmt;
+
+/// A secret string (password, private key). Its `Debug` and `Display`
+/// never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the code that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Which certificates the client trusts to sign the brokers' certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedRoots {
+    /// The operating system's trust store.
+    System,
+    /// Only the CA certificates in this PEM text.
+    Pem(String),
+}
+
+/// TLS settings: whom to trust, and the client certificate for mutual TLS.
+///
+/// Connecting with TLS needs the crate's `tls` feature; without it a
+/// configuration that asks for TLS is refused with [`crate::Error::Config`].
+///
+/// ```
+/// use kastellan::TlsConfig;
+///
+/// let tls = TlsConfig::new() // system trust store
+///     .client_cert_pem("-----BEGIN CERTIFICATE-----\n...", "-----BEGIN PRIVATE KEY-----\n...");
+/// assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub(crate) roots: TrustedRoots,
+    pub(crate) client_cert: Option<(String, Secret)>,
+    pub(crate) server_name: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TlsConfig {
+    /// TLS that trusts the operating system's CA certificates.
+    pub fn new() -> Self {
+        Self {
+            roots: TrustedRoots::System,
+            client_cert: None,
+            server_name: None,
+        }
+    }
+
+    /// Trust only the CA certificate(s) in `pem` (one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks), instead of the system store.
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.roots = TrustedRoots::Pem(pem.into());
+        self
+    }
+
+    /// Present this certificate chain and private key (PEM; the key in
+    /// PKCS#8, PKCS#1 or SEC1 form, unencrypted) for mutual TLS.
+    pub fn client_cert_pem(
+        mut self,
+        cert_chain: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
+        self.client_cert = Some((cert_chain.into(), Secret::new(key)));
+        self
+    }
+
+    /// Check the brokers' certificates against this name instead of the
+    /// host in each broker address.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+}
+
+/// SASL mechanisms kastellan speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// `PLAIN`: user name and password in the clear (use it over TLS).
+    Plain,
+    /// `SCRAM-SHA-256` (RFC 7677): the password never crosses the wire.
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name as brokers know it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// Parse a mechanism name (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`; any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "PLAIN" => Some(SaslMechanism::Plain),
+            "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
+            "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
+            _ => None,
+        }
+    }
+}
+
+/// SASL credentials: mechanism, user name and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    pub(crate) mechanism: SaslMechanism,
+    pub(crate) username: String,
+    pub(crate) password: Secret,
+}
+
+impl SaslConfig {
+    /// Credentials for `mechanism`.
+    pub fn new(
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self {
+            mechanism,
+            username: username.into(),
+            password: Secret::new(password),
+        }
+    }
+
+    /// The mechanism.
+    pub fn mechanism(&self) -> SaslMechanism {
+        self.mechanism
+    }
+
+    /// The user name.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let sasl = SaslConfig::new(SaslMechanism::Plain, "alice", "hunter2");
+        assert!(!format!("{sasl:?}").contains("hunter2"));
+        let tls = TlsConfig::new().client_cert_pem("CERT", "KEYMATERIAL");
+        assert!(!format!("{tls:?}").contains("KEYMATERIAL"));
+        assert_eq!(Secret::new("x").to_string(), "***");
+    }
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for m in [
+            SaslMechanism::Plain,
+            SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512,
+        ] {
+            assert_eq!(SaslMechanism::parse(m.name()), Some(m));
+        }
+        assert_eq!(
+            SaslMechanism::parse("scram-sha-256"),
+            Some(SaslMechanism::ScramSha256)
+        );
+        assert_eq!(SaslMechanism::parse("GSSAPI"), None);
+    }
+}
