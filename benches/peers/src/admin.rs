@@ -17,10 +17,13 @@ pub struct Admin {
 
 impl Admin {
     pub fn connect(bootstrap: &str) -> anyhow::Result<Admin> {
-        let client: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .context("creating the admin client")?;
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (name, value) in crate::workload::rdkafka_tls_settings() {
+            config.set(name, value);
+        }
+        let client: AdminClient<DefaultClientContext> =
+            config.create().context("creating the admin client")?;
         Ok(Admin { client })
     }
 

@@ -32,7 +32,12 @@ use crate::tally::{self, GroupRead, GroupTally};
 use crate::workload;
 
 async fn connect(bootstrap: &str) -> anyhow::Result<Client> {
-    Client::connect(ClientConfig::new(bootstrap).client_id("peers-bench"))
+    let mut config = ClientConfig::new(bootstrap).client_id("peers-bench");
+    if let Some(ca) = workload::tls_ca() {
+        let pem = std::fs::read_to_string(&ca).with_context(|| format!("reading {ca}"))?;
+        config = config.tls(kastellan::TlsConfig::new().ca_pem(pem));
+    }
+    Client::connect(config)
         .await
         .context("connecting kastellan")
 }

@@ -198,6 +198,22 @@ fn parse_member(args: Vec<String>) -> anyhow::Result<MemberArgs> {
     })
 }
 
+/// `peers secure-broker CA_FILE` (used by `tls.sh`): starts the fixture's
+/// broker with secure listeners, writes its CA certificate to `CA_FILE`,
+/// prints `PLAINTEXT=host:port` and `SSL=host:port`, and runs until its
+/// standard input closes.
+fn secure_broker(ca_file: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let ca_file = ca_file.context("usage: peers secure-broker CA_FILE")?;
+    let broker = testcontainers::start_secure_broker().context("starting the secure broker")?;
+    std::fs::write(ca_file, &broker.pki.ca_cert).with_context(|| format!("writing {ca_file}"))?;
+    println!("PLAINTEXT={}", broker.plaintext);
+    println!("SSL={}", broker.ssl);
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(broker);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -211,6 +227,15 @@ fn main() -> ExitCode {
             Err(error) => {
                 println!("{} {error:#}", member::ERROR_TAG);
                 ExitCode::from(2)
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("secure-broker") {
+        return match secure_broker(args.get(1).map(String::as_str)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
             }
         };
     }

@@ -81,7 +81,10 @@ fn produce_blocking(
 ) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
-    for (name, value) in producer_settings() {
+    for (name, value) in producer_settings()
+        .into_iter()
+        .chain(workload::rdkafka_tls_settings())
+    {
         config.set(name, value);
     }
     let producer: BaseProducer<DeliveryTally> = config

@@ -94,3 +94,21 @@ mod tests {
         assert!(p.iter().any(|&b| b != p[0]));
     }
 }
+
+/// The CA certificate file when the run goes to a TLS listener
+/// (`PEERS_TLS_CA`, set by `tls.sh`); every client then connects with TLS
+/// and trusts only that CA.
+pub fn tls_ca() -> Option<String> {
+    std::env::var("PEERS_TLS_CA").ok().filter(|p| !p.is_empty())
+}
+
+/// rdkafka/librdkafka settings for a TLS run, empty otherwise.
+pub fn rdkafka_tls_settings() -> Vec<(&'static str, String)> {
+    match tls_ca() {
+        Some(ca) => vec![
+            ("security.protocol", "ssl".to_string()),
+            ("ssl.ca.location", ca),
+        ],
+        None => Vec::new(),
+    }
+}
