@@ -81,20 +81,6 @@ pub fn unix_micros() -> i64 {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_is_deterministic_and_sized() {
-        assert_eq!(payload(1024), payload(1024));
-        assert_eq!(payload(1000).len(), 1000);
-        assert_eq!(payload(0).len(), 0);
-        let p = payload(4096);
-        assert!(p.iter().any(|&b| b != p[0]));
-    }
-}
-
 /// The CA certificate file when the run goes to a TLS listener
 /// (`PEERS_TLS_CA`, set by `tls.sh`); every client then connects with TLS
 /// and trusts only that CA.
@@ -110,5 +96,19 @@ pub fn rdkafka_tls_settings() -> Vec<(&'static str, String)> {
             ("ssl.ca.location", ca),
         ],
         None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_deterministic_and_sized() {
+        assert_eq!(payload(1024), payload(1024));
+        assert_eq!(payload(1000).len(), 1000);
+        assert_eq!(payload(0).len(), 0);
+        let p = payload(4096);
+        assert!(p.iter().any(|&b| b != p[0]));
     }
 }
