@@ -353,11 +353,15 @@ impl BrokerConnection {
         version: i16,
     ) -> Result<(i32, BytesMut)> {
         let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
+        // Size the frame up front: a produce request holds a whole record
+        // batch, and growing a buffer to that size would copy it repeatedly.
+        let body_size = request.compute_size(version).unwrap_or(0);
         self.encode_frame(
             R::NAME,
             R::KEY,
             version,
             api_key.request_header_version(version),
+            body_size,
             |buf| {
                 request
                     .encode(buf, version)
@@ -372,6 +376,7 @@ impl BrokerConnection {
         api_key: i16,
         version: i16,
         header_version: i16,
+        body_size: usize,
         body: impl FnOnce(&mut BytesMut) -> std::result::Result<(), String>,
     ) -> Result<(i32, BytesMut)> {
         let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
@@ -380,7 +385,7 @@ impl BrokerConnection {
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(StrBytes::from_string(self.settings.client_id.clone())));
-        let mut frame = BytesMut::with_capacity(256);
+        let mut frame = BytesMut::with_capacity(body_size + 256);
         frame.put_i32(0);
         header
             .encode(&mut frame, header_version)
@@ -517,6 +522,7 @@ impl BrokerConnection {
             key as i16,
             version,
             key.request_header_version(version),
+            0,
             |buf| {
                 request
                     .encode(buf, version)
