@@ -233,28 +233,38 @@ fn sasl_ssl_round_trip_plain_scram256_scram512() {
 
 const AUTH_FAILED: &[&str] = &["Authentication failed", "SaslAuthenticationException"];
 
-#[test]
-fn wrong_plain_password_is_rejected() {
+/// Produce with `user` under a wrong password must fail authentication.
+fn wrong_password_is_rejected(listener: &str, addr: &str, mechanism: &str, user: &SaslUser) {
     let broker = secure_broker();
     let wrong = SaslUser {
         password: "not-the-password".to_string(),
-        ..broker.plain_user.clone()
+        ..user.clone()
     };
-    let config = client_config(broker, SASL_PLAINTEXT_LISTENER, Some(("PLAIN", &wrong)));
-    let topic = unique_topic("wrong-plain");
-    assert_produce_fails(&broker.sasl_plaintext, &config, &topic, AUTH_FAILED);
+    let config = client_config(broker, listener, Some((mechanism, &wrong)));
+    let topic = unique_topic("wrong-password");
+    assert_produce_fails(addr, &config, &topic, AUTH_FAILED);
+}
+
+#[test]
+fn wrong_plain_password_is_rejected() {
+    let broker = secure_broker();
+    wrong_password_is_rejected(
+        SASL_PLAINTEXT_LISTENER,
+        &broker.sasl_plaintext,
+        "PLAIN",
+        &broker.plain_user,
+    );
 }
 
 #[test]
 fn wrong_scram_password_is_rejected() {
     let broker = secure_broker();
-    let wrong = SaslUser {
-        password: "not-the-password".to_string(),
-        ..broker.scram_user.clone()
-    };
-    let config = client_config(broker, SASL_SSL_LISTENER, Some(("SCRAM-SHA-512", &wrong)));
-    let topic = unique_topic("wrong-scram");
-    assert_produce_fails(&broker.sasl_ssl, &config, &topic, AUTH_FAILED);
+    wrong_password_is_rejected(
+        SASL_SSL_LISTENER,
+        &broker.sasl_ssl,
+        "SCRAM-SHA-512",
+        &broker.scram_user,
+    );
 }
 
 #[test]

@@ -1169,7 +1169,7 @@ mod tests {
 #[cfg(test)]
 mod java_cases {
     use super::*;
-    use crate::group::assignor::test_support::counts;
+    use crate::group::assignor::test_support::{counts, subscriber};
 
     const GENERATION: i32 = 1;
 
@@ -1179,19 +1179,7 @@ mod java_cases {
         owned: &[(&str, i32)],
         generation: i32,
     ) -> MemberSubscription {
-        MemberSubscription {
-            member_id: id.into(),
-            group_instance_id: None,
-            subscription: Subscription {
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                owned_partitions: owned
-                    .iter()
-                    .map(|&(t, p)| TopicPartition::new(t, p))
-                    .collect(),
-                generation_id: generation,
-                ..Default::default()
-            },
-        }
+        subscriber(id, None, topics, owned, generation)
     }
 
     fn owning(id: &str, topics: &[&str], owned: &[TopicPartition]) -> MemberSubscription {
