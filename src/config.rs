@@ -60,7 +60,10 @@ impl ClientConfig {
     /// - `KAFKA_TRUSTED_CERT`: PEM of the CA to trust (default: the system store);
     /// - `KAFKA_CLIENT_CERT` and `KAFKA_CLIENT_CERT_KEY`: PEM certificate and
     ///   key for mutual TLS (both or neither);
-    /// - `KAFKA_TLS_SERVER_NAME`: name to check broker certificates against.
+    /// - `KAFKA_TLS_SERVER_NAME`: name to check broker certificates against;
+    /// - `KAFKA_TLS_VERIFY_HOSTNAME=false`: accept broker certificates that
+    ///   chain to the trusted CA but name another host (Heroku Kafka's
+    ///   certificates do not carry the brokers' names).
     ///
     /// SASL:
     /// - `KAFKA_SASL_MECHANISM` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`),
@@ -92,16 +95,7 @@ impl ClientConfig {
         if let Some(id) = var("KAFKA_CLIENT_ID") {
             config.client_id = id;
         }
-        let tls_flag = match var("KAFKA_TLS").map(|v| v.trim().to_ascii_lowercase()) {
-            None => false,
-            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => true,
-            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => false,
-            Some(v) => {
-                return Err(Error::Config(format!(
-                    "KAFKA_TLS is `{v}`; expected true or false"
-                )))
-            }
-        };
+        let tls_flag = flag(&var, "KAFKA_TLS")?.unwrap_or(false);
         let trusted = var("KAFKA_TRUSTED_CERT");
         let client_cert = match (var("KAFKA_CLIENT_CERT"), var("KAFKA_CLIENT_CERT_KEY")) {
             (Some(cert), Some(key)) => Some((cert, key)),
@@ -113,6 +107,7 @@ impl ClientConfig {
             }
         };
         let server_name = var("KAFKA_TLS_SERVER_NAME");
+        let verify_hostname = flag(&var, "KAFKA_TLS_VERIFY_HOSTNAME")?.unwrap_or(true);
         if url_tls || tls_flag {
             let mut tls = TlsConfig::new();
             if let Some(ca) = trusted {
@@ -124,7 +119,7 @@ impl ClientConfig {
             if let Some(name) = server_name {
                 tls = tls.server_name(name);
             }
-            config.tls = Some(tls);
+            config.tls = Some(tls.verify_hostname(verify_hostname));
         } else if trusted.is_some() || client_cert.is_some() {
             return Err(Error::Config(
                 "KAFKA_TRUSTED_CERT or KAFKA_CLIENT_CERT is set but TLS is off: \
@@ -297,6 +292,18 @@ impl ClientConfig {
     }
 }
 
+/// A true/false environment variable, if set.
+fn flag(var: impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>> {
+    match var(name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(Some(true)),
+        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(Some(false)),
+        Some(v) => Err(Error::Config(format!(
+            "{name} is `{v}`; expected true or false"
+        ))),
+    }
+}
+
 /// Brokers from Heroku-style URLs, and whether they ask for TLS.
 fn parse_kafka_urls(urls: &str) -> Result<(Vec<String>, bool)> {
     let mut brokers = Vec::new();
@@ -386,6 +393,10 @@ mod tests {
                 Some("CERT-PEM")
             );
             assert!(!format!("{config:?}").contains("KEY-PEM-SECRET"));
+            assert!(tls.verify_hostname);
+            let mut relaxed = vars.to_vec();
+            relaxed.push(("KAFKA_TLS_VERIFY_HOSTNAME", "false"));
+            assert!(!env(&relaxed).unwrap().tls_config().unwrap().verify_hostname);
         } else {
             let e = result.unwrap_err().to_string();
             assert!(e.contains("`tls` feature"), "{e}");

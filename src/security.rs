@@ -71,6 +71,7 @@ pub struct TlsConfig {
     pub(crate) roots: TrustedRoots,
     pub(crate) client_cert: Option<(String, Secret)>,
     pub(crate) server_name: Option<String>,
+    pub(crate) verify_hostname: bool,
 }
 
 impl Default for TlsConfig {
@@ -86,6 +87,7 @@ impl TlsConfig {
             roots: TrustedRoots::System,
             client_cert: None,
             server_name: None,
+            verify_hostname: true,
         }
     }
 
@@ -111,6 +113,17 @@ impl TlsConfig {
     /// host in each broker address.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Some(name.into());
+        self
+    }
+
+    /// Whether a broker's certificate must name the host connected to
+    /// (default `true`). With `false` the certificate must still chain to a
+    /// trusted CA and be in date, but may name another host: for services
+    /// whose broker certificates do not carry the brokers' names (Heroku
+    /// Kafka is one; its Java guidance turns endpoint identification off).
+    /// Trust only that service's own CA when you do this.
+    pub fn verify_hostname(mut self, verify: bool) -> Self {
+        self.verify_hostname = verify;
         self
     }
 }

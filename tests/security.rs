@@ -283,6 +283,24 @@ mod tls {
     }
 
     #[tokio::test]
+    async fn hostname_check_can_be_turned_off_but_the_chain_is_still_checked() {
+        let b = broker();
+        round_trip(config(&b.ssl_wrong_host).tls(trusting_ca(b).verify_hostname(false))).await;
+        let e = connect_error(
+            config(&b.ssl_wrong_host).tls(
+                TlsConfig::new()
+                    .ca_pem(&b.pki.other_ca_cert)
+                    .verify_hostname(false),
+            ),
+        )
+        .await;
+        assert!(tls_reason(&e).contains("not signed by a trusted CA"), "{e}");
+        let e =
+            connect_error(config(&b.ssl_expired).tls(trusting_ca(b).verify_hostname(false))).await;
+        assert!(tls_reason(&e).contains("expired"), "{e}");
+    }
+
+    #[tokio::test]
     async fn mutual_tls_without_a_client_certificate_is_reported() {
         let b = broker();
         let e = connect_error(config(&b.mtls).tls(trusting_ca(b))).await;
