@@ -95,7 +95,7 @@ impl ClientConfig {
         if let Some(id) = var("KAFKA_CLIENT_ID") {
             config.client_id = id;
         }
-        let tls_flag = flag(&var, "KAFKA_TLS")?.unwrap_or(false);
+        let tls_flag = flag(var, "KAFKA_TLS")?.unwrap_or(false);
         let trusted = var("KAFKA_TRUSTED_CERT");
         let client_cert = match (var("KAFKA_CLIENT_CERT"), var("KAFKA_CLIENT_CERT_KEY")) {
             (Some(cert), Some(key)) => Some((cert, key)),
@@ -107,7 +107,7 @@ impl ClientConfig {
             }
         };
         let server_name = var("KAFKA_TLS_SERVER_NAME");
-        let verify_hostname = flag(&var, "KAFKA_TLS_VERIFY_HOSTNAME")?.unwrap_or(true);
+        let verify_hostname = flag(var, "KAFKA_TLS_VERIFY_HOSTNAME")?.unwrap_or(true);
         if url_tls || tls_flag {
             let mut tls = TlsConfig::new();
             if let Some(ca) = trusted {
