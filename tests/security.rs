@@ -324,6 +324,16 @@ mod tls {
     }
 
     #[tokio::test]
+    async fn expired_client_certificate_is_reported() {
+        let b = broker();
+        let e = connect_error(config(&b.mtls).tls(
+            trusting_ca(b).client_cert_pem(&b.pki.expired_client_cert, &b.pki.expired_client_key),
+        ))
+        .await;
+        assert!(tls_reason(&e).contains("client certificate"), "{e}");
+    }
+
+    #[tokio::test]
     async fn tls_to_a_plaintext_listener_is_reported() {
         let b = broker();
         let e = connect_error(config(&b.plaintext).tls(trusting_ca(b))).await;
