@@ -284,7 +284,7 @@ impl StatusHandle {
     }
 }
 
-/// A member of a consumer group. See the [module docs](self).
+/// A member of a consumer group. See the [`group` module docs](crate::group).
 ///
 /// ```no_run
 /// # async fn demo() -> kastellan::Result<()> {
