@@ -440,6 +440,10 @@ pub struct Broker {
     java_pid: Option<i32>,
     jvm_dead: bool,
     startup: Duration,
+    /// The supervisor's command line (java command included), kept so
+    /// [`Broker::restart`] can start the same broker again.
+    java_cmd: Vec<OsString>,
+    grace_secs: u64,
 }
 
 impl Broker {
@@ -479,6 +483,36 @@ impl Broker {
             wait_until_gone(pid, Duration::from_secs(10));
             self.jvm_dead = true;
         }
+    }
+
+    /// Start the broker again on the same ports with the same data, as a
+    /// restarted broker process would: first kills it with SIGKILL if it is
+    /// still running, then waits until it answers again. Clients see the
+    /// broker vanish and come back at the same address.
+    pub fn restart(&mut self) -> Result<(), FixtureError> {
+        self.kill();
+        // The old supervisor must die without its clean-up: closing its
+        // stdin would make it delete the directory the new JVM runs in.
+        if let Some(mut supervisor) = self.supervisor.take() {
+            if let Ok(pgid) = i32::try_from(supervisor.id()) {
+                // SAFETY: plain syscall. The supervisor leads its own process
+                // group and is not yet reaped, so the group id is still ours.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+            let _ = supervisor.wait();
+        }
+        drop(self.stdin.take());
+        for stale in ["java.pid", "java.exit"] {
+            let _ = fs::remove_file(self.dir.join(stale));
+        }
+        self.java_pid = None;
+        self.jvm_dead = false;
+        let started = Instant::now();
+        self.spawn_and_wait()?;
+        self.startup = started.elapsed();
+        Ok(())
     }
 
     /// Whether the broker JVM is still running.
@@ -1641,6 +1675,8 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
         java_pid: None,
         jvm_dead: false,
         startup: Duration::ZERO,
+        java_cmd: Vec::new(),
+        grace_secs: 10,
     };
 
     let ports = free_ports(2 + opts.extra_listeners.len())?;
@@ -1719,71 +1755,86 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
     java_cmd.push(OsString::from(KAFKA_SERVER));
     java_cmd.push(config.into_os_string());
 
-    let grace_secs = match cds {
+    broker.grace_secs = match cds {
         // Writing the archive at exit takes a few seconds on 2 cores.
         Cds::Dump(_) => 90,
         _ => 10,
     };
-    let log_path = dir.join("broker.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io_error(format!("creating {}", log_path.display())))?;
-    let log_err = log
-        .try_clone()
-        .map_err(io_error(format!("opening {}", log_path.display())))?;
-    let mut supervisor = Command::new("sh");
-    supervisor
-        .arg("-c")
-        .arg(SUPERVISOR_SCRIPT)
-        .arg("kastellan-kafka-supervisor")
-        .arg(&dir)
-        .arg(grace_secs.to_string())
-        .args(&java_cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
-        // Its own process group: a terminal's Ctrl-C reaches the tests, not
-        // the supervisor, which then cleans up once the tests are gone; and
-        // one kill(-pgid) stops supervisor and JVM together.
-        .process_group(0);
-    let mut child = supervisor
-        .spawn()
-        .map_err(io_error("starting the broker supervisor `sh`"))?;
-    broker.stdin = child.stdin.take();
-    broker.supervisor = Some(child);
-
-    let timeout = start_timeout();
-    let deadline = Instant::now() + timeout;
-    let mut last_probe = String::from("not probed yet");
-    loop {
-        broker.read_java_pid();
-        if let Some(status) = broker.exit_status() {
-            return Err(FixtureError::BrokerExited {
-                bootstrap: broker.bootstrap.clone(),
-                status,
-                log_tail: broker.failure_log(),
-            });
-        }
-        if broker.java_pid.is_some() {
-            match probe_ready(ports[0]) {
-                Ok(()) => break,
-                Err(reason) => last_probe = reason,
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(FixtureError::BrokerStartTimeout {
-                bootstrap: broker.bootstrap.clone(),
-                waited: timeout,
-                last_probe,
-                log_tail: broker.failure_log(),
-            });
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    broker.java_cmd = java_cmd;
+    broker.spawn_and_wait()?;
     broker.startup = started.elapsed();
     Ok(broker)
+}
+
+impl Broker {
+    // Starts the supervisor (and through it the JVM) and waits until the
+    // broker answers ApiVersions and lists itself in Metadata.
+    fn spawn_and_wait(&mut self) -> Result<(), FixtureError> {
+        let port: u16 = self
+            .bootstrap
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        let log_path = self.dir.join("broker.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error(format!("creating {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_error(format!("opening {}", log_path.display())))?;
+        let mut supervisor = Command::new("sh");
+        supervisor
+            .arg("-c")
+            .arg(SUPERVISOR_SCRIPT)
+            .arg("kastellan-kafka-supervisor")
+            .arg(&self.dir)
+            .arg(self.grace_secs.to_string())
+            .args(&self.java_cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            // Its own process group: a terminal's Ctrl-C reaches the tests, not
+            // the supervisor, which then cleans up once the tests are gone; and
+            // one kill(-pgid) stops supervisor and JVM together.
+            .process_group(0);
+        let mut child = supervisor
+            .spawn()
+            .map_err(io_error("starting the broker supervisor `sh`"))?;
+        self.stdin = child.stdin.take();
+        self.supervisor = Some(child);
+
+        let timeout = start_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut last_probe = String::from("not probed yet");
+        loop {
+            self.read_java_pid();
+            if let Some(status) = self.exit_status() {
+                return Err(FixtureError::BrokerExited {
+                    bootstrap: self.bootstrap.clone(),
+                    status,
+                    log_tail: self.failure_log(),
+                });
+            }
+            if self.java_pid.is_some() {
+                match probe_ready(port) {
+                    Ok(()) => break,
+                    Err(reason) => last_probe = reason,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(FixtureError::BrokerStartTimeout {
+                    bootstrap: self.bootstrap.clone(),
+                    waited: timeout,
+                    last_probe,
+                    log_tail: self.failure_log(),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
 }
 
 fn start_timeout() -> Duration {
