@@ -1,7 +1,6 @@
 //! Topic administration: create, delete, list, watermarks and offsets by time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -125,7 +124,7 @@ impl Admin {
                 )]);
         let cluster = self.client.cluster();
         let (broker, response) = cluster
-            .with_retries("CreateTopics", || async {
+            .with_retries("CreateTopics", |_| async {
                 let conn = self.controller_or_any().await?;
                 let r = conn.request(&request).await?;
                 Ok((conn.addr().to_string(), r))
@@ -162,7 +161,7 @@ impl Admin {
             .with_topic_names(vec![TopicName(StrBytes::from_string(topic.to_string()))]);
         let cluster = self.client.cluster();
         let (broker, response) = cluster
-            .with_retries("DeleteTopics", || async {
+            .with_retries("DeleteTopics", |_| async {
                 let conn = self.controller_or_any().await?;
                 let r = conn.request(&request).await?;
                 Ok((conn.addr().to_string(), r))
@@ -251,10 +250,9 @@ impl Admin {
     ) -> Result<BTreeMap<i32, Option<i64>>> {
         let cluster = self.client.cluster();
         cluster
-            .with_retries("ListOffsets", || async {
-                let meta = self
-                    .client
-                    .topic_metadata(topic, false)
+            .with_retries("ListOffsets", |_| async {
+                let meta = cluster
+                    .topic(topic)
                     .await?
                     .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
                 let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -327,25 +325,36 @@ impl Admin {
         }
     }
 
-    /// Poll metadata until every partition of a new topic has a leader.
+    /// Poll metadata until every partition of a new topic has a leader,
+    /// pausing as the retry policy says, until the retry deadline.
     async fn wait_for_leaders(&self, topic: &str, partitions: i32) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.client.config().retry_deadline;
+        let cluster = self.client.cluster();
+        let mut attempts = crate::retry::Attempts::new(self.client.config().retry_policy());
         loop {
-            if let Some(meta) = self.client.topic_metadata(topic, true).await? {
-                if meta.partitions.len() as i32 >= partitions
-                    && meta.partitions.iter().all(|p| p.leader >= 0)
+            cluster.invalidate(topic);
+            match cluster.topic(topic).await {
+                Ok(Some(meta))
+                    if meta.partitions.len() as i32 >= partitions
+                        && meta.partitions.iter().all(|p| p.leader >= 0) =>
                 {
-                    return Ok(());
+                    return Ok(())
                 }
+                Ok(_) => {}
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(topic, error = %e, "metadata of a new topic: retrying")
+                }
+                Err(e) => return Err(e),
             }
-            if tokio::time::Instant::now() >= deadline {
+            if !attempts.pause().await {
                 return Err(Error::Client {
                     context: format!("creating topic `{topic}`"),
-                    message: "the topic was created but not all partitions had a leader before the retry deadline".into(),
+                    message: format!(
+                        "the topic was created but not all partitions had a leader within {:?}",
+                        attempts.elapsed()
+                    ),
                     retriable: true,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::config::ClientConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::group::GroupConsumerBuilder;
 use crate::producer::ProducerBuilder;
 use crate::protocol::cluster::Cluster;
@@ -38,8 +38,14 @@ struct ClientInner {
 
 impl Client {
     /// Connect: checks the settings and reads cluster metadata, so an
-    /// unreachable cluster is reported here (after retrying until the retry
-    /// deadline) rather than on first use.
+    /// unreachable cluster is reported here rather than on first use.
+    ///
+    /// Retries until the retry deadline
+    /// ([`ClientConfig::retry_deadline`], 60 s by default), in wall-clock
+    /// time; a cluster still unreachable then is [`Error::Unreachable`]
+    /// with the real time waited and the last cause. Errors no retry can
+    /// fix (TLS, authentication, a peer that is not a Kafka broker) return
+    /// at once.
     pub async fn connect(config: ClientConfig) -> Result<Self> {
         config.validate()?;
         let client = Client {
@@ -47,8 +53,23 @@ impl Client {
                 cluster: Cluster::new(config)?,
             }),
         };
-        client.inner.cluster.refresh_metadata(&[]).await?;
-        Ok(client)
+        match client.inner.cluster.refresh_metadata(&[]).await {
+            Ok(_) => Ok(client),
+            // One error for "could not reach the cluster", with the whole wait.
+            Err(Error::RetriesExhausted { elapsed, last, .. }) => Err(match *last {
+                Error::Unreachable { brokers, last, .. } => Error::Unreachable {
+                    brokers,
+                    elapsed,
+                    last,
+                },
+                other => Error::Unreachable {
+                    brokers: client.config().bootstrap_servers().join(","),
+                    elapsed,
+                    last: other.to_string(),
+                },
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Shorthand for `Client::connect(ClientConfig::new(bootstrap))`.
@@ -90,7 +111,9 @@ impl Client {
         &self.inner.cluster
     }
 
-    /// Metadata of one topic; `Ok(None)` if it does not exist.
+    /// Metadata of one topic; `Ok(None)` if it does not exist. With
+    /// `refresh`, asks a broker even if the topic is cached. Retries until
+    /// the retry deadline.
     pub async fn topic_metadata(
         &self,
         topic: &str,
@@ -99,6 +122,9 @@ impl Client {
         if refresh {
             self.inner.cluster.invalidate(topic);
         }
-        self.inner.cluster.topic(topic).await
+        let cluster = &self.inner.cluster;
+        cluster
+            .with_retries("Metadata", |_| cluster.topic(topic))
+            .await
     }
 }

@@ -7,8 +7,21 @@ use crate::security::{SaslConfig, SaslMechanism, TlsConfig};
 
 /// Where the brokers are and how patiently to talk to them.
 ///
-/// Defaults follow the Java client where one exists (`request.timeout.ms`
-/// 30 s, `retry.backoff.ms` 100 ms, `retry.backoff.max.ms` 1 s).
+/// Every wait has a deadline. The defaults, and what each bounds:
+///
+/// | setting | default | bounds |
+/// |---|---|---|
+/// | [`connect_timeout`](Self::connect_timeout) | 10 s | one connection attempt: TCP, TLS, ApiVersions and SASL together |
+/// | [`request_timeout`](Self::request_timeout) | 30 s | one request, from writing it to its answer |
+/// | [`retry_backoff`](Self::retry_backoff) | 100 ms to 1 s | the pause between attempts: starts at the first value and doubles up to the second, each pause shortened by a random part of up to a fifth (never longer than the maximum) |
+/// | [`retry_deadline`](Self::retry_deadline) | 60 s | an operation with all its retries, in wall-clock time: an operation that still fails then returns its last error (connecting: [`Error::Unreachable`]) |
+///
+/// Connection and request timeouts follow the Java client
+/// (`socket.connection.setup.timeout.ms`, `request.timeout.ms`,
+/// `retry.backoff.ms`, `retry.backoff.max.ms`); the retry deadline plays
+/// the part of its `max.block.ms` and `default.api.timeout.ms`. An attempt
+/// never runs past the retry deadline: with `retry_deadline(5 s)` an
+/// unreachable cluster is reported after about 5 s, whatever the timeouts.
 ///
 /// ```
 /// use std::time::Duration;
@@ -173,15 +186,20 @@ impl ClientConfig {
         self
     }
 
-    /// First and largest pause between retries of a retriable failure.
+    /// First and largest pause between retries of a retriable failure
+    /// (default 100 ms and 1 s). Pauses double from `initial` up to `max`;
+    /// each is shortened by a random part of up to a fifth, so clients that
+    /// failed together do not retry in step, and none is longer than `max`.
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.retry_backoff = initial;
         self.retry_backoff_max = max;
         self
     }
 
-    /// How long to keep retrying retriable failures (unreachable brokers,
-    /// leader changes) before giving up with the last error.
+    /// How long an operation may keep retrying retriable failures
+    /// (unreachable brokers, leader changes, a coordinator moving) before it
+    /// gives up with the last error (default 60 s). Wall-clock time: the
+    /// attempts themselves count, and no attempt runs past it.
     pub fn retry_deadline(mut self, deadline: Duration) -> Self {
         self.retry_deadline = deadline;
         self
@@ -240,15 +258,13 @@ impl ClientConfig {
         self.sasl.as_ref()
     }
 
-    /// The backoff policy for retriable failures: exponential with jitter
-    /// from `retry_backoff` up to `retry_backoff_max`, for at most `retry_deadline` in total.
-    pub(crate) fn backoff(&self) -> backon::ExponentialBuilder {
-        backon::ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.retry_backoff)
-            .with_max_delay(self.retry_backoff_max)
-            .without_max_times()
-            .with_total_delay(Some(self.retry_deadline))
+    /// The retry policy every retry loop of this client follows.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.retry_backoff,
+            max: self.retry_backoff_max.max(self.retry_backoff),
+            deadline: self.retry_deadline,
+        }
     }
 
     /// The bootstrap brokers.
@@ -276,6 +292,12 @@ impl ClientConfig {
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than zero".into()));
         }
+        if self.retry_backoff.is_zero() || self.retry_backoff_max < self.retry_backoff {
+            return Err(Error::Config(format!(
+                "retry_backoff needs 0 < initial <= max (got {:?} and {:?})",
+                self.retry_backoff, self.retry_backoff_max
+            )));
+        }
         if self.tls.is_some() && !cfg!(feature = "tls") {
             return Err(Error::Config(
                 "TLS is configured but kastellan was built without its `tls` feature \
@@ -289,6 +311,70 @@ impl ClientConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// How kastellan retries a failure that may go away by itself (a broker
+/// restarting or unreachable, a leader election, a group coordinator
+/// moving): one policy, taken from [`ClientConfig`], for every retry loop
+/// of a client.
+///
+/// Pauses start at [`initial`](Self::initial) and double up to
+/// [`max`](Self::max); each is shortened by a random part of up to a fifth
+/// (so clients that failed together do not retry in step) and none is
+/// longer than `max`. Retrying stops once [`deadline`](Self::deadline) has
+/// passed since the first attempt, counting the time attempts take.
+///
+/// ```
+/// use std::time::Duration;
+/// use kastellan::ClientConfig;
+///
+/// let policy = ClientConfig::new("127.0.0.1:9092")
+///     .retry_backoff(Duration::from_millis(50), Duration::from_millis(400))
+///     .retry_deadline(Duration::from_secs(5))
+///     .retry_policy();
+/// assert_eq!(policy.deadline(), Duration::from_secs(5));
+/// let pauses: Vec<Duration> = policy.pauses().take(6).collect();
+/// assert!(pauses.iter().all(|p| *p <= Duration::from_millis(400)));
+/// assert!(pauses[0] >= Duration::from_millis(40)); // 50 ms less up to a fifth
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    initial: Duration,
+    max: Duration,
+    deadline: Duration,
+}
+
+impl RetryPolicy {
+    /// The first pause.
+    pub fn initial(&self) -> Duration {
+        self.initial
+    }
+
+    /// The longest pause.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// How long an operation may keep retrying, from its first attempt.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The pauses before the second, third, ... attempt (endless; the
+    /// deadline, not a count, ends retrying).
+    pub fn pauses(&self) -> impl Iterator<Item = Duration> + Send + 'static {
+        use backon::BackoffBuilder;
+        // backon gives the doubling sequence; its own jitter adds up to a
+        // whole pause on top, which would break the documented maximum, so
+        // the jitter here takes away instead.
+        let nominal = backon::ExponentialBuilder::default()
+            .with_factor(2.0)
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .without_max_times()
+            .build();
+        nominal.map(|pause| pause.mul_f64(1.0 - rand::random::<f64>() * 0.2))
     }
 }
 

@@ -149,6 +149,23 @@ pub enum Error {
         last: String,
     },
 
+    /// An operation kept failing with errors that may go away by themselves
+    /// (a broker restarting, a leader moving, a coordinator loading) until
+    /// the client's retry deadline
+    /// ([`ClientConfig::retry_deadline`](crate::ClientConfig::retry_deadline)) passed.
+    /// `last` is the error of the last attempt.
+    #[error("{operation} gave up after {elapsed:?} and {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        /// What was being done, e.g. `Metadata` or `CreateTopics`.
+        operation: &'static str,
+        /// Wall-clock time from the first attempt until giving up.
+        elapsed: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<Error>,
+    },
+
     /// A broker connection failed while a request was outstanding.
     #[error("connection to broker {broker} lost: {reason}")]
     ConnectionLost {
@@ -284,7 +301,8 @@ impl Error {
             | Error::Unreachable { .. }
             | Error::ConnectionLost { .. }
             | Error::RequestTimeout { .. }
-            | Error::DeliveryTimeout { .. } => true,
+            | Error::DeliveryTimeout { .. }
+            | Error::RetriesExhausted { .. } => true,
             Error::Broker(b) => b.is_retriable(),
             Error::Client { retriable, .. } => *retriable,
             _ => false,
@@ -322,6 +340,17 @@ impl Error {
                 brokers: brokers.clone(),
                 elapsed: *elapsed,
                 last: last.clone(),
+            },
+            Error::RetriesExhausted {
+                operation,
+                elapsed,
+                attempts,
+                last,
+            } => Error::RetriesExhausted {
+                operation,
+                elapsed: *elapsed,
+                attempts: *attempts,
+                last: Box::new(last.duplicate()),
             },
             Error::ConnectionLost { broker, reason } => Error::ConnectionLost {
                 broker: broker.clone(),
@@ -408,10 +437,12 @@ impl Error {
         }
     }
 
-    /// The broker error code, if the broker answered with one.
+    /// The broker error code, if the broker answered with one (for
+    /// [`Error::RetriesExhausted`], the last attempt's).
     pub fn broker_code(&self) -> Option<i16> {
         match self {
             Error::Broker(b) => Some(b.code()),
+            Error::RetriesExhausted { last, .. } => last.broker_code(),
             _ => None,
         }
     }

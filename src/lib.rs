@@ -35,11 +35,12 @@ pub mod producer;
 pub mod protocol;
 pub mod reader;
 mod record;
+mod retry;
 pub mod security;
 
 pub use admin::Admin;
 pub use client::Client;
-pub use config::ClientConfig;
+pub use config::{ClientConfig, RetryPolicy};
 pub use error::{BrokerError, Error, Result};
 pub use producer::{
     Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,

@@ -64,25 +64,28 @@ async fn init_producer_id(client: &Client) -> Result<ProducerIdentity> {
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     cluster
-        .with_retries("InitProducerId", || async {
-            let conn = cluster.any_broker().await?;
-            let response = conn.request(&request).await?;
-            if response.error_code != 0 {
-                return Err(Error::from(BrokerError::new(
-                    conn.addr(),
-                    "InitProducerId",
-                    response.error_code,
-                    Some(
-                        "the idempotent producer needs a producer id; if the cluster \
+        .with_retries("InitProducerId", |left| {
+            let request = &request;
+            async move {
+                let conn = cluster.any_broker_within(left).await?;
+                let response = conn.request(request).await?;
+                if response.error_code != 0 {
+                    return Err(Error::from(BrokerError::new(
+                        conn.addr(),
+                        "InitProducerId",
+                        response.error_code,
+                        Some(
+                            "the idempotent producer needs a producer id; if the cluster \
                          refuses one, build the producer with .idempotent(false)"
-                            .into(),
-                    ),
-                )));
+                                .into(),
+                        ),
+                    )));
+                }
+                Ok(ProducerIdentity {
+                    id: response.producer_id.0,
+                    epoch: response.producer_epoch,
+                })
             }
-            Ok(ProducerIdentity {
-                id: response.producer_id.0,
-                epoch: response.producer_epoch,
-            })
         })
         .await
 }

@@ -3,12 +3,17 @@
 //! Connections are opened lazily and replaced when they fail. Metadata is
 //! cached per topic and refreshed on demand, for instance after a
 //! NOT_LEADER_OR_FOLLOWER or UNKNOWN_TOPIC_OR_PARTITION answer.
+//!
+//! Every method here makes one attempt and reports; the retrying happens in
+//! the callers' loops ([`crate::retry`], the producer's and fetchers'
+//! loops), so retries never nest and every deadline is one deadline.
+//! [`Cluster::refresh_metadata`] and [`Cluster::with_retries`] are the
+//! retrying entry points for operations that have no loop of their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
-
-use backon::Retryable;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
@@ -61,13 +66,24 @@ struct MetadataCache {
     topics: HashMap<String, Arc<TopicMetadata>>,
 }
 
+/// The pooled connection to one address. Its async lock is held while the
+/// connection is opened, so at most one connect per address runs at a time
+/// and the callers that need that broker wait for it, while callers of
+/// other brokers never do.
+type Slot = tokio::sync::Mutex<Option<Arc<BrokerConnection>>>;
+
 /// Shared cluster state for one client.
 #[derive(Debug)]
 pub(crate) struct Cluster {
     config: ClientConfig,
     settings: ConnectionSettings,
-    connections: tokio::sync::Mutex<HashMap<String, Arc<BrokerConnection>>>,
+    /// Pooled connections by `host:port`. The map's lock is held only to
+    /// find or add a slot, never across an `.await`.
+    pool: Mutex<HashMap<String, Arc<Slot>>>,
     metadata: RwLock<MetadataCache>,
+    /// Where [`Cluster::any_broker`] starts among its candidates; moved on
+    /// after a failure so a dead first entry does not cost every pass.
+    rotation: AtomicUsize,
 }
 
 impl Cluster {
@@ -81,8 +97,9 @@ impl Cluster {
         Ok(Self {
             config,
             settings,
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
             metadata: RwLock::new(MetadataCache::default()),
+            rotation: AtomicUsize::new(0),
         })
     }
 
@@ -92,14 +109,33 @@ impl Cluster {
 
     /// A live connection to `addr`, opened if needed.
     pub async fn connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
-        let mut conns = self.connections.lock().await;
-        if let Some(c) = conns.get(addr) {
+        self.connection_within(addr, self.settings.connect_timeout)
+            .await
+    }
+
+    /// A live connection to `addr`; opening one may take the connect
+    /// timeout or `within`, whichever is shorter.
+    pub async fn connection_within(
+        &self,
+        addr: &str,
+        within: Duration,
+    ) -> Result<Arc<BrokerConnection>> {
+        let slot = Arc::clone(
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(addr.to_string())
+                .or_default(),
+        );
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(Arc::clone(c));
             }
         }
-        let conn = Arc::new(BrokerConnection::connect(addr, self.settings.clone()).await?);
-        conns.insert(addr.to_string(), Arc::clone(&conn));
+        *slot = None;
+        let conn = Arc::new(BrokerConnection::connect(addr, self.settings.clone(), within).await?);
+        *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
 
@@ -111,17 +147,19 @@ impl Cluster {
     /// group member therefore talks to its coordinator on its own connection.
     pub async fn dedicated_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
         Ok(Arc::new(
-            BrokerConnection::connect(addr, self.settings.clone()).await?,
+            BrokerConnection::connect(addr, self.settings.clone(), self.settings.connect_timeout)
+                .await?,
         ))
     }
 
-    /// A live connection to the broker with node id `id`.
+    /// A live connection to the broker with node id `id` (one metadata
+    /// request if the id is not known yet).
     pub async fn broker(&self, id: i32) -> Result<Arc<BrokerConnection>> {
-        let addr = self.broker_addr(id);
-        let addr = match addr {
+        let addr = match self.broker_addr(id) {
             Some(a) => a,
             None => {
-                self.refresh_metadata(&[]).await?;
+                self.metadata_once(&[], self.settings.request_timeout)
+                    .await?;
                 self.broker_addr(id).ok_or_else(|| Error::Protocol {
                     broker: "cluster".into(),
                     reason: format!("metadata lists no broker with node id {id}"),
@@ -135,62 +173,99 @@ impl Cluster {
         self.read().brokers.get(&id).map(|b| b.addr.clone())
     }
 
-    /// Any reachable broker: a known broker first, then the bootstrap list,
-    /// retried with backoff until the retry deadline.
-    pub async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
-        {
-            let conns = self.connections.lock().await;
-            if let Some(c) = conns.values().find(|c| !c.is_closed()) {
-                return Ok(Arc::clone(c));
-            }
-        }
-        let started = Instant::now();
-        let attempt = || async {
-            let mut candidates: Vec<String> = self
-                .read()
-                .brokers
-                .values()
-                .map(|b| b.addr.clone())
-                .collect();
-            candidates.extend(self.config.bootstrap.iter().cloned());
-            let mut last = None;
-            for addr in &candidates {
-                match self.connection(addr).await {
-                    Ok(c) => return Ok(c),
-                    // Wrong credentials or certificates: trying again, or
-                    // another broker, will not help.
-                    Err(e) if !e.is_retriable() => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(broker = %addr, error = %e, "broker not reachable");
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| Error::Config("no bootstrap servers".into())))
-        };
-        attempt
-            .retry(self.config.backoff())
-            .when(Error::is_retriable)
-            .notify(
-                |e, delay| tracing::warn!(error = %e, "no broker reachable, retrying in {delay:?}"),
-            )
-            .await
-            .map_err(|last| {
-                if last.is_retriable() {
-                    Error::Unreachable {
-                        brokers: self.config.bootstrap.join(","),
-                        elapsed: started.elapsed(),
-                        last: last.to_string(),
-                    }
-                } else {
-                    last
-                }
-            })
+    /// Any open pooled connection, without waiting for a slot being opened.
+    fn any_open(&self) -> Option<Arc<BrokerConnection>> {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.values().find_map(|slot| {
+            let slot = slot.try_lock().ok()?;
+            slot.as_ref().filter(|c| !c.is_closed()).map(Arc::clone)
+        })
     }
 
-    /// Ask a broker for metadata of `topics` (all topics when empty) and
-    /// update the cache. Topics that do not exist are absent from the result.
+    /// Any reachable broker, within the connect timeout: an open connection
+    /// if there is one, else one pass over the known brokers and the
+    /// bootstrap list. No retries; see [`Cluster::any_broker_within`].
+    pub async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
+        self.any_broker_within(self.settings.connect_timeout).await
+    }
+
+    /// One pass over the candidates within `within`. Fails with
+    /// [`Error::Unreachable`] (retriable) when no candidate answered and at
+    /// least one failure may go away; with the failure itself when a
+    /// candidate refused us in a way no retry or other broker fixes (TLS,
+    /// authentication), or when every candidate answered with something
+    /// that is not Kafka.
+    pub async fn any_broker_within(&self, within: Duration) -> Result<Arc<BrokerConnection>> {
+        if let Some(c) = self.any_open() {
+            return Ok(c);
+        }
+        let started = Instant::now();
+        let mut candidates: Vec<String> = {
+            let cache = self.read();
+            let mut known: Vec<&BrokerInfo> = cache.brokers.values().collect();
+            known.sort_by_key(|b| b.id);
+            known.into_iter().map(|b| b.addr.clone()).collect()
+        };
+        for b in &self.config.bootstrap {
+            if !candidates.contains(b) {
+                candidates.push(b.clone());
+            }
+        }
+        if candidates.is_empty() {
+            return Err(Error::Config("no bootstrap servers".into()));
+        }
+        let start = self.rotation.load(Ordering::Relaxed) % candidates.len();
+        candidates.rotate_left(start);
+        let mut last: Option<Error> = None;
+        let mut may_recover = false;
+        for addr in &candidates {
+            let left = within.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                may_recover = true;
+                break;
+            }
+            match self.connection_within(addr, left).await {
+                Ok(c) => return Ok(c),
+                // Wrong credentials or certificates: trying again, or
+                // another broker, will not help.
+                Err(e @ (Error::Tls { .. } | Error::Authentication { .. } | Error::Config(_))) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::debug!(broker = %addr, error = %e, "broker not reachable");
+                    self.rotation.fetch_add(1, Ordering::Relaxed);
+                    may_recover |= e.is_retriable();
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) if !may_recover => Err(e),
+            last => Err(Error::Unreachable {
+                brokers: candidates.join(","),
+                elapsed: started.elapsed(),
+                last: last.map_or_else(
+                    || format!("no time left to try within {within:?}"),
+                    |e| e.to_string(),
+                ),
+            }),
+        }
+    }
+
+    /// Metadata of `topics` (all topics when empty), retried until the
+    /// retry deadline; updates the cache. Topics that do not exist are
+    /// absent from the result.
     pub async fn refresh_metadata(&self, topics: &[&str]) -> Result<Vec<Arc<TopicMetadata>>> {
+        self.with_retries("Metadata", |left| self.metadata_once(topics, left))
+            .await
+    }
+
+    /// One Metadata request to any broker, within `within`; updates the cache.
+    pub async fn metadata_once(
+        &self,
+        topics: &[&str],
+        within: Duration,
+    ) -> Result<Vec<Arc<TopicMetadata>>> {
         let request = MetadataRequest::default()
             .with_topics(if topics.is_empty() {
                 None
@@ -206,25 +281,20 @@ impl Cluster {
                 )
             })
             .with_allow_auto_topic_creation(false);
-        let response = self
-            .with_retries("Metadata", || async {
-                let conn = self.any_broker().await?;
-                let r = conn.request(&request).await;
-                if r.is_err() {
-                    // Drop the failed connection so the next attempt tries another broker.
-                    self.forget(conn.addr()).await;
-                }
-                r
-            })
+        let started = Instant::now();
+        let conn = self.any_broker_within(within).await?;
+        let left = within.saturating_sub(started.elapsed());
+        let version = conn.version_for::<MetadataRequest>()?;
+        let timeout = self
+            .settings
+            .request_timeout
+            .min(left.max(Duration::from_millis(1)));
+        // A failed request closes its connection (timeouts included), so the
+        // next attempt goes to another broker or a fresh connection.
+        let response = conn
+            .request_with_timeout(&request, version, timeout)
             .await?;
         Ok(self.apply(response))
-    }
-
-    async fn forget(&self, addr: &str) {
-        let mut conns = self.connections.lock().await;
-        if conns.get(addr).is_some_and(|c| c.is_closed()) {
-            conns.remove(addr);
-        }
     }
 
     fn apply(&self, response: MetadataResponse) -> Vec<Arc<TopicMetadata>> {
@@ -280,12 +350,18 @@ impl Cluster {
         out
     }
 
-    /// Cached metadata of a topic, fetched if missing. `Ok(None)` when the topic does not exist.
+    /// Cached metadata of a topic, fetched (one attempt) if missing.
+    /// `Ok(None)` when the topic does not exist.
     pub async fn topic(&self, topic: &str) -> Result<Option<Arc<TopicMetadata>>> {
         if let Some(t) = self.read().topics.get(topic) {
             return Ok(Some(Arc::clone(t)));
         }
-        let found = self.refresh_metadata(&[topic]).await?;
+        let found = self
+            .metadata_once(
+                &[topic],
+                self.settings.connect_timeout + self.settings.request_timeout,
+            )
+            .await?;
         Ok(found.into_iter().find(|t| t.name == topic))
     }
 
@@ -344,16 +420,54 @@ impl Cluster {
         self.metadata.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Run `op` until it succeeds, fails with a non-retriable error, or the
-    /// retry deadline passes.
-    pub async fn with_retries<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    /// Run `op` until it succeeds, fails with an error retrying cannot fix,
+    /// or the retry deadline passes ([`crate::retry::retry`]); `op` gets
+    /// the time left.
+    pub async fn with_retries<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        op.retry(self.config.backoff())
-            .when(Error::is_retriable)
-            .notify(|e, delay| tracing::debug!(error = %e, "{what} failed, retrying in {delay:?}"))
-            .await
+        crate::retry::retry(self.config.retry_policy(), what, op).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_peer;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_broker_that_does_not_answer_holds_up_only_its_own_callers() {
+        // A peer that accepts connections and never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_addr = silent.local_addr().expect("addr").to_string();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+                let _ = accepted_tx.send(());
+            }
+        });
+        let good = test_peer::start().await;
+        let cluster = Arc::new(
+            Cluster::new(ClientConfig::new(&good.addr).connect_timeout(Duration::from_secs(20)))
+                .expect("cluster"),
+        );
+        let stuck = tokio::spawn({
+            let cluster = Arc::clone(&cluster);
+            async move { cluster.connection(&silent_addr).await.map(|_| ()) }
+        });
+        accepted.recv().await.expect("the silent peer was reached");
+        // While that connect waits for its ApiVersions answer, another
+        // broker's connection opens at once.
+        cluster.connection(&good.addr).await.expect("good broker");
+        assert!(
+            !stuck.is_finished(),
+            "the silent broker's connect ended first: the pool serialised them"
+        );
+        stuck.abort();
     }
 }

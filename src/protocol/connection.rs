@@ -1,11 +1,22 @@
 //! One multiplexed TCP connection to one broker.
 //!
-//! Requests are framed (`i32` size prefix), tagged with a correlation id and
-//! written by the caller; a reader task matches each response to its waiting
-//! caller by correlation id, so many requests can be in flight at once on one
-//! socket, the way Kafka brokers expect clients to pipeline.
+//! Requests are framed (`i32` size prefix) and tagged with a correlation id
+//! by the caller, then handed to the connection's writer task, which writes
+//! whole frames in the order they were handed over; a reader task matches
+//! each response to its waiting caller by correlation id. So many requests
+//! can be in flight at once on one socket, the way Kafka brokers expect
+//! clients to pipeline, and a caller that gives up (a timeout, a `select!`)
+//! never leaves half a frame on the socket: the writer finishes or skips
+//! whole frames only, and the waiter of a cancelled request is removed when
+//! its future is dropped.
 //!
-//! On connect we run ApiVersions once and afterwards pick, per request, the
+//! A request that gets no answer within its timeout closes the connection
+//! (as the Java client does): a broker that stopped answering, or a peer
+//! that vanished without closing the socket, would otherwise hold every
+//! later request on it. Users of the pool then open a fresh one.
+//!
+//! Connecting (TCP, TLS, ApiVersions, SASL) runs under one deadline. On
+//! connect we run ApiVersions once and afterwards pick, per request, the
 //! highest version both sides support.
 
 use std::collections::HashMap;
@@ -20,7 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes, VersionRange};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::api::KafkaApi;
@@ -85,6 +96,10 @@ type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
 
+/// Requests waiting for their answers. Shared by the callers (insert on
+/// send, remove when they give up), the writer task (skips frames whose
+/// caller is gone) and the reader task (removes on answer); guarded by its
+/// own mutex, never held across an `.await`.
 #[derive(Default)]
 struct Pending {
     waiters: HashMap<i32, Waiter>,
@@ -92,15 +107,42 @@ struct Pending {
     closed: Option<String>,
 }
 
+/// A whole request frame on its way to the writer task.
+struct Outgoing {
+    correlation_id: i32,
+    frame: BytesMut,
+}
+
+/// Frames queued for the writer task per connection: enough to keep a
+/// pipeline full, bounded so a stalled socket pushes back on its callers.
+const WRITE_QUEUE: usize = 64;
+
 /// A connection to one broker with negotiated API versions.
 pub(crate) struct BrokerConnection {
     addr: String,
-    writer: tokio::sync::Mutex<WriteHalf>,
+    /// Frames for the writer task, in the order they reach the socket.
+    outgoing: mpsc::Sender<Outgoing>,
     pending: Arc<Mutex<Pending>>,
     next_correlation_id: AtomicI32,
     versions: HashMap<i16, VersionRange>,
     settings: ConnectionSettings,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+/// The waiter of one request, removed from [`Pending`] when the request's
+/// future is dropped before the answer came (a timeout, a `select!`), so
+/// abandoned requests leave nothing behind.
+struct Waiting {
+    pending: Arc<Mutex<Pending>>,
+    correlation_id: i32,
+    rx: oneshot::Receiver<Result<Bytes>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.pending).waiters.remove(&self.correlation_id);
+    }
 }
 
 impl std::fmt::Debug for BrokerConnection {
@@ -114,20 +156,27 @@ impl std::fmt::Debug for BrokerConnection {
 impl Drop for BrokerConnection {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
 impl BrokerConnection {
     /// Connect to `addr`, run the TLS handshake and negotiate API versions,
-    /// then authenticate with SASL, as the settings ask.
-    pub async fn connect(addr: &str, settings: ConnectionSettings) -> Result<Self> {
-        let timeout = settings.connect_timeout;
+    /// then authenticate with SASL, as the settings ask; all of it within
+    /// the connect timeout or `within`, whichever is shorter.
+    pub async fn connect(
+        addr: &str,
+        settings: ConnectionSettings,
+        within: Duration,
+    ) -> Result<Self> {
+        let timeout = settings.connect_timeout.min(within);
+        let deadline = tokio::time::Instant::now() + timeout;
         let security = Arc::clone(&settings.security);
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::Connect {
                 broker: addr.to_string(),
-                reason: format!("no answer within {timeout:?}"),
+                reason: format!("no TCP connection within {timeout:?}"),
             })?
             .map_err(|e| Error::Connect {
                 broker: addr.to_string(),
@@ -138,19 +187,23 @@ impl BrokerConnection {
             broker: addr.to_string(),
             reason: e.to_string(),
         })?;
-        let (read_half, write_half) = Self::secure(addr, stream, &security, timeout).await?;
+        let (read_half, write_half) =
+            Self::secure(addr, stream, &security, deadline, timeout).await?;
         let pending = Arc::new(Mutex::new(Pending::default()));
         let reader = tokio::spawn(read_loop(read_half, Arc::clone(&pending)));
+        let (outgoing, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(queue, write_half, Arc::clone(&pending)));
         let mut conn = BrokerConnection {
             addr: addr.to_string(),
-            writer: tokio::sync::Mutex::new(write_half),
+            outgoing,
             pending,
             next_correlation_id: AtomicI32::new(1),
             versions: HashMap::new(),
             settings,
             reader,
+            writer,
         };
-        let negotiated = tokio::time::timeout(timeout, conn.negotiate_versions()).await;
+        let negotiated = tokio::time::timeout_at(deadline, conn.negotiate_versions()).await;
         conn.versions = match negotiated {
             Ok(Ok(versions)) => versions,
             Ok(Err(e)) => return Err(conn.first_answer_failed(e, &security)),
@@ -165,12 +218,12 @@ impl BrokerConnection {
             }
         };
         if let Some(sasl) = &security.sasl {
-            tokio::time::timeout(timeout, super::sasl::authenticate(&conn, sasl))
+            tokio::time::timeout_at(deadline, super::sasl::authenticate(&conn, sasl))
                 .await
                 .map_err(|_| Error::Authentication {
                     broker: addr.to_string(),
                     mechanism: sasl.mechanism().name(),
-                    reason: format!("no answer within {timeout:?}"),
+                    reason: format!("no answer within {timeout:?} of connecting"),
                 })??;
         }
         Ok(conn)
@@ -181,11 +234,12 @@ impl BrokerConnection {
         addr: &str,
         stream: TcpStream,
         security: &SecurityContext,
+        deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<(ReadHalf, WriteHalf)> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &security.tls {
-            let tls_stream = tokio::time::timeout(timeout, tls.handshake(addr, stream))
+            let tls_stream = tokio::time::timeout_at(deadline, tls.handshake(addr, stream))
                 .await
                 .map_err(|_| Error::Tls {
                     broker: addr.to_string(),
@@ -194,7 +248,7 @@ impl BrokerConnection {
             let (r, w) = tokio::io::split(tls_stream);
             return Ok((Box::new(r), Box::new(w)));
         }
-        let _ = (addr, security, timeout);
+        let _ = (addr, security, deadline, timeout);
         let (r, w) = stream.into_split();
         Ok((Box::new(r), Box::new(w)))
     }
@@ -294,19 +348,21 @@ impl BrokerConnection {
     ) -> Result<R::Response> {
         let (correlation_id, frame) = self.encode_request(request, version)?;
         let answer = tokio::time::timeout(timeout, async {
-            let rx = self.write_frame(correlation_id, frame).await?;
-            self.await_frame(rx).await
+            let waiting = self.enqueue(correlation_id, frame).await?;
+            self.await_frame(waiting).await
         })
         .await;
-        let frame = self.within_timeout::<R>(answer, correlation_id, timeout)?;
+        let frame = self.within_timeout::<R>(answer, timeout)?;
         self.decode_response::<R>(frame, version)
     }
 
-    /// Write a request now, at the negotiated version, and return a future
-    /// of its answer. Requests written this way reach the broker in the
+    /// Queue a request now, at the negotiated version, and return a future
+    /// of its answer. Requests queued this way reach the broker in the
     /// order of the `send` calls, and the broker handles the requests of one
     /// connection in order, so a caller can keep several in flight (produce
-    /// pipelining) without reordering them.
+    /// pipelining) without reordering them. Dropping the returned future
+    /// abandons the answer; the request itself is still written whole, or
+    /// not at all if its turn had not come.
     pub async fn send<R>(
         self: &Arc<Self>,
         request: &R,
@@ -318,22 +374,15 @@ impl BrokerConnection {
         let version = self.version_for::<R>()?;
         let timeout = self.settings.request_timeout;
         let (correlation_id, frame) = self.encode_request(request, version)?;
-        let written = tokio::time::timeout(timeout, self.write_frame(correlation_id, frame)).await;
-        let rx = match written {
-            Ok(rx) => rx?,
-            Err(_) => {
-                lock(&self.pending).waiters.remove(&correlation_id);
-                return Err(Error::RequestTimeout {
-                    broker: self.addr.clone(),
-                    api: R::NAME,
-                    timeout,
-                });
-            }
+        let waiting = match tokio::time::timeout(timeout, self.enqueue(correlation_id, frame)).await
+        {
+            Ok(waiting) => waiting?,
+            Err(_) => return Err(self.timed_out::<R>(timeout)),
         };
         let conn = Arc::clone(self);
         Ok(async move {
-            let answer = tokio::time::timeout(timeout, conn.await_frame(rx)).await;
-            let frame = conn.within_timeout::<R>(answer, correlation_id, timeout)?;
+            let answer = tokio::time::timeout(timeout, conn.await_frame(waiting)).await;
+            let frame = conn.within_timeout::<R>(answer, timeout)?;
             conn.decode_response::<R>(frame, version)
         })
     }
@@ -397,12 +446,10 @@ impl BrokerConnection {
         Ok((correlation_id, frame))
     }
 
-    /// Register a waiter for `correlation_id` and write the frame.
-    async fn write_frame(
-        &self,
-        correlation_id: i32,
-        frame: BytesMut,
-    ) -> Result<oneshot::Receiver<Result<Bytes>>> {
+    /// Register a waiter for `correlation_id` and queue the frame for the
+    /// writer task. The waiter is removed again when the returned
+    /// [`Waiting`] is dropped without an answer.
+    async fn enqueue(&self, correlation_id: i32, frame: BytesMut) -> Result<Waiting> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -414,21 +461,30 @@ impl BrokerConnection {
             }
             pending.waiters.insert(correlation_id, tx);
         }
-        let mut writer = self.writer.lock().await;
-        if let Err(e) = writer.write_all(&frame).await {
-            let reason = format!("write failed: {e}");
-            fail_all(&self.pending, &reason);
+        let waiting = Waiting {
+            pending: Arc::clone(&self.pending),
+            correlation_id,
+            rx,
+        };
+        let queued = self.outgoing.send(Outgoing {
+            correlation_id,
+            frame,
+        });
+        if queued.await.is_err() {
             return Err(Error::ConnectionLost {
                 broker: self.addr.clone(),
-                reason,
+                reason: lock(&self.pending)
+                    .closed
+                    .clone()
+                    .unwrap_or_else(|| "connection closed".into()),
             });
         }
-        Ok(rx)
+        Ok(waiting)
     }
 
-    /// Wait for the response frame the reader task hands to `rx`.
-    async fn await_frame(&self, rx: oneshot::Receiver<Result<Bytes>>) -> Result<Bytes> {
-        match rx.await {
+    /// Wait for the response frame the reader task hands to `waiting`.
+    async fn await_frame(&self, mut waiting: Waiting) -> Result<Bytes> {
+        match (&mut waiting.rx).await {
             Ok(result) => result.map_err(|e| match e {
                 Error::ConnectionLost { reason, .. } => Error::ConnectionLost {
                     broker: self.addr.clone(),
@@ -443,23 +499,28 @@ impl BrokerConnection {
         }
     }
 
-    /// Turn an elapsed timeout into [`Error::RequestTimeout`], forgetting the waiter.
+    /// Turn an elapsed timeout into [`Error::RequestTimeout`]; the dropped
+    /// future has already removed its waiter.
     fn within_timeout<R: KafkaApi>(
         &self,
         answer: std::result::Result<Result<Bytes>, tokio::time::error::Elapsed>,
-        correlation_id: i32,
         timeout: Duration,
     ) -> Result<Bytes> {
-        match answer {
-            Ok(result) => result,
-            Err(_) => {
-                lock(&self.pending).waiters.remove(&correlation_id);
-                Err(Error::RequestTimeout {
-                    broker: self.addr.clone(),
-                    api: R::NAME,
-                    timeout,
-                })
-            }
+        answer.unwrap_or_else(|_| Err(self.timed_out::<R>(timeout)))
+    }
+
+    /// A request got no answer in time: the broker stopped answering this
+    /// connection, or the peer is gone without closing it. Close the
+    /// connection so nobody else waits on it.
+    fn timed_out<R: KafkaApi>(&self, timeout: Duration) -> Error {
+        let reason = format!("{} request got no answer within {timeout:?}", R::NAME);
+        fail_all(&self.pending, &reason);
+        self.reader.abort();
+        self.writer.abort();
+        Error::RequestTimeout {
+            broker: self.addr.clone(),
+            api: R::NAME,
+            timeout,
         }
     }
 
@@ -531,12 +592,11 @@ impl BrokerConnection {
         )?;
         let timeout = self.settings.request_timeout;
         let answer = tokio::time::timeout(timeout, async {
-            let rx = self.write_frame(correlation_id, frame).await?;
-            self.await_frame(rx).await
+            let waiting = self.enqueue(correlation_id, frame).await?;
+            self.await_frame(waiting).await
         })
         .await;
-        let mut frame =
-            self.within_timeout::<ApiVersionsRequest>(answer, correlation_id, timeout)?;
+        let mut frame = self.within_timeout::<ApiVersionsRequest>(answer, timeout)?;
         // ApiVersions responses always use header v0, whatever the version.
         ResponseHeader::decode(&mut frame, 0)
             .map_err(|e| self.protocol(format!("bad ApiVersions response header: {e}")))?;
@@ -585,6 +645,40 @@ fn read_failure(e: &std::io::Error) -> String {
         return format!("{TLS_PREFIX}{}", super::tls::describe(tls));
     }
     format!("read failed: {e}")
+}
+
+/// Writes queued frames whole, in queue order, and flushes when the queue
+/// runs dry. A frame whose caller gave up before its turn is skipped.
+async fn write_loop(
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut writer: WriteHalf,
+    pending: Arc<Mutex<Pending>>,
+) {
+    while let Some(out) = queue.recv().await {
+        let wanted = {
+            let p = lock(&pending);
+            if p.closed.is_some() {
+                break;
+            }
+            p.waiters.contains_key(&out.correlation_id)
+        };
+        if !wanted {
+            tracing::debug!(
+                correlation_id = out.correlation_id,
+                "request abandoned before it was written"
+            );
+            continue;
+        }
+        let mut written = writer.write_all(&out.frame).await;
+        if written.is_ok() && queue.is_empty() {
+            written = writer.flush().await;
+        }
+        if let Err(e) = written {
+            fail_all(&pending, &format!("write failed: {e}"));
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 async fn read_loop(mut reader: ReadHalf, pending: Arc<Mutex<Pending>>) {
@@ -686,7 +780,7 @@ mod tests {
     async fn a_tls_answer_to_plaintext_says_tls_is_needed() {
         // A TLS alert record starts 0x15 0x03 0x03.
         let addr = peer(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50], false).await;
-        let err = BrokerConnection::connect(&addr, settings())
+        let err = BrokerConnection::connect(&addr, settings(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Tls { .. }), "{err:?}");
@@ -697,7 +791,7 @@ mod tests {
     #[tokio::test]
     async fn implausible_frame_size_is_a_clear_error() {
         let addr = peer(&[0x7f, 0x00, 0x00, 0x00, 0x01], false).await;
-        let err = BrokerConnection::connect(&addr, settings())
+        let err = BrokerConnection::connect(&addr, settings(), Duration::from_secs(5))
             .await
             .unwrap_err();
         let msg = err.to_string();
@@ -707,7 +801,7 @@ mod tests {
     #[tokio::test]
     async fn peer_closing_is_connection_lost() {
         let addr = peer(b"", true).await;
-        let err = BrokerConnection::connect(&addr, settings())
+        let err = BrokerConnection::connect(&addr, settings(), Duration::from_secs(5))
             .await
             .unwrap_err();
         // Retriable (brokers restart), with a hint for the TLS-listener case.
@@ -719,7 +813,7 @@ mod tests {
     #[tokio::test]
     async fn silent_peer_times_out() {
         let addr = peer(b"", false).await;
-        let err = BrokerConnection::connect(&addr, settings())
+        let err = BrokerConnection::connect(&addr, settings(), Duration::from_secs(5))
             .await
             .unwrap_err();
         let msg = err.to_string();
@@ -734,12 +828,89 @@ mod tests {
         // A well-framed response with the right correlation id but a body
         // that is not an ApiVersions response.
         let addr = peer(&[0, 0, 0, 6, 0, 0, 0, 1, 0xff, 0xff], false).await;
-        let err = BrokerConnection::connect(&addr, settings())
+        let err = BrokerConnection::connect(&addr, settings(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(
             matches!(err, Error::Protocol { .. } | Error::Connect { .. }),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_never_leaves_part_of_a_frame() {
+        use crate::protocol::test_peer;
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{MetadataRequest, ProduceRequest, TopicName};
+
+        let mut peer = test_peer::start().await;
+        let conn = Arc::new(
+            BrokerConnection::connect(&peer.addr, settings(), Duration::from_secs(5))
+                .await
+                .expect("connect"),
+        );
+        // The peer stops reading, so a request bigger than the socket
+        // buffers cannot be written whole.
+        peer.reading.send(false).expect("peer");
+        let big = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(vec![0u8; 32 << 20])))])]);
+        let version = conn.version_for::<ProduceRequest>().expect("version");
+        tokio::select! {
+            _ = conn.request_with_timeout(&big, version, Duration::from_secs(60)) => {
+                panic!("the peer is not reading; the request cannot complete")
+            }
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        // The caller is gone: nothing waits for its answer any more.
+        assert!(lock(&conn.pending).waiters.is_empty());
+        assert!(
+            !conn.is_closed(),
+            "cancelling a request keeps the connection"
+        );
+        // Queued behind the cut-off produce request; its caller keeps
+        // waiting (a request abandoned before its turn is not written).
+        let _next = conn
+            .send(&MetadataRequest::default())
+            .await
+            .expect("queued");
+        peer.reading.send(true).expect("peer");
+        let produce = tokio::time::timeout(Duration::from_secs(30), peer.frames.recv())
+            .await
+            .expect("the cut-off request is finished whole")
+            .expect("produce frame");
+        assert_eq!(produce.api_key, 0);
+        assert!(produce.len > 32 << 20, "{produce:?}");
+        let metadata = tokio::time::timeout(Duration::from_secs(30), peer.frames.recv())
+            .await
+            .expect("the next frame arrives whole")
+            .expect("frame");
+        assert_eq!(metadata.api_key, 3, "{metadata:?}");
+        assert_eq!(metadata.correlation_id, produce.correlation_id + 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_timeout_closes_the_connection_and_forgets_its_waiters() {
+        use crate::protocol::test_peer;
+        use kafka_protocol::messages::MetadataRequest;
+
+        let peer = test_peer::start().await;
+        let conn = BrokerConnection::connect(&peer.addr, settings(), Duration::from_secs(5))
+            .await
+            .expect("connect");
+        // The peer reads but never answers anything but ApiVersions.
+        let err = conn
+            .request(&MetadataRequest::default())
+            .await
+            .expect_err("no answer");
+        assert!(matches!(err, Error::RequestTimeout { .. }), "{err:?}");
+        assert!(conn.is_closed());
+        assert!(lock(&conn.pending).waiters.is_empty());
+        let again = conn.request(&MetadataRequest::default()).await.unwrap_err();
+        assert!(matches!(again, Error::ConnectionLost { .. }), "{again:?}");
     }
 }

@@ -11,6 +11,8 @@ pub mod error_codes;
 pub(crate) mod records;
 pub(crate) mod sasl;
 pub(crate) mod scram;
+#[cfg(test)]
+pub(crate) mod test_peer;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
