@@ -6,27 +6,30 @@
 //! single node), run as a JVM process on loopback. Its jars are fetched once
 //! per machine from Maven Central with `mvn` into a cache directory outside
 //! the repository (`$KASTELLAN_CACHE_DIR`, else `$HOME/.cache/kastellan`).
+//! For replication, leader moves and failover, [`start_cluster`] runs three
+//! such nodes as one cluster (see [`Cluster`]).
 //!
 //! Environment variables:
 //! - `KAFKA_BOOTSTRAP=host:port`: use that broker for [`shared_bootstrap`]
-//!   instead of starting one.
+//!   instead of starting one. Dedicated brokers and clusters ignore it.
 //! - `KASTELLAN_KAFKA_VERSION`: Kafka version to fetch (default
 //!   [`KAFKA_VERSION`]).
 //! - `KASTELLAN_CACHE_DIR`: where fetched jars are kept.
-//! - `KASTELLAN_BROKER_START_TIMEOUT_SECS`: how long a broker may take to
-//!   become ready (default 90).
-//! - `KASTELLAN_BROKER_JVM_ARGS`: extra JVM flags for every broker started
-//!   here, split on whitespace, placed after the defaults so they win (for
-//!   example `-XX:TieredStopAtLevel=4` for full JIT in benchmarks).
+//! - `KASTELLAN_BROKER_START_TIMEOUT_SECS`: how long a broker, or the nodes
+//!   of a cluster started together, may take to become ready (default 90).
+//! - `KASTELLAN_BROKER_JVM_ARGS`: extra JVM flags for every broker and
+//!   cluster node started here, split on whitespace, placed after the
+//!   defaults so they win (for example `-XX:TieredStopAtLevel=4` for full
+//!   JIT in benchmarks).
 //! - `KASTELLAN_KAFKA_CDS=0`: do not build or use the class-data-sharing
 //!   archive that makes JVM starts faster.
 //! - `JAVA_HOME`: the JDK to use (else `java` from `PATH`); Java 17+.
 //!
-//! Brokers never outlive the process that started them: each JVM runs under
-//! a small `sh` supervisor that holds the read end of a pipe whose write end
-//! only this process has. When this process ends, however it ends, the pipe
-//! reaches end-of-file and the supervisor stops the JVM and deletes the
-//! broker's directory.
+//! Brokers never outlive the process that started them: each JVM (each
+//! cluster node too) runs under a small `sh` supervisor that holds the read
+//! end of a pipe whose write end only this process has. When this process
+//! ends, however it ends, the pipe reaches end-of-file and the supervisor
+//! stops the JVM and deletes the broker's directory.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -244,6 +247,19 @@ pub enum FixtureError {
     /// A once-per-process step (fetching Kafka) failed earlier in this
     /// process; the same error is returned again rather than retried.
     Cached(Arc<FixtureError>),
+    /// The cluster shared by this process (see [`shared_cluster`]) could
+    /// not be started; it is not retried within the process.
+    SharedCluster(Arc<FixtureError>),
+    /// A cluster did not reach a state (partitions in sync, a reassignment
+    /// complete) before the deadline.
+    ClusterTimeout {
+        /// The state waited for.
+        what: String,
+        /// How long it was given.
+        waited: Duration,
+        /// Why the last check failed.
+        last: String,
+    },
 }
 
 const EXTERNAL_HINT: &str =
@@ -345,6 +361,14 @@ impl fmt::Display for FixtureError {
                 write!(f, "cannot generate the test certificates with rcgen: {reason}")
             }
             FixtureError::Cached(inner) => inner.fmt(f),
+            FixtureError::SharedCluster(inner) => {
+                write!(f, "the shared Kafka cluster could not be started: {inner}")
+            }
+            FixtureError::ClusterTimeout { what, waited, last } => write!(
+                f,
+                "the Kafka cluster did not reach {what} within {waited:?}. On a slow or busy \
+                 machine give it longer.\n--- last check ---\n{last}"
+            ),
         }
     }
 }
@@ -355,7 +379,9 @@ impl std::error::Error for FixtureError {
             FixtureError::Io { source, .. }
             | FixtureError::JavaNotFound { source, .. }
             | FixtureError::MavenNotFound { source } => Some(source),
-            FixtureError::SharedBroker(inner) | FixtureError::Cached(inner) => Some(inner.as_ref()),
+            FixtureError::SharedBroker(inner)
+            | FixtureError::Cached(inner)
+            | FixtureError::SharedCluster(inner) => Some(inner.as_ref()),
             _ => None,
         }
     }
@@ -471,25 +497,44 @@ impl Broker {
     /// waits until it is gone. Its directories stay until the `Broker` is
     /// dropped.
     pub fn kill(&mut self) {
-        if self.jvm_exited() {
-            return;
-        }
-        if let Some(pid) = self.java_pid {
-            // SAFETY: plain syscall. The JVM has not exited (its supervisor
-            // records that), so its pid has not been reused.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+        if let Some(pid) = self.send_kill() {
             wait_until_gone(pid, Duration::from_secs(10));
-            self.jvm_dead = true;
         }
+    }
+
+    // Sends SIGKILL to the JVM if it runs and returns its pid, without
+    // waiting for it to go (so several brokers can be killed at once).
+    fn send_kill(&mut self) -> Option<i32> {
+        if self.jvm_exited() {
+            return None;
+        }
+        let pid = self.java_pid?;
+        // SAFETY: plain syscall. The JVM has not exited (its supervisor
+        // records that), so its pid has not been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        self.jvm_dead = true;
+        Some(pid)
     }
 
     /// Start the broker again on the same ports with the same data, as a
     /// restarted broker process would: first kills it with SIGKILL if it is
-    /// still running, then waits until it answers again. Clients see the
-    /// broker vanish and come back at the same address.
+    /// still running, then waits until it answers again and lists itself in
+    /// Metadata. Clients see the broker vanish and come back at the same
+    /// address.
     pub fn restart(&mut self) -> Result<(), FixtureError> {
+        let started = Instant::now();
+        self.prepare_restart();
+        self.spawn()?;
+        wait_until_ready(&mut [self], None)?;
+        self.startup = started.elapsed();
+        Ok(())
+    }
+
+    // Kills the JVM (if running) and its supervisor, keeping the directory,
+    // so that `spawn` can start the same broker again.
+    fn prepare_restart(&mut self) {
         self.kill();
         // The old supervisor must die without its clean-up: closing its
         // stdin would make it delete the directory the new JVM runs in.
@@ -509,10 +554,6 @@ impl Broker {
         }
         self.java_pid = None;
         self.jvm_dead = false;
-        let started = Instant::now();
-        self.spawn_and_wait()?;
-        self.startup = started.elapsed();
-        Ok(())
     }
 
     /// Whether the broker JVM is still running.
@@ -1307,6 +1348,687 @@ pub fn java_jaas_login(mechanism: &str, user: &SaslUser) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// A three-node cluster: replication, leader moves and failover.
+
+/// Number of nodes in a [`Cluster`]; their node ids are 1 to `CLUSTER_SIZE`.
+pub const CLUSTER_SIZE: usize = 3;
+/// `kafka-leader-election`: elect preferred (or unclean) leaders.
+pub const LEADER_ELECTION_COMMAND: &str = "org.apache.kafka.tools.LeaderElectionCommand";
+/// `kafka-reassign-partitions`: move partition replicas between brokers.
+pub const REASSIGN_PARTITIONS_COMMAND: &str =
+    "org.apache.kafka.tools.reassign.ReassignPartitionsCommand";
+
+// A cluster's settings on top of a single broker's: every partition on all
+// three nodes, and an acknowledged write on at least two.
+const CLUSTER_PROPERTIES: [(&str, &str); 7] = [
+    ("default.replication.factor", "3"),
+    ("min.insync.replicas", "2"),
+    ("offsets.topic.replication.factor", "3"),
+    ("transaction.state.log.replication.factor", "3"),
+    ("transaction.state.log.min.isr", "2"),
+    ("share.coordinator.state.topic.replication.factor", "3"),
+    ("share.coordinator.state.topic.min.isr", "2"),
+];
+// Three JVMs share the machine.
+const CLUSTER_NODE_HEAP: [&str; 2] = ["-Xms256m", "-Xmx512m"];
+// How long one Kafka tool run (describe, elect, reassign) may take.
+const CLUSTER_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to configure a cluster started with [`start_cluster`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra `server.properties` entries for every node. An entry whose key
+    /// the fixture also sets replaces the fixture's value (for example
+    /// `("min.insync.replicas", "1")`).
+    pub extra_properties: Vec<(String, String)>,
+    /// Extra JVM flags for every node, after the fixture's defaults.
+    pub jvm_args: Vec<String>,
+}
+
+impl ClusterOptions {
+    /// Adds (or overrides) one property on every node.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_properties.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Three Kafka nodes (KRaft, each a combined broker and controller, node ids
+/// 1, 2 and 3) on fresh loopback ports with fresh directories, started by
+/// [`start_cluster`] or shared by [`shared_cluster`].
+///
+/// The controllers form a static quorum (`controller.quorum.voters`, every
+/// node formatted with the same cluster id), so the cluster keeps working
+/// while any two nodes run. Topics get three replicas by default
+/// (`default.replication.factor=3`) and an `acks=all` write needs two of
+/// them (`min.insync.replicas=2`); the consumer-offsets and transaction-state
+/// topics are replicated the same way. Topics are not created automatically.
+///
+/// Nodes are killed and restarted one by one through [`Cluster::node`], or
+/// all together with [`Cluster::kill_all`] and [`Cluster::restart_all`]. The
+/// methods take `&self`, so a cluster shared by several tests can be driven
+/// from any of them; they block (use `spawn_blocking` in async code).
+/// Dropping the cluster stops every node and deletes its directories; like a
+/// single broker, no node outlives the process.
+///
+/// Kafka's own timings apply: the controllers fence a killed node, and move
+/// the leadership of its partitions to other replicas, once its broker
+/// session expires (`broker.session.timeout.ms`, 9 s by default); a
+/// restarted node is let back in only after the same time, so
+/// [`ClusterNode::restart`] takes about that long.
+///
+/// Helpers built on Kafka's own tools report what the cluster itself says,
+/// independently of kastellan: [`Cluster::describe_topic`],
+/// [`Cluster::partition_leader`], [`Cluster::group_coordinator`],
+/// [`Cluster::elect_preferred_leaders`], [`Cluster::reassign_partitions`],
+/// [`Cluster::wait_until_in_sync`]. Each runs a short JVM (about a second).
+#[derive(Debug)]
+pub struct Cluster {
+    nodes: Vec<ClusterNode>,
+    bootstrap: String,
+    cluster_id: String,
+    startup: Duration,
+    tool_files: AtomicU64,
+}
+
+/// One node of a [`Cluster`]: a combined broker and controller with a fixed
+/// node id and fixed addresses, which stay the same across restarts.
+#[derive(Debug)]
+pub struct ClusterNode {
+    id: i32,
+    address: String,
+    controller_address: String,
+    broker: std::sync::Mutex<Broker>,
+}
+
+impl ClusterNode {
+    /// The node id (`node.id`), 1 to [`CLUSTER_SIZE`].
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// Address "127.0.0.1:port" of the node's PLAINTEXT (client) listener.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Address "127.0.0.1:port" of the node's CONTROLLER listener.
+    pub fn controller_address(&self) -> &str {
+        &self.controller_address
+    }
+
+    fn broker(&self) -> std::sync::MutexGuard<'_, Broker> {
+        self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hard stop: kills the node's JVM with SIGKILL, as a crash would, and
+    /// waits until it is gone. Its data stays for [`ClusterNode::restart`].
+    pub fn kill(&self) {
+        self.broker().kill();
+    }
+
+    /// Starts the node again on the same ports with the same data (killing
+    /// it first if it runs) and waits until it answers and lists itself in
+    /// Metadata, that is until it has caught up with the cluster metadata
+    /// and is unfenced. It needs a controller quorum, so at least one other
+    /// node must be running; bring a stopped cluster back with
+    /// [`Cluster::restart_all`].
+    pub fn restart(&self) -> Result<(), FixtureError> {
+        self.broker().restart()
+    }
+
+    /// Whether the node's JVM is running.
+    pub fn is_running(&self) -> bool {
+        self.broker().is_running()
+    }
+
+    /// Process id of the node's JVM.
+    pub fn pid(&self) -> Option<u32> {
+        self.broker().pid()
+    }
+
+    /// The last `lines` lines of the node's log (WARN and above, plus
+    /// anything the JVM printed).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.broker().log_tail(lines)
+    }
+
+    /// The node's own directory (config, data, log); deleted when the
+    /// cluster stops.
+    pub fn dir(&self) -> PathBuf {
+        self.broker().dir().to_path_buf()
+    }
+}
+
+/// One partition as Kafka's `kafka-topics --describe` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Node id of the leader; `None` while the partition has none.
+    pub leader: Option<i32>,
+    /// Node ids of the replicas, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// Node ids of the in-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+impl Cluster {
+    /// Bootstrap list of all three nodes: "127.0.0.1:a,127.0.0.1:b,127.0.0.1:c",
+    /// in node id order.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The nodes, in node id order.
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
+    /// The node with node id `id`.
+    ///
+    /// # Panics
+    /// If `id` is not between 1 and [`CLUSTER_SIZE`].
+    pub fn node(&self, id: i32) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("the cluster has no node {id}; its node ids are 1 to 3"))
+    }
+
+    /// The KRaft cluster id every node was formatted with.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// How long the start took, from formatting storage to all nodes ready.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// Node ids of the nodes whose JVM runs.
+    pub fn running_nodes(&self) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Kills every node's JVM with SIGKILL at once, as a power cut would,
+    /// and waits until they are gone. Data stays for
+    /// [`Cluster::restart_all`].
+    pub fn kill_all(&self) {
+        let mut brokers: Vec<_> = self.nodes.iter().map(ClusterNode::broker).collect();
+        let pids: Vec<i32> = brokers.iter_mut().filter_map(|b| b.send_kill()).collect();
+        for pid in pids {
+            wait_until_gone(pid, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts every node again on the same ports with the same data, all at
+    /// once (killing those still running first), and waits until each
+    /// node's Metadata lists all three brokers.
+    pub fn restart_all(&self) -> Result<(), FixtureError> {
+        let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
+        self.restart_nodes(&ids)
+    }
+
+    /// Restarts the given nodes together (killing those still running
+    /// first) and waits until each of them lists all three brokers in its
+    /// Metadata. The nodes not named must be running.
+    pub fn restart_nodes(&self, ids: &[i32]) -> Result<(), FixtureError> {
+        let mut brokers: Vec<_> = ids.iter().map(|id| self.node(*id).broker()).collect();
+        let started = Instant::now();
+        for broker in brokers.iter_mut() {
+            broker.prepare_restart();
+        }
+        for broker in brokers.iter_mut() {
+            broker.spawn()?;
+        }
+        let ports: Vec<u16> = self.nodes.iter().map(|n| port_of(&n.address)).collect();
+        let mut refs: Vec<&mut Broker> = brokers.iter_mut().map(|b| &mut **b).collect();
+        wait_until_ready(&mut refs, Some(&ports))?;
+        for broker in refs {
+            broker.startup = started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Brings the cluster back to full health after a test that stopped
+    /// nodes: restarts every node that is not running, then waits (up to
+    /// `timeout`) until every partition of every topic has a leader and all
+    /// its replicas in sync, as `kafka-topics --describe` reports.
+    pub fn heal(&self, timeout: Duration) -> Result<(), FixtureError> {
+        let stopped: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.is_running())
+            .map(|n| n.id)
+            .collect();
+        if !stopped.is_empty() {
+            self.restart_nodes(&stopped)?;
+        }
+        self.wait_until_in_sync(None, timeout)
+    }
+
+    /// Waits, up to `timeout`, until every partition of `topic` (of every
+    /// topic when `None`; a cluster without topics is in sync) has a leader
+    /// and all its replicas in its ISR, as `kafka-topics --describe` reports.
+    pub fn wait_until_in_sync(
+        &self,
+        topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), FixtureError> {
+        let what = match topic {
+            Some(t) => format!("every partition of {t} in sync"),
+            None => "every partition of every topic in sync".to_string(),
+        };
+        self.wait_for(&what, timeout, || {
+            let states = self.describe_topics(topic)?;
+            let lagging: Vec<String> = states
+                .iter()
+                .filter(|p| p.leader.is_none() || p.isr.len() < p.replicas.len())
+                .map(|p| {
+                    format!(
+                        "{}-{} leader {:?} replicas {:?} isr {:?}",
+                        p.topic, p.partition, p.leader, p.replicas, p.isr
+                    )
+                })
+                .collect();
+            Ok(if !lagging.is_empty() {
+                Some(lagging.join("; "))
+            } else if states.is_empty() && topic.is_some() {
+                // A topic just created may not be listed yet; a cluster
+                // may have no topic at all.
+                Some("kafka-topics --describe listed no partition".to_string())
+            } else {
+                None
+            })
+        })
+    }
+
+    /// The partitions of `topic`, as Kafka's `kafka-topics --describe`
+    /// reports them (leader, replicas, ISR), by partition index.
+    pub fn describe_topic(&self, topic: &str) -> Result<Vec<PartitionState>, FixtureError> {
+        self.describe_topics(Some(topic))
+    }
+
+    fn describe_topics(&self, topic: Option<&str>) -> Result<Vec<PartitionState>, FixtureError> {
+        let mut args = vec!["--bootstrap-server", &self.bootstrap, "--describe"];
+        if let Some(topic) = topic {
+            args.extend(["--topic", topic]);
+        }
+        let out = run_kafka_class_checked(TOPICS_COMMAND, &args, CLUSTER_TOOL_TIMEOUT)?;
+        let mut states = parse_topic_description(&out);
+        states.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(states)
+    }
+
+    /// Node id of the leader of `topic`/`partition`, as Kafka's
+    /// `kafka-topics --describe` reports it; `None` while it has none.
+    pub fn partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i32>, FixtureError> {
+        let states = self.describe_topic(topic)?;
+        Ok(states
+            .iter()
+            .find(|p| p.partition == partition)
+            .and_then(|p| p.leader))
+    }
+
+    /// Node id of the coordinator of consumer group `group`, as Kafka's
+    /// `kafka-consumer-groups --describe --state` reports it; `None` if the
+    /// tool names none (for instance while the coordinator is moving).
+    pub fn group_coordinator(&self, group: &str) -> Result<Option<i32>, FixtureError> {
+        let out = run_kafka_class_checked(
+            CONSUMER_GROUPS,
+            &[
+                "--bootstrap-server",
+                &self.bootstrap,
+                "--describe",
+                "--state",
+                "--group",
+                group,
+            ],
+            CLUSTER_TOOL_TIMEOUT,
+        )?;
+        // GROUP COORDINATOR (ID) ASSIGNMENT-STRATEGY STATE #MEMBERS, with
+        // the coordinator written "host:port (id)".
+        Ok(out
+            .lines()
+            .filter(|line| line.split_whitespace().next() == Some(group))
+            .find_map(|line| {
+                let open = line.find('(')?;
+                let close = open + line[open..].find(')')?;
+                line[open + 1..close].trim().parse().ok()
+            }))
+    }
+
+    /// Runs Kafka's `kafka-leader-election --election-type PREFERRED` for
+    /// the given partitions: each moves its leadership to its preferred
+    /// replica (the first of its replica list) if that replica is in sync.
+    /// Returns the tool's output.
+    pub fn elect_preferred_leaders(
+        &self,
+        partitions: &[(&str, i32)],
+    ) -> Result<String, FixtureError> {
+        let entries: Vec<String> = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                format!(
+                    "{{\"topic\":\"{}\",\"partition\":{partition}}}",
+                    json_escape(topic)
+                )
+            })
+            .collect();
+        let file = self.tool_file(
+            "elect",
+            &format!("{{\"partitions\":[{}]}}", entries.join(",")),
+        )?;
+        let file = file.display().to_string();
+        run_kafka_class_checked(
+            LEADER_ELECTION_COMMAND,
+            &[
+                "--bootstrap-server",
+                &self.bootstrap,
+                "--election-type",
+                "PREFERRED",
+                "--path-to-json-file",
+                &file,
+            ],
+            CLUSTER_TOOL_TIMEOUT,
+        )
+    }
+
+    /// Moves partition replicas with Kafka's `kafka-reassign-partitions`:
+    /// each entry is (topic, partition, new replica list, preferred leader
+    /// first). Starts the reassignment with `--execute`, then runs
+    /// `--verify` until every move is complete, for at most `timeout`.
+    pub fn reassign_partitions(
+        &self,
+        moves: &[(&str, i32, Vec<i32>)],
+        timeout: Duration,
+    ) -> Result<(), FixtureError> {
+        let entries: Vec<String> = moves
+            .iter()
+            .map(|(topic, partition, replicas)| {
+                let replicas: Vec<String> = replicas.iter().map(|r| r.to_string()).collect();
+                format!(
+                    "{{\"topic\":\"{}\",\"partition\":{partition},\"replicas\":[{}]}}",
+                    json_escape(topic),
+                    replicas.join(",")
+                )
+            })
+            .collect();
+        let file = self.tool_file(
+            "reassign",
+            &format!("{{\"version\":1,\"partitions\":[{}]}}", entries.join(",")),
+        )?;
+        let file = file.display().to_string();
+        let run = |mode: &str| {
+            run_kafka_class_checked(
+                REASSIGN_PARTITIONS_COMMAND,
+                &[
+                    "--bootstrap-server",
+                    &self.bootstrap,
+                    mode,
+                    "--reassignment-json-file",
+                    &file,
+                ],
+                CLUSTER_TOOL_TIMEOUT,
+            )
+        };
+        run("--execute")?;
+        self.wait_for("the partition reassignment to complete", timeout, || {
+            let out = run("--verify")?;
+            let pending: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("Reassignment of partition") && !l.contains("is completed"))
+                .collect();
+            Ok(if pending.is_empty() && out.contains("is completed") {
+                None
+            } else {
+                Some(out.trim().to_string())
+            })
+        })
+    }
+
+    // Polls `check` (None: done; Some(why not)) about once a second until it
+    // is done or `timeout` passes.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<Option<String>, FixtureError>,
+    ) -> Result<(), FixtureError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match check() {
+                Ok(None) => return Ok(()),
+                Ok(Some(why)) => why,
+                // A tool may fail while leaders move; keep trying.
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(FixtureError::ClusterTimeout {
+                    what: what.to_string(),
+                    waited: timeout,
+                    last,
+                });
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    // Writes an input file for a Kafka tool into node 1's directory, which
+    // goes when the cluster goes.
+    fn tool_file(&self, kind: &str, contents: &str) -> Result<PathBuf, FixtureError> {
+        let n = self.tool_files.fetch_add(1, Ordering::Relaxed);
+        let path = self.nodes[0].dir().join(format!("{kind}-{n}.json"));
+        fs::write(&path, contents).map_err(io_error(format!("writing {}", path.display())))?;
+        Ok(path)
+    }
+}
+
+// Partition lines of `kafka-topics --describe`: tab-separated "Key: value"
+// fields (Topic, Partition, Leader, Replicas, Isr, ...).
+fn parse_topic_description(out: &str) -> Vec<PartitionState> {
+    let mut states = Vec::new();
+    for line in out.lines() {
+        let fields: Vec<(&str, &str)> = line
+            .split('\t')
+            .filter_map(|f| f.split_once(':'))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        let (Some(topic), Some(partition)) = (field("Topic"), field("Partition")) else {
+            continue;
+        };
+        let Ok(partition) = partition.parse() else {
+            continue;
+        };
+        let ids = |name: &str| -> Vec<i32> {
+            field(name)
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|id| id.trim().parse().ok())
+                .collect()
+        };
+        states.push(PartitionState {
+            topic: topic.to_string(),
+            partition,
+            // "none" (or -1) while there is no leader.
+            leader: field("Leader")
+                .and_then(|l| l.parse().ok())
+                .filter(|l: &i32| *l >= 0),
+            replicas: ids("Replicas"),
+            isr: ids("Isr"),
+        });
+    }
+    states
+}
+
+fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts a three-node cluster (see [`Cluster`]) on fresh ports with fresh
+/// directories: formats the nodes and starts their JVMs in parallel
+/// (`-Xmx512m` each), and waits until every node's Metadata lists all three
+/// brokers. Unlike [`shared_bootstrap`], it ignores `KAFKA_BOOTSTRAP`: the
+/// tests need nodes they can kill.
+pub fn start_cluster(opts: ClusterOptions) -> Result<Cluster, FixtureError> {
+    let home = kafka_home()?;
+    let cds = cds_archive(&home);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match launch_cluster(&opts, &home, cds_flag(&cds)) {
+            // Another process may take a port between our probe and a
+            // node's bind; fresh ports fix that.
+            Err(FixtureError::BrokerExited { log_tail, .. })
+                if attempt < 3 && log_tail.contains("Address already in use") => {}
+            result => return result,
+        }
+    }
+}
+
+/// The cluster shared by this process: started on first use (`OnceLock`)
+/// with [`start_cluster`] and stopped when the process exits. Tests that
+/// stop nodes should run one at a time and [`Cluster::heal`] it first.
+pub fn shared_cluster() -> Result<&'static Cluster, FixtureError> {
+    static SHARED: OnceLock<Result<Cluster, Arc<FixtureError>>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_cluster(ClusterOptions::default()).map_err(Arc::new)) {
+        Ok(cluster) => Ok(cluster),
+        Err(e) => Err(FixtureError::SharedCluster(Arc::clone(e))),
+    }
+}
+
+/// Same as [`shared_cluster`], but panics with the error's full message.
+pub fn cluster() -> &'static Cluster {
+    match shared_cluster() {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("no Kafka cluster for this test: {e}"),
+    }
+}
+
+fn launch_cluster(
+    opts: &ClusterOptions,
+    home: &Path,
+    cds: Cds<'_>,
+) -> Result<Cluster, FixtureError> {
+    let started = Instant::now();
+    let ports = free_ports(2 * CLUSTER_SIZE)?;
+    let mut brokers = Vec::with_capacity(CLUSTER_SIZE);
+    for node_ports in ports.chunks(2) {
+        // Each is a guard: a failure below deletes the directories made so far.
+        let mut broker = new_broker_dir()?;
+        broker.set_listeners(node_ports, &[]);
+        brokers.push(broker);
+    }
+    let voters: Vec<String> = ports
+        .chunks(2)
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p[1]))
+        .collect();
+    let voters = voters.join(",");
+    let cluster_id = random_cluster_id()?;
+    let properties: Vec<(String, String)> = CLUSTER_PROPERTIES
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(opts.extra_properties.iter().cloned())
+        .collect();
+    // Formatting runs a JVM per node: in parallel.
+    thread::scope(|scope| {
+        let jobs: Vec<_> = brokers
+            .iter_mut()
+            .zip(1..)
+            .map(|(broker, node_id)| {
+                let spec = NodeSpec {
+                    node_id,
+                    quorum: Quorum::Voters(&voters),
+                    heap: &CLUSTER_NODE_HEAP,
+                    properties: &properties,
+                    extra_listeners: &[],
+                    format_args: &[],
+                    jvm_args: &opts.jvm_args,
+                    cluster_id: &cluster_id,
+                };
+                scope.spawn(move || prepare_node(broker, &spec, home, cds))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|job| {
+                job.join().unwrap_or_else(|_| {
+                    Err(FixtureError::Io {
+                        action: "preparing a cluster node".to_string(),
+                        source: io::Error::other("the preparing thread panicked"),
+                    })
+                })
+            })
+            .collect::<Result<Vec<()>, FixtureError>>()
+    })?;
+    for broker in brokers.iter_mut() {
+        broker.spawn()?;
+    }
+    let node_ports: Vec<u16> = brokers.iter().map(Broker::port).collect();
+    {
+        let mut refs: Vec<&mut Broker> = brokers.iter_mut().collect();
+        wait_until_ready(&mut refs, Some(&node_ports))?;
+    }
+    let startup = started.elapsed();
+    let nodes: Vec<ClusterNode> = brokers
+        .into_iter()
+        .zip(1..)
+        .map(|(mut broker, id)| {
+            broker.startup = startup;
+            ClusterNode {
+                id,
+                address: broker.bootstrap.clone(),
+                controller_address: broker
+                    .listener_address("CONTROLLER")
+                    .unwrap_or_default()
+                    .to_string(),
+                broker: std::sync::Mutex::new(broker),
+            }
+        })
+        .collect();
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.address.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Cluster {
+        nodes,
+        bootstrap,
+        cluster_id,
+        startup,
+        tool_files: AtomicU64::new(0),
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Fetching the jars.
 
 fn cache_root() -> Result<PathBuf, FixtureError> {
@@ -1633,8 +2355,65 @@ fn brokers_parent() -> PathBuf {
     std::env::temp_dir().join("kastellan-kafka")
 }
 
+// How a node finds the KRaft controller quorum.
+#[derive(Clone, Copy)]
+enum Quorum<'a> {
+    // A single node that is its own quorum: formatted with `--standalone`
+    // and found through `controller.quorum.bootstrap.servers`.
+    Standalone,
+    // A static quorum: this `controller.quorum.voters` value on every node,
+    // every node formatted with the same cluster id.
+    Voters(&'a str),
+}
+
+// What makes one node: its id, its quorum, and the caller's settings.
+struct NodeSpec<'a> {
+    node_id: u32,
+    quorum: Quorum<'a>,
+    heap: &'a [&'a str],
+    // Applied in order over the fixture's defaults; a key set again
+    // replaces the earlier value.
+    properties: &'a [(String, String)],
+    extra_listeners: &'a [(String, String)],
+    format_args: &'a [String],
+    jvm_args: &'a [String],
+    cluster_id: &'a str,
+}
+
 fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, FixtureError> {
     let started = Instant::now();
+    // From here on a failure must delete the directory: the guard Broker
+    // does it when dropped.
+    let mut broker = new_broker_dir()?;
+    let ports = free_ports(2 + opts.extra_listeners.len())?;
+    broker.set_listeners(&ports, &opts.extra_listeners);
+    let cluster_id = random_cluster_id()?;
+    let spec = NodeSpec {
+        node_id: 1,
+        quorum: Quorum::Standalone,
+        heap: &BROKER_HEAP,
+        properties: &opts.extra_properties,
+        extra_listeners: &opts.extra_listeners,
+        format_args: &opts.format_args,
+        jvm_args: &opts.jvm_args,
+        cluster_id: &cluster_id,
+    };
+    prepare_node(&mut broker, &spec, home, cds)?;
+    broker.grace_secs = match cds {
+        // Writing the archive at exit takes a few seconds on 2 cores.
+        Cds::Dump(_) => 90,
+        _ => 10,
+    };
+    broker.spawn()?;
+    wait_until_ready(&mut [&mut broker], None)?;
+    broker.startup = started.elapsed();
+    Ok(broker)
+}
+
+// A fresh directory for one broker, holding the `owner` file by which a
+// later run recognises it as stale, wrapped in a `Broker` that is not
+// started yet: dropping it deletes the directory.
+fn new_broker_dir() -> Result<Broker, FixtureError> {
     let parent = brokers_parent();
     fs::create_dir_all(&parent).map_err(io_error(format!("creating {}", parent.display())))?;
     remove_stale_broker_dirs(&parent);
@@ -1665,11 +2444,10 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
             source: e,
         });
     }
-    // From here on a failure must delete `dir`: a guard Broker does it.
-    let mut broker = Broker {
+    Ok(Broker {
         bootstrap: String::new(),
         listeners: Vec::new(),
-        dir: dir.clone(),
+        dir,
         supervisor: None,
         stdin: None,
         java_pid: None,
@@ -1677,24 +2455,32 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
         startup: Duration::ZERO,
         java_cmd: Vec::new(),
         grace_secs: 10,
-    };
+    })
+}
 
-    let ports = free_ports(2 + opts.extra_listeners.len())?;
-    let address = |port: u16| format!("127.0.0.1:{port}");
-    broker.bootstrap = address(ports[0]);
-    broker.listeners = vec![
-        ("PLAINTEXT".to_string(), address(ports[0])),
-        ("CONTROLLER".to_string(), address(ports[1])),
-    ];
-    for ((name, _), port) in opts.extra_listeners.iter().zip(&ports[2..]) {
-        broker.listeners.push((name.clone(), address(*port)));
-    }
-
-    let data = dir.join("data");
-    let properties = server_properties(opts, &broker.listeners, &data);
-    let config = dir.join("server.properties");
+// Writes a node's server.properties, formats its storage and builds the
+// command that runs it (kept in `java_cmd` for `spawn`).
+fn prepare_node(
+    broker: &mut Broker,
+    spec: &NodeSpec<'_>,
+    home: &Path,
+    cds: Cds<'_>,
+) -> Result<(), FixtureError> {
+    let data = broker.dir.join("data");
+    let properties = server_properties(spec, &broker.listeners, &data);
+    let config = broker.dir.join("server.properties");
     fs::write(&config, properties).map_err(io_error(format!("writing {}", config.display())))?;
+    format_storage(home, cds, &config, spec)?;
+    broker.java_cmd = broker_command(home, cds, spec, &broker.dir, &config)?;
+    Ok(())
+}
 
+fn format_storage(
+    home: &Path,
+    cds: Cds<'_>,
+    config: &Path,
+    spec: &NodeSpec<'_>,
+) -> Result<(), FixtureError> {
     // Formatting runs a short JVM; it may use the sharing archive but never
     // writes one.
     let format_cds = match cds {
@@ -1706,42 +2492,47 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
         .args(jvm_args(home, format_cds))
         .arg(STORAGE_TOOL)
         .arg("format")
-        .arg(format!("--cluster-id={}", random_cluster_id()?))
+        .arg(format!("--cluster-id={}", spec.cluster_id))
         .arg("-c")
-        .arg(&config)
-        .arg("--standalone")
-        .args(&opts.format_args);
-    match run_bounded(&mut format, None, FORMAT_TIMEOUT) {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(FixtureError::ToolFailed {
-                main_class: format!("{STORAGE_TOOL} format"),
-                status: describe(out.status),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
-        }
-        Err(RunFailure::Spawn(source)) => return Err(java_not_found(source)),
-        Err(RunFailure::Wait(source)) => {
-            return Err(FixtureError::Io {
-                action: "waiting for the storage format tool".to_string(),
-                source,
-            })
-        }
-        Err(RunFailure::TimedOut { stdout, stderr }) => {
-            return Err(FixtureError::ToolTimedOut {
-                main_class: format!("{STORAGE_TOOL} format"),
-                timeout: FORMAT_TIMEOUT,
-                stdout,
-                stderr,
-            })
-        }
+        .arg(config);
+    if let Quorum::Standalone = spec.quorum {
+        format.arg("--standalone");
     }
+    format.args(spec.format_args);
+    match run_bounded(&mut format, None, FORMAT_TIMEOUT) {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(FixtureError::ToolFailed {
+            main_class: format!("{STORAGE_TOOL} format"),
+            status: describe(out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Err(RunFailure::Spawn(source)) => Err(java_not_found(source)),
+        Err(RunFailure::Wait(source)) => Err(FixtureError::Io {
+            action: "waiting for the storage format tool".to_string(),
+            source,
+        }),
+        Err(RunFailure::TimedOut { stdout, stderr }) => Err(FixtureError::ToolTimedOut {
+            main_class: format!("{STORAGE_TOOL} format"),
+            timeout: FORMAT_TIMEOUT,
+            stdout,
+            stderr,
+        }),
+    }
+}
 
+// The java command line of a broker JVM.
+fn broker_command(
+    home: &Path,
+    cds: Cds<'_>,
+    spec: &NodeSpec<'_>,
+    dir: &Path,
+    config: &Path,
+) -> Result<Vec<OsString>, FixtureError> {
     let mut java_cmd: Vec<OsString> = vec![java_program().into_os_string()];
-    java_cmd.extend(BROKER_HEAP.iter().map(OsString::from));
+    java_cmd.extend(spec.heap.iter().map(OsString::from));
     java_cmd.extend(jvm_args(home, cds));
-    java_cmd.extend(opts.jvm_args.iter().map(OsString::from));
+    java_cmd.extend(spec.jvm_args.iter().map(OsString::from));
     if let Ok(extra) = std::env::var("KASTELLAN_BROKER_JVM_ARGS") {
         java_cmd.extend(extra.split_whitespace().map(OsString::from));
     }
@@ -1749,32 +2540,38 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
     // directory and remove them only on a clean exit; keep them inside the
     // broker's directory, which goes when the broker goes.
     let jvm_tmp = dir.join("tmp");
-    std::fs::create_dir_all(&jvm_tmp)
-        .map_err(io_error(format!("creating {}", jvm_tmp.display())))?;
+    fs::create_dir_all(&jvm_tmp).map_err(io_error(format!("creating {}", jvm_tmp.display())))?;
     java_cmd.push(flag_with_path("-Djava.io.tmpdir=", &jvm_tmp));
     java_cmd.push(OsString::from(KAFKA_SERVER));
-    java_cmd.push(config.into_os_string());
-
-    broker.grace_secs = match cds {
-        // Writing the archive at exit takes a few seconds on 2 cores.
-        Cds::Dump(_) => 90,
-        _ => 10,
-    };
-    broker.java_cmd = java_cmd;
-    broker.spawn_and_wait()?;
-    broker.startup = started.elapsed();
-    Ok(broker)
+    java_cmd.push(config.as_os_str().to_owned());
+    Ok(java_cmd)
 }
 
 impl Broker {
-    // Starts the supervisor (and through it the JVM) and waits until the
-    // broker answers ApiVersions and lists itself in Metadata.
-    fn spawn_and_wait(&mut self) -> Result<(), FixtureError> {
-        let port: u16 = self
-            .bootstrap
+    // PLAINTEXT and CONTROLLER listeners on the first two ports, the extra
+    // listeners on the rest.
+    fn set_listeners(&mut self, ports: &[u16], extra: &[(String, String)]) {
+        let address = |port: u16| format!("127.0.0.1:{port}");
+        self.bootstrap = address(ports[0]);
+        self.listeners = vec![
+            ("PLAINTEXT".to_string(), address(ports[0])),
+            ("CONTROLLER".to_string(), address(ports[1])),
+        ];
+        for ((name, _), port) in extra.iter().zip(&ports[2..]) {
+            self.listeners.push((name.clone(), address(*port)));
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.bootstrap
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    // Starts the supervisor, and through it the JVM, without waiting for
+    // the broker to be ready (see `wait_until_ready`).
+    fn spawn(&mut self) -> Result<(), FixtureError> {
         let log_path = self.dir.join("broker.log");
         let log = OpenOptions::new()
             .create(true)
@@ -1804,36 +2601,50 @@ impl Broker {
             .map_err(io_error("starting the broker supervisor `sh`"))?;
         self.stdin = child.stdin.take();
         self.supervisor = Some(child);
+        Ok(())
+    }
+}
 
-        let timeout = start_timeout();
-        let deadline = Instant::now() + timeout;
-        let mut last_probe = String::from("not probed yet");
-        loop {
-            self.read_java_pid();
-            if let Some(status) = self.exit_status() {
+// Waits, up to the start timeout, until every node answers ApiVersions and
+// its Metadata lists the brokers on `listed` ports (`None`: itself). The
+// nodes start together, so a node that needs the others (a quorum of
+// controllers) is waited for alongside them; any node exiting ends the wait.
+fn wait_until_ready(nodes: &mut [&mut Broker], listed: Option<&[u16]>) -> Result<(), FixtureError> {
+    let timeout = start_timeout();
+    let deadline = Instant::now() + timeout;
+    let mut ready = vec![false; nodes.len()];
+    let mut last_probe = vec![String::from("not probed yet"); nodes.len()];
+    loop {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.read_java_pid();
+            if let Some(status) = node.exit_status() {
                 return Err(FixtureError::BrokerExited {
-                    bootstrap: self.bootstrap.clone(),
+                    bootstrap: node.bootstrap.clone(),
                     status,
-                    log_tail: self.failure_log(),
+                    log_tail: node.failure_log(),
                 });
             }
-            if self.java_pid.is_some() {
-                match probe_ready(port) {
-                    Ok(()) => break,
-                    Err(reason) => last_probe = reason,
+            if !ready[i] && node.java_pid.is_some() {
+                let port = node.port();
+                match probe_ready(port, listed.unwrap_or(&[port])) {
+                    Ok(()) => ready[i] = true,
+                    Err(reason) => last_probe[i] = reason,
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(FixtureError::BrokerStartTimeout {
-                    bootstrap: self.bootstrap.clone(),
-                    waited: timeout,
-                    last_probe,
-                    log_tail: self.failure_log(),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
         }
-        Ok(())
+        let Some(waiting) = ready.iter().position(|r| !r) else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            let node = &nodes[waiting];
+            return Err(FixtureError::BrokerStartTimeout {
+                bootstrap: node.bootstrap.clone(),
+                waited: timeout,
+                last_probe: last_probe[waiting].clone(),
+                log_tail: node.failure_log(),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1846,7 +2657,7 @@ fn start_timeout() -> Duration {
         .unwrap_or(DEFAULT_START_TIMEOUT)
 }
 
-fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data: &Path) -> String {
+fn server_properties(spec: &NodeSpec<'_>, listeners: &[(String, String)], data: &Path) -> String {
     let controller = &listeners[1].1;
     let listener_list = |names: &mut dyn Iterator<Item = &(String, String)>| {
         names
@@ -1859,13 +2670,17 @@ fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data:
         "CONTROLLER:PLAINTEXT".to_string(),
     ];
     protocol_map.extend(
-        opts.extra_listeners
+        spec.extra_listeners
             .iter()
             .map(|(name, protocol)| format!("{name}:{protocol}")),
     );
+    let quorum = match spec.quorum {
+        Quorum::Standalone => ("controller.quorum.bootstrap.servers", controller.clone()),
+        Quorum::Voters(voters) => ("controller.quorum.voters", voters.to_string()),
+    };
     let mut props: Vec<(String, String)> = [
         ("process.roles", "broker,controller".to_string()),
-        ("node.id", "1".to_string()),
+        ("node.id", spec.node_id.to_string()),
         ("listeners", listener_list(&mut listeners.iter())),
         (
             "advertised.listeners",
@@ -1874,7 +2689,7 @@ fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data:
         ("controller.listener.names", "CONTROLLER".to_string()),
         ("inter.broker.listener.name", "PLAINTEXT".to_string()),
         ("listener.security.protocol.map", protocol_map.join(",")),
-        ("controller.quorum.bootstrap.servers", controller.clone()),
+        quorum,
         ("log.dirs", data.display().to_string()),
         ("num.partitions", "1".to_string()),
         ("auto.create.topics.enable", "false".to_string()),
@@ -1890,7 +2705,7 @@ fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data:
         ("group.initial.rebalance.delay.ms", "0".to_string()),
         // Internal topics are created on first use, 50 partitions by
         // default: with 4 the first group join on a fresh broker is about
-        // 0.7 s faster. One broker coordinates every partition anyway.
+        // 0.7 s faster. Four still spread over the nodes of a cluster.
         ("offsets.topic.num.partitions", "4".to_string()),
         ("transaction.state.log.num.partitions", "4".to_string()),
         (
@@ -1901,7 +2716,7 @@ fn server_properties(opts: &BrokerOptions, listeners: &[(String, String)], data:
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    for (key, value) in &opts.extra_properties {
+    for (key, value) in spec.properties {
         match props.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = value.clone(),
             None => props.push((key.clone(), value.clone())),
@@ -1990,9 +2805,11 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Readiness: ApiVersions v0, then Metadata v4 listing this broker.
+// Readiness: ApiVersions v0, then Metadata v4 listing the expected brokers.
 
-fn probe_ready(port: u16) -> Result<(), String> {
+// Asks the broker on `port`; ready when its Metadata lists a broker on each
+// of the `listed` ports (the broker itself, or every node of a cluster).
+fn probe_ready(port: u16, listed: &[u16]) -> Result<(), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect to {addr}: {e}"))?;
@@ -2025,16 +2842,28 @@ fn probe_ready(port: u16) -> Result<(), String> {
     let body = exchange(&mut stream, METADATA, 4, 2, &[0, 0, 0, 0, 0])?;
     let mut r = Decoder::new(&body);
     let _throttle_ms = r.i32()?;
+    let mut ports = Vec::new();
     for _ in 0..r.i32()? {
         let _node_id = r.i32()?;
         let _host = r.string()?;
-        let broker_port = r.i32()?;
+        ports.push(r.i32()?);
         let _rack = r.string()?;
-        if broker_port == i32::from(port) {
-            return Ok(());
-        }
     }
-    Err("Metadata does not list the broker yet".to_string())
+    let missing: Vec<String> = listed
+        .iter()
+        .filter(|p| !ports.contains(&i32::from(**p)))
+        .map(|p| p.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else if listed == [port] {
+        Err("Metadata does not list the broker yet".to_string())
+    } else {
+        Err(format!(
+            "Metadata does not list the brokers on ports {} yet",
+            missing.join(", ")
+        ))
+    }
 }
 
 const API_VERSIONS: i16 = 18;
