@@ -365,7 +365,7 @@ impl PartitionWorker {
         let cluster = self.client.cluster();
         let written = async {
             let addr = cluster.leader_addr(&self.topic, self.partition).await?;
-            let conn = cluster.connection(&addr).await?;
+            let conn = cluster.produce_connection(&addr).await?;
             let answer = conn.send(request).await?;
             Ok::<_, Error>((addr, answer))
         }

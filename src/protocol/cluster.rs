@@ -72,14 +72,29 @@ struct MetadataCache {
 /// other brokers never do.
 type Slot = tokio::sync::Mutex<Option<Arc<BrokerConnection>>>;
 
+/// What a pooled connection carries. Brokers answer one connection's
+/// requests in order, and an acks=all Produce may wait for replicas for a
+/// long time (a follower that died stays in the in-sync set until the
+/// controller fences it); metadata and other short requests on the same
+/// connection would wait behind it, just when the producer needs fresh
+/// metadata to find the new leader. So produce requests get connections of
+/// their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// Metadata, admin, ListOffsets, InitProducerId: short requests.
+    Control,
+    /// Produce requests, pipelined.
+    Produce,
+}
+
 /// Shared cluster state for one client.
 #[derive(Debug)]
 pub(crate) struct Cluster {
     config: ClientConfig,
     settings: ConnectionSettings,
-    /// Pooled connections by `host:port`. The map's lock is held only to
-    /// find or add a slot, never across an `.await`.
-    pool: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Pooled connections by `host:port` and lane. The map's lock is held
+    /// only to find or add a slot, never across an `.await`.
+    pool: Mutex<HashMap<(String, Lane), Arc<Slot>>>,
     metadata: RwLock<MetadataCache>,
     /// Where [`Cluster::any_broker`] starts among its candidates; moved on
     /// after a failure so a dead first entry does not cost every pass.
@@ -107,24 +122,31 @@ impl Cluster {
         &self.config
     }
 
-    /// A live connection to `addr`, opened if needed.
+    /// A live connection to `addr` for short requests, opened if needed.
     pub async fn connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
-        self.connection_within(addr, self.settings.connect_timeout)
+        self.connection_within(addr, Lane::Control, self.settings.connect_timeout)
             .await
     }
 
-    /// A live connection to `addr`; opening one may take the connect
-    /// timeout or `within`, whichever is shorter.
+    /// A live connection to `addr` for produce requests (see [`Lane`]).
+    pub async fn produce_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+        self.connection_within(addr, Lane::Produce, self.settings.connect_timeout)
+            .await
+    }
+
+    /// A live connection to `addr` in `lane`; opening one may take the
+    /// connect timeout or `within`, whichever is shorter.
     pub async fn connection_within(
         &self,
         addr: &str,
+        lane: Lane,
         within: Duration,
     ) -> Result<Arc<BrokerConnection>> {
         let slot = Arc::clone(
             self.pool
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .entry(addr.to_string())
+                .entry((addr.to_string(), lane))
                 .or_default(),
         );
         let mut slot = slot.lock().await;
@@ -173,13 +195,16 @@ impl Cluster {
         self.read().brokers.get(&id).map(|b| b.addr.clone())
     }
 
-    /// Any open pooled connection, without waiting for a slot being opened.
+    /// Any open pooled connection for short requests, without waiting for
+    /// a slot being opened.
     fn any_open(&self) -> Option<Arc<BrokerConnection>> {
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.values().find_map(|slot| {
-            let slot = slot.try_lock().ok()?;
-            slot.as_ref().filter(|c| !c.is_closed()).map(Arc::clone)
-        })
+        pool.iter()
+            .filter(|((_, lane), _)| *lane == Lane::Control)
+            .find_map(|(_, slot)| {
+                let slot = slot.try_lock().ok()?;
+                slot.as_ref().filter(|c| !c.is_closed()).map(Arc::clone)
+            })
     }
 
     /// Any reachable broker, within the connect timeout: an open connection
@@ -224,7 +249,7 @@ impl Cluster {
                 may_recover = true;
                 break;
             }
-            match self.connection_within(addr, left).await {
+            match self.connection_within(addr, Lane::Control, left).await {
                 Ok(c) => return Ok(c),
                 // Wrong credentials or certificates: trying again, or
                 // another broker, will not help.
