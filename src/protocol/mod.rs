@@ -13,5 +13,6 @@ pub(crate) mod sasl;
 pub(crate) mod scram;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+pub(crate) mod validate;
 
 pub use cluster::{BrokerInfo, PartitionMetadata, TopicMetadata};
