@@ -264,3 +264,134 @@ async fn hostile_answers_end_in_errors_with_bounded_allocation() {
     );
 }
 
+/// Record batches from a fetch (decoded by our own decoder, reached through
+/// the fuzz entry points): huge record and header counts, varint lengths
+/// and compressed batches that claim or produce far more than they carry.
+#[cfg(feature = "unstable-fuzz")]
+#[test]
+fn hostile_record_batches_end_in_errors_with_bounded_allocation() {
+    use kastellan::__fuzz::record_batch_decode;
+
+    /// A v2 batch at `base` with `attributes`, a record count and a body.
+    fn batch(base: i64, attributes: i16, count: i32, body: &[u8]) -> Vec<u8> {
+        let mut after_crc = Vec::new();
+        after_crc.extend_from_slice(&attributes.to_be_bytes());
+        after_crc.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+        after_crc.extend_from_slice(&0i64.to_be_bytes());
+        after_crc.extend_from_slice(&0i64.to_be_bytes());
+        after_crc.extend_from_slice(&(-1i64).to_be_bytes());
+        after_crc.extend_from_slice(&(-1i16).to_be_bytes());
+        after_crc.extend_from_slice(&(-1i32).to_be_bytes());
+        after_crc.extend_from_slice(&count.to_be_bytes());
+        after_crc.extend_from_slice(body);
+        let mut out = Vec::new();
+        out.extend_from_slice(&base.to_be_bytes());
+        out.extend_from_slice(&((4 + 1 + 4 + after_crc.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.push(2);
+        out.extend_from_slice(&crc32c_of(&after_crc).to_be_bytes());
+        out.extend_from_slice(&after_crc);
+        out
+    }
+
+    /// CRC-32C (Castagnoli), bit by bit: small and independent.
+    fn crc32c_of(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82f6_3b78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    let huge_varint = [0xfe, 0xff, 0xff, 0xff, 0x0f]; // zig-zag i32::MAX
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    // A record count of i32::MAX over one tiny record.
+    cases.push((
+        "record count".into(),
+        batch(0, 0, i32::MAX, &[0x0e, 0, 0, 0, 1, 1, 0, 0]),
+    ));
+    // A record whose length, key length or header count is i32::MAX.
+    let mut body = huge_varint.to_vec();
+    body.extend_from_slice(&[0; 8]);
+    cases.push(("record length".into(), batch(0, 0, 1, &body)));
+    let mut body = vec![0x18, 0, 0, 0];
+    body.extend_from_slice(&huge_varint);
+    body.extend_from_slice(&[0; 4]);
+    cases.push(("key length".into(), batch(0, 0, 1, &body)));
+    let mut body = vec![0x18, 0, 0, 0, 1, 1];
+    body.extend_from_slice(&huge_varint);
+    body.extend_from_slice(&[0; 4]);
+    cases.push(("header count".into(), batch(0, 0, 1, &body)));
+    // A raw snappy block that claims u32::MAX bytes.
+    cases.push((
+        "snappy length".into(),
+        batch(0, 2, 1, &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x08, b'a', b'b']),
+    ));
+    // ... or 200 MiB (below the 256 MiB any batch may inflate to).
+    let mut body = Vec::new();
+    let mut n: u32 = 200 << 20;
+    while n >= 0x80 {
+        body.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    body.extend_from_slice(&[0x08, b'a', b'b']);
+    cases.push(("snappy 200 MiB".into(), batch(0, 2, 1, &body)));
+    // Zstd frames asking for a 1 GiB and a 96 MiB window (window
+    // descriptors: exponent 30; exponent 26 plus 4/8).
+    for window in [0xa0, 0x84] {
+        cases.push((
+            format!("zstd window {window:#x}"),
+            batch(
+                0,
+                4,
+                1,
+                &[0x28, 0xb5, 0x2f, 0xfd, 0x00, window, 0x01, 0x00, 0x00],
+            ),
+        ));
+    }
+    // An lz4 frame declaring a 4 MiB block size and a huge content size.
+    cases.push((
+        "lz4 frame".into(),
+        batch(
+            0,
+            3,
+            1,
+            &[
+                0x04, 0x22, 0x4d, 0x18, 0x68, 0x70, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                0x00,
+            ],
+        ),
+    ));
+    // Random bytes behind a valid batch header, per codec.
+    let mut rng = StdRng::seed_from_u64(0x7265_636f);
+    for codec in 0..5i16 {
+        for _ in 0..40 {
+            let body = random_body(&mut rng);
+            cases.push((format!("codec {codec} random"), batch(0, codec, 3, &body)));
+        }
+    }
+    for (what, data) in &cases {
+        let outcome = record_batch_decode(data, 0);
+        let largest = LARGEST.load(Ordering::Relaxed);
+        assert!(
+            largest <= ALLOCATION_BOUND,
+            "{what}: an allocation of {largest} bytes ({outcome:?})"
+        );
+        if !what.ends_with("random") {
+            assert!(outcome.is_err(), "{what}: {outcome:?}");
+        }
+    }
+    eprintln!(
+        "{} hostile record sets; largest single allocation {} bytes",
+        cases.len(),
+        LARGEST.load(Ordering::Relaxed)
+    );
+}

@@ -1131,4 +1131,47 @@ mod encode_tests {
         let e = decode_batches(Bytes::from(b), &Arc::from("t"), 0, 0).unwrap_err();
         assert!(matches!(e, BatchError::Corrupt { .. }), "{e}");
     }
+
+    /// Writes a seed corpus for the `record_batch_decode` fuzz target (see
+    /// fuzz/README.md): batches with every codec, several batches in a row
+    /// and a control batch, in the target's input layout.
+    #[test]
+    #[ignore = "writes fuzz seeds into the directory FUZZ_SEEDS names"]
+    fn write_record_batch_seeds() {
+        let Some(dir) = std::env::var_os("FUZZ_SEEDS").map(std::path::PathBuf::from) else {
+            return;
+        };
+        std::fs::create_dir_all(&dir).expect("seed directory");
+        let records: Vec<OutgoingRecord> = (0..3)
+            .map(|i| OutgoingRecord {
+                key: (i != 1).then(|| Bytes::from(format!("key-{i}"))),
+                value: Some(Bytes::from(vec![b'v'; 10 * i])),
+                headers: vec![("h".into(), Bytes::from_static(b"x"))],
+                timestamp: 1_700_000_000_000 + i as i64,
+            })
+            .collect();
+        let codecs = [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ];
+        let mut all = vec![0u8];
+        for (i, codec) in codecs.into_iter().enumerate() {
+            let batch = batch_at(10 * i as i64, &records, codec);
+            all.extend_from_slice(&batch);
+            let mut file = vec![0u8];
+            file.extend(batch);
+            std::fs::write(dir.join(format!("{codec:?}")), file).expect("seed written");
+        }
+        std::fs::write(dir.join("all-codecs"), all).expect("seed written");
+        let mut control = batch_at(60, &records[..1], Codec::None);
+        control[21..23].copy_from_slice(&0x20i16.to_be_bytes());
+        let crc = crc32c::crc32c(&control[21..]);
+        control[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut file = vec![0u8];
+        file.extend(control);
+        std::fs::write(dir.join("control"), file).expect("seed written");
+    }
 }

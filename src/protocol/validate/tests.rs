@@ -1032,3 +1032,34 @@ fn api_versions_falls_back_to_the_v0_layout_and_rejects_huge_counts() {
         "{e}"
     );
 }
+
+/// Writes a seed corpus for the `response_decode` fuzz target (see
+/// fuzz/README.md): one generated frame per API and version, in the
+/// target's input layout.
+#[test]
+#[ignore = "writes fuzz seeds into the directory FUZZ_SEEDS names"]
+fn write_response_seeds() {
+    let Some(dir) = std::env::var_os("FUZZ_SEEDS").map(std::path::PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).expect("seed directory");
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    for (i, schema) in SCHEMAS.iter().enumerate() {
+        let key = ApiKey::try_from(schema.api_key).expect("known key");
+        for v in schema.min_version..=schema.max_version {
+            let mut file = vec![i as u8, (v - schema.min_version) as u8];
+            file.extend_from_slice(&7i32.to_be_bytes());
+            if key.response_header_version(v) >= 1 {
+                file.push(0);
+            }
+            Generator {
+                rng: &mut rng,
+                version: v,
+                flexible: v >= schema.flexible_since,
+            }
+            .fields(schema.fields, &mut file);
+            let path = dir.join(format!("{}-v{v}", schema.name));
+            std::fs::write(path, file).expect("seed written");
+        }
+    }
+}
