@@ -560,7 +560,7 @@ pub(crate) fn decode_api_versions(
     version: i16,
 ) -> std::result::Result<ApiVersionsResponse, String> {
     const KEY: i16 = ApiKey::ApiVersions as i16;
-    validate::check_header(0, &frame).map_err(|e| e.to_string())?;
+    validate::check_header(KEY, version, 0, &frame).map_err(|e| e.to_string())?;
     ResponseHeader::decode(&mut frame, 0)
         .map_err(|e| format!("bad ApiVersions response header: {e}"))?;
     let decode = |v: i16| {

@@ -651,7 +651,7 @@ enum Step {
 /// Why a frame was rejected, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rejected {
-    /// The API (or "response header").
+    /// The API whose response it is.
     pub api: &'static str,
     /// The version the frame was checked at.
     pub version: i16,
@@ -967,9 +967,25 @@ pub(crate) fn check_body(
     check(schema, version, frame, start)
 }
 
-/// Check the response header at the start of `frame`; returns its length.
-pub(crate) fn check_header(header_version: i16, frame: &[u8]) -> Result<usize, Rejected> {
-    check(&RESPONSE_HEADER, header_version, frame, 0)
+/// Check the response header (at `header_version`) at the start of
+/// `frame`, the answer to an `api_key` request at `version`; returns the
+/// header's length. A rejection names the API and a path under `header`.
+pub(crate) fn check_header(
+    api_key: i16,
+    version: i16,
+    header_version: i16,
+    frame: &[u8],
+) -> Result<usize, Rejected> {
+    check(&RESPONSE_HEADER, header_version, frame, 0).map_err(|mut e| {
+        e.api = schema_for(api_key).map_or("unknown API", |s| s.name);
+        e.version = version;
+        e.path = if e.path.is_empty() {
+            "header".into()
+        } else {
+            format!("header.{}", e.path)
+        };
+        e
+    })
 }
 
 /// Check a whole response frame (after the size prefix): the header at
@@ -980,7 +996,7 @@ pub(crate) fn check_response(
     header_version: i16,
     frame: &[u8],
 ) -> Result<(), Rejected> {
-    let body = check_header(header_version, frame)?;
+    let body = check_header(api_key, version, header_version, frame)?;
     check_body(api_key, version, frame, body).map(drop)
 }
 

@@ -985,6 +985,19 @@ fn tagged_sections_must_fit() {
 }
 
 #[test]
+fn a_short_header_is_rejected_naming_the_api() {
+    let e = check_response(3, 12, 1, &[0, 0, 0]).unwrap_err();
+    assert_eq!(e.to_string(), "malformed Metadata v12 response at header.correlation_id (byte 0): needs 4 bytes, 3 remain");
+    // Header v1: correlation id, then tagged fields.
+    let e = check_response(3, 12, 1, &[0, 0, 0, 1, 5]).unwrap_err();
+    assert_eq!(e.path, "header.<tagged fields>");
+    assert_eq!(
+        check_response(3, 12, 1, &[0, 0, 0, 1, 0]).unwrap_err().path,
+        "throttle_time_ms"
+    );
+}
+
+#[test]
 fn varints_are_read_as_the_decoder_reads_them() {
     // A fifth byte with its high bit set still ends the varint.
     let mut w = Walk {
