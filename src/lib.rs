@@ -38,6 +38,12 @@ mod record;
 mod retry;
 pub mod security;
 
+/// Entry points for the fuzz targets; not part of the API (feature
+/// `unstable-fuzz`, no stability promise).
+#[cfg(feature = "unstable-fuzz")]
+#[doc(hidden)]
+pub mod __fuzz;
+
 pub use admin::Admin;
 pub use client::Client;
 pub use config::{ClientConfig, RetryPolicy};

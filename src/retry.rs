@@ -72,6 +72,10 @@ impl Attempts {
 /// the policy's deadline passes; then [`Error::RetriesExhausted`] carries
 /// the last error. `op` gets the time left, to bound its own waits by; an
 /// attempt still running at the deadline is cut off.
+///
+/// There is always a first attempt: with a retry deadline of zero (no
+/// retries) it runs to its own timeouts, and `op` is told it has
+/// unlimited time.
 pub(crate) async fn retry<T, F, Fut>(
     policy: RetryPolicy,
     operation: &'static str,
@@ -84,8 +88,13 @@ where
     let mut attempts = Attempts::new(policy);
     let mut last: Option<Error> = None;
     loop {
-        let left = attempts.remaining();
-        let error = match tokio::time::timeout(left, op(left)).await {
+        let outcome = if policy.deadline().is_zero() {
+            Ok(op(Duration::MAX).await)
+        } else {
+            let left = attempts.remaining();
+            tokio::time::timeout(left, op(left)).await
+        };
+        let error = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) if !e.is_retriable() => return Err(e),
             Ok(Err(e)) => e,
@@ -191,6 +200,23 @@ mod tests {
             err.to_string().contains("refused"),
             "the earlier cause is kept: {err}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_deadline_still_makes_one_whole_attempt() {
+        let calls = AtomicU32::new(0);
+        let err = retry(policy(0), "Test", |left| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                assert_eq!(left, Duration::MAX, "no deadline to bound the attempt");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Err::<(), _>(retriable())
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(err.to_string().contains("refused"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
     SyncGroupRequest,
 };
+use kafka_protocol::protocol::Request;
 
 /// A request type the wire layer can send.
 pub(crate) trait KafkaApi {
@@ -18,12 +19,25 @@ pub(crate) trait KafkaApi {
     const MAX_VERSION: i16;
 }
 
+/// Something done once per API of the wire layer ([`for_each_api`]).
+#[cfg_attr(not(any(test, feature = "unstable-fuzz")), allow(dead_code))]
+pub(crate) trait ApiVisitor {
+    /// Called with each request type in turn.
+    fn visit<R: Request + KafkaApi>(&mut self);
+}
+
 macro_rules! kafka_api {
     ($($request:ty => $name:literal, $max:literal;)*) => {
         $(impl KafkaApi for $request {
             const NAME: &'static str = $name;
             const MAX_VERSION: i16 = $max;
         })*
+
+        /// Call `visitor` with every API the wire layer speaks.
+        #[cfg_attr(not(any(test, feature = "unstable-fuzz")), allow(dead_code))]
+        pub(crate) fn for_each_api(visitor: &mut impl ApiVisitor) {
+            $(visitor.visit::<$request>();)*
+        }
     };
 }
 

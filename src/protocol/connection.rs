@@ -36,11 +36,16 @@ use tokio::task::JoinHandle;
 
 use super::api::KafkaApi;
 use super::error_codes::UNSUPPORTED_VERSION;
+use super::validate;
 use crate::error::{BrokerError, Error, Result};
 
 /// Largest response frame we accept. Anything bigger is a corrupt stream or
 /// not Kafka at all (for example a TLS alert or an HTTP server).
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+
+/// What a response buffer starts with: most answers fit; larger ones grow
+/// as their bytes arrive.
+const FIRST_READ_BYTES: usize = 1024 * 1024;
 
 /// Settings a connection needs.
 #[derive(Debug, Clone)]
@@ -526,19 +531,10 @@ impl BrokerConnection {
 
     fn decode_response<R: Request + KafkaApi>(
         &self,
-        mut frame: Bytes,
+        frame: Bytes,
         version: i16,
     ) -> Result<R::Response> {
-        let api_key = ApiKey::try_from(R::KEY).map_err(|_| self.protocol("unknown API key"))?;
-        // The correlation id was matched by the reader task; skip the header.
-        ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
-            .map_err(|e| self.protocol(format!("bad {} response header: {e}", R::NAME)))?;
-        R::Response::decode(&mut frame, version).map_err(|e| {
-            self.protocol(format!(
-                "cannot decode {} v{version} response: {e}",
-                R::NAME
-            ))
-        })
+        decode_frame::<R>(frame, version).map_err(|e| self.protocol(e))
     }
 
     /// ApiVersions: try the newest version we know; a broker that does not
@@ -596,17 +592,51 @@ impl BrokerConnection {
             self.await_frame(waiting).await
         })
         .await;
-        let mut frame = self.within_timeout::<ApiVersionsRequest>(answer, timeout)?;
-        // ApiVersions responses always use header v0, whatever the version.
-        ResponseHeader::decode(&mut frame, 0)
-            .map_err(|e| self.protocol(format!("bad ApiVersions response header: {e}")))?;
-        match ApiVersionsResponse::decode(&mut frame.clone(), version) {
-            Ok(r) => Ok(r),
-            // An old broker answers a too-new request in the v0 layout.
-            Err(_) if version > 0 => ApiVersionsResponse::decode(&mut frame, 0)
-                .map_err(|e| self.protocol(format!("cannot decode ApiVersions: {e}"))),
-            Err(e) => Err(self.protocol(format!("cannot decode ApiVersions: {e}"))),
-        }
+        let frame = self.within_timeout::<ApiVersionsRequest>(answer, timeout)?;
+        decode_api_versions(frame, version).map_err(|e| self.protocol(e))
+    }
+}
+
+/// Decode the frame (after its size prefix) that answers an `R` request
+/// sent at `version`. The frame is checked against the response's schema
+/// first, so no length field can make the decoder allocate more than the
+/// frame's size warrants (see [`validate`]); then `kafka-protocol` decodes it.
+pub(crate) fn decode_frame<R: Request + KafkaApi>(
+    mut frame: Bytes,
+    version: i16,
+) -> std::result::Result<R::Response, String> {
+    let api_key = ApiKey::try_from(R::KEY).map_err(|_| format!("unknown API key {}", R::KEY))?;
+    let header_version = api_key.response_header_version(version);
+    validate::check_response(R::KEY, version, header_version, &frame).map_err(|e| e.to_string())?;
+    // The correlation id was matched by the reader task; skip the header.
+    ResponseHeader::decode(&mut frame, header_version)
+        .map_err(|e| format!("bad {} response header: {e}", R::NAME))?;
+    R::Response::decode(&mut frame, version)
+        .map_err(|e| format!("cannot decode {} v{version} response: {e}", R::NAME))
+}
+
+/// Decode an ApiVersions answer to a request sent at `version`, checked
+/// like every other frame ([`decode_frame`]). ApiVersions responses always
+/// use header v0; a broker that does not know `version` answers in the v0
+/// layout (KIP-511), so a frame that is not a valid `version` answer is
+/// tried as v0.
+pub(crate) fn decode_api_versions(
+    mut frame: Bytes,
+    version: i16,
+) -> std::result::Result<ApiVersionsResponse, String> {
+    const KEY: i16 = ApiKey::ApiVersions as i16;
+    validate::check_header(KEY, version, 0, &frame).map_err(|e| e.to_string())?;
+    ResponseHeader::decode(&mut frame, 0)
+        .map_err(|e| format!("bad ApiVersions response header: {e}"))?;
+    let decode = |v: i16| {
+        validate::check_body(KEY, v, &frame, 0).map_err(|e| e.to_string())?;
+        ApiVersionsResponse::decode(&mut frame.clone(), v)
+            .map_err(|e| format!("cannot decode ApiVersions: {e}"))
+    };
+    match decode(version) {
+        Ok(r) => Ok(r),
+        Err(_) if version > 0 => decode(0),
+        Err(e) => Err(e),
     }
 }
 
@@ -707,10 +737,16 @@ async fn read_loop(mut reader: ReadHalf, pending: Arc<Mutex<Pending>>) {
                 )
             }
         };
-        // Read into spare capacity: no zero-filling of large fetch responses.
-        let mut buf = BytesMut::with_capacity(size);
+        // Read into spare capacity: no zero-filling of large fetch
+        // responses. The buffer grows with the bytes that arrive (doubling,
+        // from 1 MiB), so a size prefix alone never sizes an allocation: a
+        // peer that announces 256 MiB and sends 10 bytes costs 1 MiB.
+        let mut buf = BytesMut::with_capacity(size.min(FIRST_READ_BYTES));
         let mut failed = None;
         while buf.len() < size {
+            if buf.len() == buf.capacity() {
+                buf.reserve((size - buf.len()).min(buf.len()));
+            }
             match (&mut reader)
                 .take((size - buf.len()) as u64)
                 .read_buf(&mut buf)

@@ -15,5 +15,6 @@ pub(crate) mod scram;
 pub(crate) mod test_peer;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+pub(crate) mod validate;
 
 pub use cluster::{BrokerInfo, PartitionMetadata, TopicMetadata};

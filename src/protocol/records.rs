@@ -5,6 +5,24 @@
 //! sliced the same way. Every length is checked against the bytes that are
 //! really there, so a corrupt or hostile response yields an error, never a
 //! panic or a huge allocation.
+//!
+//! # Memory
+//!
+//! Nothing is allocated from a count or length on the wire alone. Record and
+//! header counts only size a reservation when the bytes to back it are there
+//! (a record takes at least 7 bytes, a header 2). What one [`decode_batches`]
+//! call may spend on decompressed data and on decoded records together is
+//! its budget: [`BUDGET_RATIO`] times the record bytes it was given, at least
+//! [`MIN_BUDGET`] and at most [`MAX_BUDGET`] (so 64 MiB for the default
+//! 1 MiB partition fetch). Decompressors write into a buffer that never
+//! grows past what is left of the budget, and zstd frames may not ask for a
+//! window larger than that either. When the budget runs out after some
+//! progress, decoding stops there and [`Decoded::next_offset`] points at the
+//! first record not returned, so the next fetch continues where this one
+//! stopped: a highly compressed partition is read in several steps rather
+//! than refused. Only a single batch that on its own needs more than the
+//! budget (a decompression bomb, or a zstd window over the budget) is an
+//! error.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -32,6 +50,15 @@ pub enum BatchError {
         /// What is not supported.
         reason: String,
     },
+    /// Decoding the batch would take more memory than the fetch's budget
+    /// (see the module docs).
+    #[error("record batch at offset {offset} is too large to decode: {reason}")]
+    TooLarge {
+        /// Base offset of the batch.
+        offset: i64,
+        /// How large, against which limit.
+        reason: String,
+    },
 }
 
 /// Batch header size up to and including the record count.
@@ -39,23 +66,102 @@ const BATCH_HEADER: usize = 61;
 /// `baseOffset` + `batchLength`: the part before `batchLength` counts.
 const LOG_OVERHEAD: usize = 12;
 
+/// The budget of a [`decode_batches`] call, as a multiple of its input.
+pub(crate) const BUDGET_RATIO: usize = 64;
+/// The smallest budget of a [`decode_batches`] call.
+pub(crate) const MIN_BUDGET: usize = 32 * 1024 * 1024;
+/// The largest budget of a [`decode_batches`] call.
+pub(crate) const MAX_BUDGET: usize = 256 * 1024 * 1024;
+
+/// Memory charged for one decoded record besides its headers.
+const RECORD_COST: usize = std::mem::size_of::<Record>();
+/// Memory charged for one decoded header besides its name (names are
+/// copied and charged too; keys, values and header values are slices).
+const HEADER_COST: usize = std::mem::size_of::<Header>();
+/// The fewest bytes a record takes: length, attributes, timestamp delta,
+/// offset delta, key length, value length and header count, one byte each.
+const MIN_RECORD: usize = 7;
+/// Raw snappy cannot expand more than about 21 times (a three-byte copy
+/// yields at most 64 bytes); a block claiming more is corrupt.
+const SNAPPY_MAX_RATIO: usize = 32;
+
+/// What a [`decode_batches`] call may still spend (see the module docs).
+#[derive(Debug)]
+struct Budget {
+    total: usize,
+    left: usize,
+    input: usize,
+}
+
+impl Budget {
+    fn for_input(input: usize) -> Self {
+        let total = input
+            .saturating_mul(BUDGET_RATIO)
+            .clamp(MIN_BUDGET, MAX_BUDGET);
+        Self {
+            total,
+            left: total,
+            input,
+        }
+    }
+
+    /// Take `n` bytes if that many are left.
+    fn take(&mut self, n: usize) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the limit is {} bytes for {} bytes of fetched records",
+            self.total, self.input
+        )
+    }
+}
+
 /// What one call to [`decode_batches`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Decoded {
     /// Records at or after the requested offset, in offset order.
     pub records: Vec<Record>,
     /// The offset to fetch next: one past the last complete batch seen
-    /// (including control batches and records below the requested offset).
+    /// (including control batches and records below the requested offset),
+    /// or, when the budget ran out (see the module docs), the first record
+    /// not returned.
     pub next_offset: Option<i64>,
+}
+
+/// Whether decoding goes on after a batch.
+enum Flow {
+    Continue,
+    /// The budget is spent; `next_offset` says where to continue.
+    Stop,
 }
 
 /// Decode every complete batch in `data`, keeping records with offset >= `from`.
 /// A truncated batch at the end (the broker cuts at the size limit) is ignored.
 pub(crate) fn decode_batches(
+    data: Bytes,
+    topic: &Arc<str>,
+    partition: i32,
+    from: i64,
+) -> Result<Decoded, BatchError> {
+    let budget = Budget::for_input(data.len());
+    decode_within(data, topic, partition, from, budget)
+}
+
+/// [`decode_batches`] with an explicit budget.
+fn decode_within(
     mut data: Bytes,
     topic: &Arc<str>,
     partition: i32,
     from: i64,
+    mut budget: Budget,
 ) -> Result<Decoded, BatchError> {
     let mut out = Decoded::default();
     while data.len() >= LOG_OVERHEAD {
@@ -71,18 +177,53 @@ pub(crate) fn decode_batches(
             break; // partial batch at the end of the response
         }
         let batch = data.split_to(LOG_OVERHEAD + batch_length);
-        decode_batch(batch, topic, partition, from, &mut out)?;
+        let at = Position {
+            topic,
+            partition,
+            from,
+        };
+        if let Flow::Stop = decode_batch(batch, at, &mut out, &mut budget)? {
+            break;
+        }
     }
     Ok(out)
 }
 
-fn decode_batch(
-    batch: Bytes,
-    topic: &Arc<str>,
+/// Where decoded records go and which of them are wanted.
+#[derive(Clone, Copy)]
+struct Position<'a> {
+    topic: &'a Arc<str>,
     partition: i32,
     from: i64,
+}
+
+/// Stop for the budget at `next` if that is progress past `from`; otherwise
+/// the batch alone is too large, an error.
+fn stop_or_fail(
     out: &mut Decoded,
-) -> Result<(), BatchError> {
+    next: Option<i64>,
+    from: i64,
+    base_offset: i64,
+    reason: String,
+) -> Result<Flow, BatchError> {
+    match next {
+        Some(next) if next > from => {
+            out.next_offset = Some(next);
+            Ok(Flow::Stop)
+        }
+        _ => Err(BatchError::TooLarge {
+            offset: base_offset,
+            reason,
+        }),
+    }
+}
+
+fn decode_batch(
+    batch: Bytes,
+    at: Position<'_>,
+    out: &mut Decoded,
+    budget: &mut Budget,
+) -> Result<Flow, BatchError> {
     let base_offset = i64::from_be_bytes(take8(&batch, 0));
     if batch.len() < 17 {
         return Err(corrupt(base_offset, "batch shorter than its header".into()));
@@ -107,23 +248,47 @@ fn decode_batch(
     let max_timestamp = i64::from_be_bytes(take8(&batch, 35));
     let count = i32::from_be_bytes(take4(&batch, 57));
     let last_offset = base_offset.saturating_add(i64::from(last_offset_delta));
-    out.next_offset = Some(last_offset.saturating_add(1));
+    let batch_end = last_offset.saturating_add(1);
 
     let control = attributes & 0x20 != 0;
-    if control || last_offset < from {
-        return Ok(()); // transaction markers; or records already read
+    if control || last_offset < at.from {
+        // Transaction markers; or records already read.
+        out.next_offset = Some(batch_end);
+        return Ok(Flow::Continue);
     }
     let log_append_time = attributes & 0x08 != 0;
     let body = batch.slice(BATCH_HEADER..);
-    let mut records = match attributes & 0x07 {
-        0 => body,
-        1 => inflate(base_offset, flate2::read::GzDecoder::new(&body[..]))?,
-        2 => snappy(base_offset, &body)?,
-        3 => inflate(base_offset, lz4_flex::frame::FrameDecoder::new(&body[..]))?,
+    let inflated = match attributes & 0x07 {
+        0 => Ok(body),
+        1 => inflate(
+            base_offset,
+            flate2::read::GzDecoder::new(&body[..]),
+            body.len(),
+            budget,
+        ),
+        2 => snappy(base_offset, &body, budget),
+        3 => inflate(
+            base_offset,
+            lz4_flex::frame::FrameDecoder::new(&body[..]),
+            body.len(),
+            budget,
+        ),
         4 => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(&body[..])
-                .map_err(|e| corrupt(base_offset, format!("zstd: {e}")))?;
-            inflate(base_offset, decoder)?
+            // A frame's window is allocated up front: never more than the
+            // budget allows.
+            let window = budget.left as u64;
+            match ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&body[..], window) {
+                Ok(decoder) => inflate(base_offset, decoder, body.len(), budget),
+                Err(ruzstd::decoding::errors::FrameDecoderError::WindowSizeTooBig {
+                    requested,
+                    ..
+                }) => Err(Inflate::OverBudget(format!(
+                    "its zstd window is {requested} bytes, {} bytes of the budget are left; {}",
+                    budget.left,
+                    budget.describe()
+                ))),
+                Err(e) => Err(Inflate::Failed(corrupt(base_offset, format!("zstd: {e}")))),
+            }
         }
         other => {
             return Err(BatchError::Unsupported {
@@ -132,9 +297,22 @@ fn decode_batch(
             })
         }
     };
+    let mut records = match inflated {
+        Ok(records) => records,
+        Err(Inflate::Failed(e)) => return Err(e),
+        Err(Inflate::OverBudget(reason)) => {
+            let next = out.next_offset;
+            return stop_or_fail(out, next, at.from, base_offset, reason);
+        }
+    };
     let count = usize::try_from(count).unwrap_or(0);
-    // Never trust the count for allocation: each record takes at least 7 bytes.
-    out.records.reserve(count.min(records.len() / 7 + 1));
+    // Never trust the count for allocation: reserve only what the bytes
+    // present can hold and the budget can pay for.
+    out.records.reserve(
+        count
+            .min(records.len() / MIN_RECORD + 1)
+            .min(budget.left / RECORD_COST),
+    );
     for _ in 0..count {
         let mut r = Reader {
             buf: &mut records,
@@ -158,27 +336,40 @@ fn decode_batch(
         r.skip(1)?; // record attributes, unused
         let timestamp_delta = r.varlong()?;
         let offset_delta = r.varint()?;
-        let key = r.nullable_bytes()?;
-        let value = r.nullable_bytes()?;
-        let header_count = r.varint()?;
-        let mut headers = Vec::new();
-        if header_count > 0 {
-            headers.reserve((header_count as usize).min(r.buf.len() / 2 + 1));
-            for _ in 0..header_count {
-                let name = r.nullable_bytes()?.unwrap_or_default();
-                let name = String::from_utf8(name.to_vec())
-                    .map_err(|_| corrupt(base_offset, "header name is not UTF-8".into()))?;
-                let value = r.nullable_bytes()?.unwrap_or_default();
-                headers.push(Header { key: name, value });
-            }
-        }
         let offset = base_offset.saturating_add(i64::from(offset_delta));
-        if offset < from {
+        if offset < at.from {
             continue;
         }
+        let key = r.nullable_bytes()?;
+        let value = r.nullable_bytes()?;
+        let header_count = usize::try_from(r.varint()?).unwrap_or(0);
+        // Each header takes at least two bytes.
+        let header_slots = header_count.min(r.buf.len() / 2 + 1);
+        let over = |budget: &Budget| {
+            format!(
+                "its records need more than the {} bytes left of the budget; {}",
+                budget.left,
+                budget.describe()
+            )
+        };
+        if !budget.take(RECORD_COST + header_slots * HEADER_COST) {
+            return stop_or_fail(out, Some(offset), at.from, base_offset, over(budget));
+        }
+        let mut headers = Vec::with_capacity(header_slots);
+        for _ in 0..header_count {
+            let name = r.nullable_bytes()?.unwrap_or_default();
+            // Names are copied; values are slices.
+            if !budget.take(name.len()) {
+                return stop_or_fail(out, Some(offset), at.from, base_offset, over(budget));
+            }
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| corrupt(base_offset, "header name is not UTF-8".into()))?;
+            let value = r.nullable_bytes()?.unwrap_or_default();
+            headers.push(Header { key: name, value });
+        }
         out.records.push(Record {
-            topic: Arc::clone(topic),
-            partition,
+            topic: Arc::clone(at.topic),
+            partition: at.partition,
             offset,
             key,
             value,
@@ -190,7 +381,8 @@ fn decode_batch(
             },
         });
     }
-    Ok(())
+    out.next_offset = Some(batch_end);
+    Ok(Flow::Continue)
 }
 
 fn take4(b: &[u8], at: usize) -> [u8; 4] {
@@ -213,57 +405,112 @@ fn corrupt(offset: i64, reason: String) -> BatchError {
     BatchError::Corrupt { offset, reason }
 }
 
-/// Largest decompressed batch we accept (a guard against decompression bombs).
-const MAX_INFLATED: u64 = 256 * 1024 * 1024;
+/// Why a batch could not be inflated.
+enum Inflate {
+    /// The data is corrupt.
+    Failed(BatchError),
+    /// It inflates to more than the budget has left.
+    OverBudget(String),
+}
 
-fn inflate(offset: i64, reader: impl Read) -> Result<Bytes, BatchError> {
-    let mut out = Vec::new();
-    reader
-        .take(MAX_INFLATED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(offset, format!("decompression failed: {e}")))?;
-    if out.len() as u64 > MAX_INFLATED {
-        return Err(corrupt(offset, "decompressed batch exceeds 256 MiB".into()));
+/// Read `reader` to its end, into a buffer that never grows past what is
+/// left of `budget`, and charge what it produced.
+fn inflate(
+    offset: i64,
+    mut reader: impl Read,
+    compressed: usize,
+    budget: &mut Budget,
+) -> Result<Bytes, Inflate> {
+    let limit = budget.left;
+    let over = |budget: &Budget| {
+        Inflate::OverBudget(format!(
+            "it decompresses to more than the {limit} bytes left of the budget; {}",
+            budget.describe()
+        ))
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(compressed.saturating_mul(4).min(limit));
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Inflate::Failed(corrupt(
+                    offset,
+                    format!("decompression failed: {e}"),
+                )))
+            }
+        };
+        if n > limit - out.len() {
+            return Err(over(budget));
+        }
+        if out.capacity() - out.len() < n {
+            // Double, but never past the limit.
+            let grow = out.len().max(n).min(limit - out.len());
+            out.reserve_exact(grow);
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
+    budget.take(out.len());
     Ok(Bytes::from(out))
 }
 
 /// Snappy as Kafka clients write it: either the xerial framing the Java
 /// client uses (magic header, then length-prefixed raw blocks) or one raw block.
-fn snappy(offset: i64, data: &[u8]) -> Result<Bytes, BatchError> {
+fn snappy(offset: i64, data: &[u8], budget: &mut Budget) -> Result<Bytes, Inflate> {
     const XERIAL: &[u8] = b"\x82SNAPPY\x00";
-    let mut decoder = snap::raw::Decoder::new();
-    let mut raw = |block: &[u8], out: &mut Vec<u8>| -> Result<(), BatchError> {
-        let len = snap::raw::decompress_len(block)
-            .map_err(|e| corrupt(offset, format!("snappy: {e}")))?;
-        if (out.len() + len) as u64 > MAX_INFLATED {
-            return Err(corrupt(offset, "decompressed batch exceeds 256 MiB".into()));
-        }
-        let start = out.len();
-        out.resize(start + len, 0);
-        decoder
-            .decompress(block, &mut out[start..])
-            .map_err(|e| corrupt(offset, format!("snappy: {e}")))?;
-        Ok(())
-    };
-    let mut out = Vec::new();
+    let failed = |reason: String| Inflate::Failed(corrupt(offset, reason));
+    let mut blocks = Vec::new();
     if data.starts_with(XERIAL) && data.len() >= 16 {
         let mut rest = &data[16..]; // magic, version, compatible version
         while !rest.is_empty() {
             if rest.len() < 4 {
-                return Err(corrupt(offset, "truncated snappy block length".into()));
+                return Err(failed("truncated snappy block length".into()));
             }
             let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             rest = &rest[4..];
             let Some(block) = rest.get(..len) else {
-                return Err(corrupt(offset, "truncated snappy block".into()));
+                return Err(failed("truncated snappy block".into()));
             };
-            raw(block, &mut out)?;
+            blocks.push(block);
             rest = &rest[len..];
         }
     } else {
-        raw(data, &mut out)?;
+        blocks.push(data);
     }
+    // Each block states its decompressed length: check them all against
+    // what the block could possibly expand to and against the budget, then
+    // allocate once.
+    let mut total = 0usize;
+    for block in &blocks {
+        let len = snap::raw::decompress_len(block).map_err(|e| failed(format!("snappy: {e}")))?;
+        if len > block.len().saturating_mul(SNAPPY_MAX_RATIO) {
+            return Err(failed(format!(
+                "snappy block of {} bytes claims to expand to {len}",
+                block.len()
+            )));
+        }
+        total = total.saturating_add(len);
+    }
+    if total > budget.left {
+        return Err(Inflate::OverBudget(format!(
+            "it decompresses to {total} bytes, {} bytes of the budget are left; {}",
+            budget.left,
+            budget.describe()
+        )));
+    }
+    let mut out = vec![0u8; total];
+    let mut decoder = snap::raw::Decoder::new();
+    let mut at = 0;
+    for block in blocks {
+        let n = decoder
+            .decompress(block, &mut out[at..])
+            .map_err(|e| failed(format!("snappy: {e}")))?;
+        at += n;
+    }
+    out.truncate(at);
+    budget.take(out.len());
     Ok(Bytes::from(out))
 }
 
@@ -747,5 +994,184 @@ mod encode_tests {
                 assert_eq!(h, o.headers);
             }
         }
+    }
+
+    fn one_record(value: Vec<u8>) -> OutgoingRecord {
+        OutgoingRecord {
+            key: None,
+            value: Some(Bytes::from(value)),
+            headers: vec![],
+            timestamp: 0,
+        }
+    }
+
+    /// A batch of `records` at `base`, as the broker would send it.
+    fn batch_at(base: i64, records: &[OutgoingRecord], codec: Codec) -> Vec<u8> {
+        let mut b = encode_batch(records.iter(), codec, ProducerFields::NONE)
+            .unwrap()
+            .to_vec();
+        b[..8].copy_from_slice(&base.to_be_bytes());
+        b
+    }
+
+    fn budget(total: usize) -> Budget {
+        Budget {
+            total,
+            left: total,
+            input: 0,
+        }
+    }
+
+    #[test]
+    fn the_budget_follows_the_input_within_its_bounds() {
+        assert_eq!(Budget::for_input(0).total, MIN_BUDGET);
+        assert_eq!(Budget::for_input(1024 * 1024).total, 64 * 1024 * 1024);
+        assert_eq!(Budget::for_input(usize::MAX).total, MAX_BUDGET);
+    }
+
+    #[test]
+    fn a_batch_that_inflates_past_the_budget_is_an_error() {
+        let zeros = one_record(vec![0; 3 * 1024 * 1024]);
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let data = batch_at(0, std::slice::from_ref(&zeros), codec);
+            assert!(data.len() < 1024 * 1024, "{codec:?} compresses");
+            let e = decode_within(Bytes::from(data), &Arc::from("t"), 0, 0, budget(1 << 20))
+                .unwrap_err();
+            assert!(matches!(e, BatchError::TooLarge { .. }), "{codec:?}: {e}");
+            assert!(e.to_string().contains("budget"), "{e}");
+        }
+    }
+
+    #[test]
+    fn when_the_budget_runs_out_decoding_stops_and_resumes() {
+        let big = one_record(vec![7; 600 * 1024]);
+        let mut data = batch_at(10, std::slice::from_ref(&big), Codec::Lz4);
+        data.extend(batch_at(11, std::slice::from_ref(&big), Codec::Lz4));
+        data.extend(batch_at(12, std::slice::from_ref(&big), Codec::Lz4));
+        let data = Bytes::from(data);
+        let t = Arc::from("t");
+        let d = decode_within(data.clone(), &t, 0, 10, budget(1 << 20)).unwrap();
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(
+            d.next_offset,
+            Some(11),
+            "continue at the first record not returned"
+        );
+        let d = decode_within(data.clone(), &t, 0, 11, budget(1 << 20)).unwrap();
+        assert_eq!(d.records.iter().map(|r| r.offset).collect::<Vec<_>>(), [11]);
+        assert_eq!(d.next_offset, Some(12));
+        let d = decode_within(data, &t, 0, 12, budget(1 << 20)).unwrap();
+        assert_eq!(d.records.iter().map(|r| r.offset).collect::<Vec<_>>(), [12]);
+        assert_eq!(d.next_offset, Some(13));
+    }
+
+    #[test]
+    fn records_charge_the_budget_and_stop_between_records() {
+        // 1000 small records in one uncompressed batch: with room for about
+        // 300 of them, the first call returns a prefix and says where to go on.
+        let records: Vec<OutgoingRecord> = (0..1000).map(|_| one_record(vec![1; 10])).collect();
+        let data = Bytes::from(batch_at(0, &records, Codec::None));
+        let t = Arc::from("t");
+        let room = 300 * (RECORD_COST + 20);
+        let d = decode_within(data.clone(), &t, 0, 0, budget(room)).unwrap();
+        let n = d.records.len();
+        assert!((200..1000).contains(&n), "{n}");
+        assert_eq!(d.next_offset, Some(n as i64));
+        let d = decode_within(data, &t, 0, n as i64, budget(1 << 30)).unwrap();
+        assert_eq!(d.records.first().map(|r| r.offset), Some(n as i64));
+        assert_eq!(d.next_offset, Some(1000));
+    }
+
+    #[test]
+    fn a_zstd_window_larger_than_the_budget_is_refused_before_allocating() {
+        // A frame header asking for a 1 GiB window (window descriptor 0xa0:
+        // exponent 30), then an empty raw last block.
+        let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xa0, 0x01, 0x00, 0x00];
+        let mut b = batch_at(0, &[one_record(vec![1])], Codec::None);
+        b.truncate(BATCH_HEADER);
+        b.extend_from_slice(&frame);
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        b[21..23].copy_from_slice(&(Codec::Zstd as i16).to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_batches(Bytes::from(b), &Arc::from("t"), 0, 0).unwrap_err();
+        assert!(matches!(e, BatchError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("window"), "{e}");
+    }
+
+    #[test]
+    fn a_snappy_block_claiming_more_than_it_can_hold_is_corrupt() {
+        // Declared length u32::MAX, three bytes of content.
+        let block = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x08, b'a', b'b'];
+        let e = snappy(0, &block, &mut budget(MAX_BUDGET)).err().unwrap();
+        assert!(matches!(e, Inflate::Failed(BatchError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn huge_record_and_header_counts_are_errors() {
+        let mut b = batch_at(0, &[one_record(b"v".to_vec())], Codec::None);
+        // The batch claims i32::MAX records.
+        b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_batches(Bytes::from(b), &Arc::from("t"), 0, 0).unwrap_err();
+        assert!(matches!(e, BatchError::Corrupt { .. }), "{e}");
+        // One record whose header count is i32::MAX (zig-zag 0xfffffffe).
+        let mut b = batch_at(0, &[one_record(b"v".to_vec())], Codec::None);
+        let last = b.len() - 1;
+        assert_eq!(b[last], 0, "header count 0 ends the record");
+        b.truncate(last);
+        b.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        b[BATCH_HEADER] += 4; // record length varint (small, one byte)
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_batches(Bytes::from(b), &Arc::from("t"), 0, 0).unwrap_err();
+        assert!(matches!(e, BatchError::Corrupt { .. }), "{e}");
+    }
+
+    /// Writes a seed corpus for the `record_batch_decode` fuzz target (see
+    /// fuzz/README.md): batches with every codec, several batches in a row
+    /// and a control batch, in the target's input layout.
+    #[test]
+    #[ignore = "writes fuzz seeds into the directory FUZZ_SEEDS names"]
+    fn write_record_batch_seeds() {
+        let Some(dir) = std::env::var_os("FUZZ_SEEDS").map(std::path::PathBuf::from) else {
+            return;
+        };
+        std::fs::create_dir_all(&dir).expect("seed directory");
+        let records: Vec<OutgoingRecord> = (0..3)
+            .map(|i| OutgoingRecord {
+                key: (i != 1).then(|| Bytes::from(format!("key-{i}"))),
+                value: Some(Bytes::from(vec![b'v'; 10 * i])),
+                headers: vec![("h".into(), Bytes::from_static(b"x"))],
+                timestamp: 1_700_000_000_000 + i as i64,
+            })
+            .collect();
+        let codecs = [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ];
+        let mut all = vec![0u8];
+        for (i, codec) in codecs.into_iter().enumerate() {
+            let batch = batch_at(10 * i as i64, &records, codec);
+            all.extend_from_slice(&batch);
+            let mut file = vec![0u8];
+            file.extend(batch);
+            std::fs::write(dir.join(format!("{codec:?}")), file).expect("seed written");
+        }
+        std::fs::write(dir.join("all-codecs"), all).expect("seed written");
+        let mut control = batch_at(60, &records[..1], Codec::None);
+        control[21..23].copy_from_slice(&0x20i16.to_be_bytes());
+        let crc = crc32c::crc32c(&control[21..]);
+        control[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut file = vec![0u8];
+        file.extend(control);
+        std::fs::write(dir.join("control"), file).expect("seed written");
     }
 }
