@@ -316,7 +316,17 @@ async fn records_too_large_are_refused_with_a_clear_error() {
         .unwrap();
     let producer = client.producer().build().unwrap();
     match producer.to(&small).value(vec![1u8; 5000]).send().await {
-        Err(Error::RecordTooLarge { which, .. }) => assert!(which.contains("broker"), "{which}"),
+        // The error names the limit that refused the record, not the
+        // producer's own (1 MiB): the topic's max.message.bytes.
+        Err(e @ Error::RecordTooLarge { .. }) => {
+            let Error::RecordTooLarge { size, limit, which } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*limit, 2000, "{e}");
+            assert!(*size > 5000, "the refused batch's size: {e}");
+            assert_eq!(*which, "the topic's max.message.bytes", "{e}");
+            assert!(e.to_string().contains("limit of 2000 bytes"), "{e}");
+        }
         other => panic!("expected RecordTooLarge from the broker, got {other:?}"),
     }
     // Small records to the same topic still go through, even when many are
