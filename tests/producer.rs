@@ -600,3 +600,60 @@ async fn idempotence_refuses_more_than_five_in_flight() {
         .build()
         .expect("allowed without idempotence");
 }
+
+/// `close` sends what is buffered (without waiting for the linger),
+/// returns once it is acknowledged, and later sends fail with a clear
+/// error, from every clone of the producer.
+#[tokio::test]
+async fn close_delivers_buffered_records_and_refuses_later_sends() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-close", 2).await;
+    // A long linger: without close, these records would wait a minute.
+    let producer = client
+        .producer()
+        .linger(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let clone = producer.clone();
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        pending.push(
+            producer
+                .to(&topic)
+                .key(format!("k{i}"))
+                .value(format!("v{i}"))
+                .enqueue()
+                .await
+                .unwrap(),
+        );
+    }
+    let started = std::time::Instant::now();
+    producer
+        .close(Duration::from_secs(30))
+        .await
+        .expect("everything acknowledged before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "close did not wait for the linger"
+    );
+    assert!(clone.is_closed());
+    for p in pending {
+        // Already resolved: close waited for them.
+        let d = tokio::time::timeout(Duration::from_millis(100), p)
+            .await
+            .expect("resolved before close returned")
+            .expect("delivered");
+        assert!(d.offset >= 0);
+    }
+    assert_eq!(read_all(&client, &topic).await.len(), 100);
+    match clone.to(&topic).value("late").send().await {
+        Err(e @ Error::Closed(_)) => {
+            assert!(e.to_string().contains("Producer::close"), "{e}")
+        }
+        other => panic!("expected Error::Closed, got {other:?}"),
+    }
+    assert!(
+        producer.close(Duration::from_secs(1)).await.is_ok(),
+        "twice is fine"
+    );
+}

@@ -91,7 +91,8 @@ struct Inner {
     produce_requests: usize,
     faults: VecDeque<Fault>,
     down_until: Option<Instant>,
-    /// How long each produce request takes, so batches pipeline.
+    /// How long each produce or metadata request takes, so batches
+    /// pipeline and first sends race.
     service_time: Duration,
 }
 
@@ -277,6 +278,8 @@ async fn handle(mut frame: Bytes, addr: &str, inner: &Mutex<Inner>) -> Reply {
         }
         ApiKey::Metadata => {
             let request = MetadataRequest::decode(&mut frame, version).expect("metadata");
+            let service_time = lock().service_time;
+            tokio::time::sleep(service_time).await;
             let g = lock();
             let (host, port) = addr.rsplit_once(':').expect("host:port");
             let names: Vec<String> = match &request.topics {

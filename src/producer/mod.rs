@@ -441,7 +441,9 @@ struct TopicState {
     partitions: i32,
     fetched: Instant,
     round_robin: RoundRobin,
-    workers: Vec<OnceLock<WorkerQueue>>,
+    /// One slot per partition, shared by every version of this state (each
+    /// metadata refresh makes one), so a partition never gets two workers.
+    workers: Vec<Arc<OnceLock<WorkerQueue>>>,
 }
 
 /// The queue feeding one partition's batching worker, and where its
@@ -760,18 +762,15 @@ impl Producer {
         }
         let mut topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
         let previous = topics.get(topic);
-        // Keep running workers (one per partition, whatever the refresh) and
-        // the round-robin position.
+        // Share the worker slots with the previous state, started or not:
+        // records enqueued through either state reach the same worker. (Two
+        // first sends racing each fetch metadata and make a state; the
+        // second shares the first's slots.) Keep the round-robin position.
         let workers = (0..count as usize)
             .map(|i| {
-                let slot = OnceLock::new();
-                if let Some(q) = previous
+                previous
                     .and_then(|p| p.workers.get(i))
-                    .and_then(|w| w.get())
-                {
-                    let _ = slot.set(q.clone());
-                }
-                slot
+                    .map_or_else(|| Arc::new(OnceLock::new()), Arc::clone)
             })
             .collect();
         let state = Arc::new(TopicState {

@@ -175,6 +175,40 @@ async fn resent_batches_reach_the_leader_in_sequence_order() {
     }
 }
 
+/// Two first sends to a topic race: each fetches metadata and makes a
+/// topic state, the second while the first's worker is not started yet.
+/// They must still share one worker per partition. Two workers would number
+/// their batches from 0 each under the same producer id, and the leader
+/// would take the second worker's batches for duplicates of the first's:
+/// records acknowledged but never stored.
+#[tokio::test]
+async fn racing_first_sends_share_one_worker_per_partition() {
+    let broker = FakeBroker::start(TOPIC, 1, Duration::ZERO, Vec::new()).await;
+    let client = client(&broker).await;
+    let mut builder = client.producer();
+    // Every send fetches metadata again, as racing first sends all do.
+    builder.settings.metadata_max_age = Duration::ZERO;
+    let producer = builder.build().unwrap();
+    let first = producer.topic_state(TOPIC).await.expect("first state");
+    let second = producer.topic_state(TOPIC).await.expect("second state");
+    let a = producer.worker(&first, 0);
+    let b = producer.worker(&second, 0);
+    assert!(a.tx.same_channel(&b.tx), "one worker for the partition");
+    for n in 0..3 {
+        producer
+            .to(TOPIC)
+            .value(format!("{n}"))
+            .send()
+            .await
+            .expect("delivered");
+    }
+    assert_eq!(stored_values(&broker, 0), ["0", "1", "2"]);
+    assert!(broker
+        .arrivals()
+        .iter()
+        .all(|a| a.verdict == Verdict::Stored));
+}
+
 /// A leader that really lost the tail of this producer's sequence state
 /// answers OUT_OF_ORDER_SEQUENCE_NUMBER for the oldest unacknowledged
 /// batch: the partition goes on under the next epoch from sequence 0, with
