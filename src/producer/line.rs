@@ -221,7 +221,7 @@ impl Line {
             Ok(base) => {
                 let batch = self.batches.remove(index)?;
                 self.written -= 1;
-                if index == 0 && self.answered == 0 {
+                if index == 0 {
                     // The front batch is in: the resend (if any) succeeded.
                     self.probe = false;
                 }

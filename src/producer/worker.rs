@@ -183,8 +183,12 @@ impl PartitionWorker {
                 self.abort(st);
                 return;
             }
-            if st.input_closed && st.open.is_empty() && st.line.is_empty() {
-                return;
+            if st.line.is_empty() {
+                // Nothing is waiting: the partition is not stuck.
+                st.failing_since = None;
+                if st.input_closed && st.open.is_empty() {
+                    return;
+                }
             }
             let wake = self.next_wake(st);
             tokio::select! {
