@@ -480,6 +480,10 @@ const CLOSED: &str = "the producer is closed (Producer::close was called); build
 
 /// Sends records to Kafka. Cheap to clone; clones share buffers and connections.
 ///
+/// Before a service stops, [`close`](Self::close) it with a deadline: it
+/// sends what is buffered and waits for the answers. A producer that is
+/// just dropped still delivers what it holds, but nobody waits for that.
+///
 /// ```no_run
 /// # async fn demo() -> kastellan::Result<()> {
 /// use kastellan::Client;

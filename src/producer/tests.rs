@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use super::loopback::{Arrival, FakeBroker, Fault, Verdict};
 use super::worker::TEST_PANIC_VALUE;
-use super::Producer;
+use super::{Producer, REPORT_OVERHEAD};
 use crate::error::Error;
 use crate::protocol::error_codes::NOT_LEADER_OR_FOLLOWER;
+use crate::protocol::records::OutgoingRecord;
 use crate::{Client, ClientConfig};
 
 const TOPIC: &str = "loopback";
@@ -407,7 +408,7 @@ async fn close_fails_what_is_unacknowledged_at_its_deadline() {
 }
 
 /// The delivery-report stream holds back: unread reports keep their
-/// records' buffer memory, so once `buffer_bytes` is taken `enqueue` waits
+/// records' buffer memory, so once `buffer_bytes` is taken `send` waits
 /// until reports are read. Memory stays bounded and no report is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_delivery_reports_hold_back_new_records() {
@@ -424,36 +425,60 @@ async fn unread_delivery_reports_hold_back_new_records() {
         .unwrap();
     let mut reports = producer.delivery_reports().expect("reports");
     let value = vec![7u8; 1000];
+    let record = OutgoingRecord {
+        key: None,
+        value: Some(value.clone().into()),
+        headers: Vec::new(),
+        timestamp: 0,
+    };
+    // What one record holds until its report is dropped.
+    let need = record.max_encoded_size() + REPORT_OVERHEAD;
+    let memory = || producer.inner.memory.available_permits();
     let mut accepted = 0;
-    loop {
-        let enqueue = producer.to(TOPIC).value(value.clone()).enqueue();
-        match tokio::time::timeout(Duration::from_millis(500), enqueue).await {
-            Ok(f) => {
-                drop(f.expect("enqueue"));
-                accepted += 1;
-                assert!(accepted < 1000, "enqueue never waited for the reports");
-            }
-            Err(_) => break,
-        }
+    while memory() >= need {
+        let delivery = producer.to(TOPIC).value(value.clone()).enqueue().await;
+        drop(delivery.expect("enqueue"));
+        accepted += 1;
+        assert!(
+            accepted <= buffer / need,
+            "unread reports must hold their memory: {accepted} records accepted"
+        );
     }
     producer.flush().await;
-    println!("{accepted} records of 1000 bytes accepted into {buffer} bytes with no report read");
-    // Each record holds its size plus the report's overhead.
-    assert!(
-        (40..=64).contains(&accepted),
-        "{accepted} records before back-pressure"
+    println!(
+        "{accepted} records of 1000 bytes ({need} bytes each with the report) \
+         fill {buffer} bytes of buffer while no report is read"
     );
+    assert_eq!(
+        accepted,
+        buffer / need,
+        "each record holds its size and its report's"
+    );
+    assert!(
+        memory() < need,
+        "delivered, but the unread reports hold the memory"
+    );
+    let blocked = tokio::spawn({
+        let producer = producer.clone();
+        let value = value.clone();
+        async move { producer.to(TOPIC).value(value).send().await }
+    });
     let mut read = 0;
-    while let Ok(r) = reports.try_recv() {
+    while read < accepted {
+        let r = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report")
+            .expect("stream open");
         r.result.expect("delivered");
         read += 1;
     }
-    assert_eq!(read, accepted, "one report per record, none dropped");
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        producer.to(TOPIC).value(value).send(),
-    )
-    .await
-    .expect("with the reports read, records are accepted again")
-    .expect("delivered");
+    assert!(
+        reports.try_recv().is_err(),
+        "one report per record, none dropped"
+    );
+    tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("with the reports read, the waiting send goes through")
+        .expect("task")
+        .expect("delivered");
 }
