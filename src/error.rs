@@ -276,6 +276,29 @@ pub enum Error {
     #[error("client closed: {0}")]
     Closed(&'static str),
 
+    /// A producer's partition worker failed (it panicked) while it held the
+    /// record. The record may or may not have been stored. Later records to
+    /// the partition are served by a new worker.
+    #[error("producer worker for {topic}/{partition} failed: {reason}; the record may or may not have been stored")]
+    WorkerFailed {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// What happened, with the panic's message.
+        reason: String,
+    },
+
+    /// [`Producer::close`](crate::Producer::close) reached its deadline with
+    /// records still unacknowledged; they were failed with [`Error::Closed`].
+    #[error("producer closed with {unresolved} records not acknowledged within {timeout:?}; they were failed and may or may not have been stored")]
+    CloseTimeout {
+        /// The deadline given to `close`.
+        timeout: Duration,
+        /// How many records were failed at the deadline.
+        unresolved: usize,
+    },
+
     /// An error from the data-path client, with its context.
     #[error("{context}: {message}")]
     Client {
@@ -302,7 +325,8 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::RequestTimeout { .. }
             | Error::DeliveryTimeout { .. }
-            | Error::RetriesExhausted { .. } => true,
+            | Error::RetriesExhausted { .. }
+            | Error::WorkerFailed { .. } => true,
             Error::Broker(b) => b.is_retriable(),
             Error::Client { retriable, .. } => *retriable,
             _ => false,
@@ -425,6 +449,22 @@ impl Error {
                 last: last.clone(),
             },
             Error::Closed(s) => Error::Closed(s),
+            Error::WorkerFailed {
+                topic,
+                partition,
+                reason,
+            } => Error::WorkerFailed {
+                topic: topic.clone(),
+                partition: *partition,
+                reason: reason.clone(),
+            },
+            Error::CloseTimeout {
+                timeout,
+                unresolved,
+            } => Error::CloseTimeout {
+                timeout: *timeout,
+                unresolved: *unresolved,
+            },
             Error::Client {
                 context,
                 message,

@@ -316,7 +316,17 @@ async fn records_too_large_are_refused_with_a_clear_error() {
         .unwrap();
     let producer = client.producer().build().unwrap();
     match producer.to(&small).value(vec![1u8; 5000]).send().await {
-        Err(Error::RecordTooLarge { which, .. }) => assert!(which.contains("broker"), "{which}"),
+        // The error names the limit that refused the record, not the
+        // producer's own (1 MiB): the topic's max.message.bytes.
+        Err(e @ Error::RecordTooLarge { .. }) => {
+            let Error::RecordTooLarge { size, limit, which } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*limit, 2000, "{e}");
+            assert!(*size > 5000, "the refused batch's size: {e}");
+            assert_eq!(*which, "the topic's max.message.bytes", "{e}");
+            assert!(e.to_string().contains("limit of 2000 bytes"), "{e}");
+        }
         other => panic!("expected RecordTooLarge from the broker, got {other:?}"),
     }
     // Small records to the same topic still go through, even when many are
@@ -589,4 +599,61 @@ async fn idempotence_refuses_more_than_five_in_flight() {
         .max_in_flight(6)
         .build()
         .expect("allowed without idempotence");
+}
+
+/// `close` sends what is buffered (without waiting for the linger),
+/// returns once it is acknowledged, and later sends fail with a clear
+/// error, from every clone of the producer.
+#[tokio::test]
+async fn close_delivers_buffered_records_and_refuses_later_sends() {
+    let client = client().await;
+    let topic = new_topic(&client, "prod-close", 2).await;
+    // A long linger: without close, these records would wait a minute.
+    let producer = client
+        .producer()
+        .linger(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let clone = producer.clone();
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        pending.push(
+            producer
+                .to(&topic)
+                .key(format!("k{i}"))
+                .value(format!("v{i}"))
+                .enqueue()
+                .await
+                .unwrap(),
+        );
+    }
+    let started = std::time::Instant::now();
+    producer
+        .close(Duration::from_secs(30))
+        .await
+        .expect("everything acknowledged before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "close did not wait for the linger"
+    );
+    assert!(clone.is_closed());
+    for p in pending {
+        // Already resolved: close waited for them.
+        let d = tokio::time::timeout(Duration::from_millis(100), p)
+            .await
+            .expect("resolved before close returned")
+            .expect("delivered");
+        assert!(d.offset >= 0);
+    }
+    assert_eq!(read_all(&client, &topic).await.len(), 100);
+    match clone.to(&topic).value("late").send().await {
+        Err(e @ Error::Closed(_)) => {
+            assert!(e.to_string().contains("Producer::close"), "{e}")
+        }
+        other => panic!("expected Error::Closed, got {other:?}"),
+    }
+    assert!(
+        producer.close(Duration::from_secs(1)).await.is_ok(),
+        "twice is fine"
+    );
 }

@@ -8,9 +8,17 @@
 //! one partition cannot be stored out of order.
 //!
 //! The broker tracks sequences per (producer id, partition), so partitions do
-//! not have to share one id: a partition whose sequence state the broker has
-//! lost asks for a fresh id for itself and starts again at sequence 0, while
-//! the other partitions carry on.
+//! not have to share one epoch. A partition whose sequence state the leader
+//! really lost (`OUT_OF_ORDER_SEQUENCE_NUMBER` for the oldest unacknowledged
+//! batch, which the producer sent in order; `UNKNOWN_PRODUCER_ID` from older
+//! brokers) bumps the epoch for itself and starts again at sequence 0, as the
+//! Java client does for idempotent producers (KIP-360): a leader accepts a
+//! higher epoch of a known producer id from sequence 0 on. Only an exhausted
+//! epoch or `INVALID_PRODUCER_EPOCH` (the leader knows a newer epoch than
+//! ours) takes a fresh producer id. A sequence complaint about a batch that
+//! follows a failed one is not lost state: the batches are resent in order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
 use tokio::sync::OnceCell;
@@ -25,12 +33,24 @@ pub(crate) struct ProducerIdentity {
     pub epoch: i16,
 }
 
+impl ProducerIdentity {
+    /// The same id at the next epoch, or `None` when the epoch is exhausted
+    /// (then a fresh id is needed).
+    pub fn bumped(self) -> Option<Self> {
+        self.epoch
+            .checked_add(1)
+            .map(|epoch| Self { id: self.id, epoch })
+    }
+}
+
 /// Hands out producer ids: one shared by all partitions, fetched on first
 /// use, and fresh ones for partitions that must start over.
 #[derive(Debug)]
 pub(crate) struct ProducerIds {
     client: Client,
     shared: OnceCell<ProducerIdentity>,
+    /// Sequence restarts (new epoch or fresh id) over all partitions.
+    resets: AtomicU64,
 }
 
 impl ProducerIds {
@@ -38,7 +58,19 @@ impl ProducerIds {
         Self {
             client,
             shared: OnceCell::new(),
+            resets: AtomicU64::new(0),
         }
+    }
+
+    /// Count a partition's sequence restart (a new epoch or a fresh id).
+    pub fn count_reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sequence restarts so far, over all partitions.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
     }
 
     /// The id shared by all partitions of this producer.
@@ -49,7 +81,7 @@ impl ProducerIds {
             .copied()
     }
 
-    /// A new id, for a partition whose sequence state the broker lost.
+    /// A new id, for a partition whose epoch is exhausted or stale.
     pub async fn fresh(&self) -> Result<ProducerIdentity> {
         init_producer_id(&self.client).await
     }

@@ -5,27 +5,43 @@
 //! (partition and offset) once the partition leader acknowledged it with
 //! `acks=all`, or to the error that stopped it. Nothing is reported
 //! delivered that was not acknowledged.
+//!
+//! Each partition has its own worker task, which keeps the partition's
+//! batches in sequence order on the wire also while it resends after a
+//! failure (a broker restart, a leader change), and is supervised: a worker
+//! that panics fails the records it held with [`Error::WorkerFailed`] and a
+//! new one takes over the partition. [`Producer::close`] stops the producer
+//! with a deadline.
 
 mod idempotence;
+mod limits;
+mod line;
+#[cfg(test)]
+mod loopback;
 mod partitioner;
+mod pending;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use idempotence::ProducerIds;
 use partitioner::RoundRobin;
 pub use partitioner::{java_partition, murmur2, PartitionFn, Partitioner};
-use worker::{PartitionWorker, Pending};
+use pending::{Destination, Pending};
+use worker::PartitionWorker;
 
 use crate::admin::{IfExists, NewTopic};
 use crate::client::Client;
@@ -74,6 +90,11 @@ pub struct Delivery {
 }
 
 /// Outcome of one record, sent on the delivery-report stream.
+///
+/// A report holds its record's share of the producer's buffer memory
+/// ([`ProducerBuilder::buffer_bytes`]) until it is dropped, so unread
+/// reports hold back new records: see
+/// [`ProducerBuilder::with_delivery_reports`].
 #[derive(Debug)]
 pub struct DeliveryReport {
     /// Topic the record was for.
@@ -84,7 +105,13 @@ pub struct DeliveryReport {
     pub key: Option<Bytes>,
     /// Offset on success, the error otherwise.
     pub result: Result<i64>,
+    /// The record's buffer memory, released when the report is dropped.
+    _memory: Option<OwnedSemaphorePermit>,
 }
+
+/// Buffer memory a delivery report takes besides its record's key: the
+/// report itself and its place in the stream's queue.
+const REPORT_OVERHEAD: usize = std::mem::size_of::<DeliveryReport>() + 32;
 
 /// A record to produce.
 ///
@@ -288,6 +315,31 @@ impl ProducerBuilder {
 
     /// Send every record's outcome to a stream as well; take it with
     /// [`Producer::delivery_reports`].
+    ///
+    /// The stream is bounded by the producer's buffer memory
+    /// ([`buffer_bytes`](Self::buffer_bytes)), with back-pressure: a record
+    /// keeps its share of that memory (its size plus about 100 bytes for
+    /// the report) until its report is received and dropped. So reports
+    /// nobody reads take at most `buffer_bytes` of memory; once they fill
+    /// it, `send` and `enqueue` wait, as they do when the broker is slow,
+    /// until reports are read. No report is ever dropped. Read the stream
+    /// from its own task, or do not enable it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> kastellan::Result<()> {
+    /// let client = kastellan::Client::bootstrap("127.0.0.1:9092").await?;
+    /// let producer = client.producer().with_delivery_reports().build()?;
+    /// let mut reports = producer.delivery_reports().expect("enabled");
+    /// tokio::spawn(async move {
+    ///     while let Some(report) = reports.recv().await {
+    ///         if let Err(e) = &report.result {
+    ///             eprintln!("{}/{}: {e}", report.topic, report.partition);
+    ///         }
+    ///     }
+    /// });
+    /// producer.to("events").value("fire and forget").enqueue().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_delivery_reports(mut self) -> Self {
         self.reports = true;
         self
@@ -332,6 +384,7 @@ impl ProducerBuilder {
         let ids = s
             .idempotent
             .then(|| Arc::new(ProducerIds::new(self.client.clone())));
+        let (closing, _) = watch::channel(None);
         Ok(Producer {
             inner: Arc::new(ProducerInner {
                 client: self.client,
@@ -342,6 +395,10 @@ impl ProducerBuilder {
                 ids,
                 reports: reports_tx,
                 reports_rx: Mutex::new(reports_rx),
+                closed: RwLock::new(false),
+                closing,
+                tasks: Mutex::new(Vec::new()),
+                aborted: Arc::new(AtomicUsize::new(0)),
             }),
         })
     }
@@ -355,7 +412,7 @@ pub(crate) struct Outstanding {
 }
 
 impl Outstanding {
-    fn add(&self) {
+    pub(crate) fn add(&self) {
         self.count.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -384,11 +441,18 @@ struct TopicState {
     partitions: i32,
     fetched: Instant,
     round_robin: RoundRobin,
-    workers: Vec<OnceLock<WorkerQueue>>,
+    /// One slot per partition, shared by every version of this state (each
+    /// metadata refresh makes one), so a partition never gets two workers.
+    workers: Vec<Arc<OnceLock<WorkerQueue>>>,
 }
 
-/// The queue feeding one partition's batching worker.
-type WorkerQueue = mpsc::UnboundedSender<Pending>;
+/// The queue feeding one partition's batching worker, and where its
+/// records resolve.
+#[derive(Debug, Clone)]
+struct WorkerQueue {
+    tx: mpsc::UnboundedSender<Pending>,
+    dest: Arc<Destination>,
+}
 
 struct ProducerInner {
     client: Client,
@@ -400,9 +464,25 @@ struct ProducerInner {
     ids: Option<Arc<ProducerIds>>,
     reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<DeliveryReport>>>,
+    /// Set by `close`; records are handed to workers under its read lock,
+    /// so none slips in after it is set.
+    closed: RwLock<bool>,
+    /// Tells the workers to finish, with the deadline of `close`.
+    closing: watch::Sender<Option<tokio::time::Instant>>,
+    /// The workers' tasks, for `close` to wait on.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Records failed at `close`'s deadline.
+    aborted: Arc<AtomicUsize>,
 }
 
+/// The error of a record handed to a closed producer.
+const CLOSED: &str = "the producer is closed (Producer::close was called); build a new one to send";
+
 /// Sends records to Kafka. Cheap to clone; clones share buffers and connections.
+///
+/// Before a service stops, [`close`](Self::close) it with a deadline: it
+/// sends what is buffered and waits for the answers. A producer that is
+/// just dropped still delivers what it holds, but nobody waits for that.
 ///
 /// ```no_run
 /// # async fn demo() -> kastellan::Result<()> {
@@ -477,6 +557,9 @@ impl Producer {
     /// forget (outcomes still reach the delivery-report stream, if enabled).
     pub async fn enqueue(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let inner = &self.inner;
+        if self.is_closed() {
+            return Err(Error::Closed(CLOSED));
+        }
         let topic = match record
             .topic
             .as_deref()
@@ -532,24 +615,101 @@ impl Producer {
                 count: partitions,
             });
         }
-        let permit = Arc::clone(&inner.memory)
-            .acquire_many_owned(size.min(inner.settings.buffer_bytes) as u32)
-            .await
-            .map_err(|_| Error::Closed("producer closed"))?;
-        let (tx, rx) = oneshot::channel();
-        let pending = Pending {
-            record: outgoing,
-            size,
-            _permit: permit,
-            done: tx,
+        // Unread delivery reports keep their record's memory (see
+        // `with_delivery_reports`), so count the report too.
+        let memory = match inner.reports {
+            Some(_) => size + REPORT_OVERHEAD + outgoing.key.as_ref().map_or(0, |k| k.len()),
+            None => size,
         };
-        inner.outstanding.add();
-        let worker = self.worker(&state, partition);
-        if let Err(mpsc::error::SendError(p)) = worker.send(pending) {
-            inner.outstanding.done(1);
-            let _ = p.done.send(Err(Error::Closed("partition worker stopped")));
+        let permit = Arc::clone(&inner.memory)
+            .acquire_many_owned(memory.min(inner.settings.buffer_bytes) as u32)
+            .await
+            .map_err(|_| Error::Closed(CLOSED))?;
+        let (tx, rx) = oneshot::channel();
+        // Hand over under the read lock: `close` cannot slip in between its
+        // check and the send, so a worker that saw `close` has every record.
+        let closed = inner.closed.read().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(Error::Closed(CLOSED));
         }
+        let worker = self.worker(&state, partition);
+        let pending = Pending::new(outgoing, size, permit, tx, Arc::clone(&worker.dest));
+        if let Err(mpsc::error::SendError(p)) = worker.tx.send(pending) {
+            // The worker's supervisor never ends while the producer is open,
+            // unless its runtime shut down.
+            p.resolve(Err(Error::WorkerFailed {
+                topic: topic.clone(),
+                partition,
+                reason: "the partition's worker task has ended \
+                         (was the runtime it was started on shut down?)"
+                    .into(),
+            }));
+        }
+        drop(closed);
         Ok(DeliveryFuture { rx })
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        *self.inner.closed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop the producer: refuse new records, send what is buffered
+    /// without waiting for `linger`, wait for the broker's answers, and
+    /// return once every partition worker has finished. Applies to all
+    /// clones of this producer.
+    ///
+    /// Records still unacknowledged after `timeout` (the broker is
+    /// unreachable, or slow) are failed with [`Error::Closed`]: they may or
+    /// may not have been stored, and `close` returns
+    /// [`Error::CloseTimeout`] with their number. Records refused by the
+    /// broker before that resolve with their own error as usual, and
+    /// `close` still returns `Ok`: it reports on the shutdown, not on each
+    /// record. `close` itself takes at most `timeout` plus the time to
+    /// finish a write already under way (bounded by the client's request
+    /// timeout).
+    ///
+    /// After `close`, `send` and `enqueue` fail at once with
+    /// [`Error::Closed`]. Calling `close` again returns `Ok` at once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> kastellan::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let client = kastellan::Client::bootstrap("127.0.0.1:9092").await?;
+    /// let producer = client.producer().build()?;
+    /// let pending = producer.to("events").value("last words").enqueue().await?;
+    /// producer.close(Duration::from_secs(10)).await?;
+    /// assert!(pending.await.is_ok(), "delivered before close returned");
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self, timeout: std::time::Duration) -> Result<()> {
+        let inner = &self.inner;
+        {
+            let mut closed = inner.closed.write().unwrap_or_else(|p| p.into_inner());
+            if *closed {
+                return Ok(());
+            }
+            *closed = true;
+        }
+        // Wake `send`s waiting for buffer memory: they fail as closed.
+        inner.memory.close();
+        inner
+            .closing
+            .send_replace(Some(tokio::time::Instant::now() + timeout));
+        let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            // A task that panicked outside its supervision, or was
+            // cancelled, has nothing left to wait for.
+            let _ = task.await;
+        }
+        match inner.aborted.load(Ordering::Acquire) {
+            0 => Ok(()),
+            unresolved => Err(Error::CloseTimeout {
+                timeout,
+                unresolved,
+            }),
+        }
     }
 
     /// Wait until every record handed to this producer so far is acknowledged or failed.
@@ -558,7 +718,9 @@ impl Producer {
     }
 
     /// The delivery-report stream, if enabled with
-    /// [`ProducerBuilder::with_delivery_reports`]. Can be taken once.
+    /// [`ProducerBuilder::with_delivery_reports`]. Can be taken once. Its
+    /// reports hold buffer memory until dropped: read it, or `send` will
+    /// eventually wait for it.
     pub fn delivery_reports(&self) -> Option<mpsc::UnboundedReceiver<DeliveryReport>> {
         self.inner
             .reports_rx
@@ -604,18 +766,15 @@ impl Producer {
         }
         let mut topics = inner.topics.lock().unwrap_or_else(|p| p.into_inner());
         let previous = topics.get(topic);
-        // Keep running workers (one per partition, whatever the refresh) and
-        // the round-robin position.
+        // Share the worker slots with the previous state, started or not:
+        // records enqueued through either state reach the same worker. (Two
+        // first sends racing each fetch metadata and make a state; the
+        // second shares the first's slots.) Keep the round-robin position.
         let workers = (0..count as usize)
             .map(|i| {
-                let slot = OnceLock::new();
-                if let Some(q) = previous
+                previous
                     .and_then(|p| p.workers.get(i))
-                    .and_then(|w| w.get())
-                {
-                    let _ = slot.set(q.clone());
-                }
-                slot
+                    .map_or_else(|| Arc::new(OnceLock::new()), Arc::clone)
             })
             .collect();
         let state = Arc::new(TopicState {
@@ -634,20 +793,28 @@ impl Producer {
         let slot = &topic.workers[partition as usize];
         slot.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let worker = PartitionWorker {
-                client: inner.client.clone(),
+            let dest = Arc::new(Destination {
                 topic: Arc::clone(&topic.name),
                 partition,
+                outstanding: Arc::clone(&inner.outstanding),
+                reports: inner.reports.clone(),
+            });
+            let worker = PartitionWorker {
+                client: inner.client.clone(),
+                dest: Arc::clone(&dest),
                 linger: inner.settings.linger,
                 max_batch_bytes: inner.settings.max_batch_bytes,
                 compression: inner.settings.compression.codec(),
                 max_in_flight: inner.settings.max_in_flight,
                 ids: inner.ids.clone(),
-                outstanding: Arc::clone(&inner.outstanding),
-                reports: inner.reports.clone(),
+                aborted: Arc::clone(&inner.aborted),
             };
-            tokio::spawn(worker.run(rx));
-            tx
+            let task = tokio::spawn(worker.run(rx, inner.closing.subscribe()));
+            let mut tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget tasks that have ended (none do while the producer is open).
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+            WorkerQueue { tx, dest }
         })
         .clone()
     }

@@ -1,174 +1,244 @@
-//! One task per partition: gathers records into batches, keeps up to
-//! `max_in_flight` batches in flight and retries failures in order.
+//! One task per partition: gathers records into batches, sends them through
+//! the partition's [`Line`] (up to `max_in_flight` pipelined, always in
+//! sequence order) and decides what a failure means.
 //!
-//! Batches of one partition are written to the leader's connection in order
-//! and the broker handles one connection's requests in order, so pipelining
-//! keeps them in order while nothing fails. When a batch fails, the worker
-//! stops sending, lets the batches behind it come back (an idempotent
-//! producer's leader refuses them as out of sequence), and resends from the
-//! failed batch on, one at a time, until one succeeds; then it pipelines
-//! again. With idempotence the leader also drops resent batches it already
-//! stored, so retries write nothing twice.
+//! After a failure the worker lets every answer of the round come back,
+//! then resends from the oldest unacknowledged batch, alone, after a
+//! backoff; nothing later is written meanwhile (the [`Line`] invariant).
+//! What a failed answer means, as the Java client reads it:
+//!
+//! - Any error about a batch behind a failed one (typically
+//!   `OUT_OF_ORDER_SEQUENCE_NUMBER`, or a lost connection) is the
+//!   consequence of the earlier failure: it is simply resent in order.
+//! - A retriable error about the oldest batch (connection lost, leader
+//!   moving, broker restarting): resend it after a backoff, until the
+//!   partition has made no progress for the client's retry deadline.
+//! - `OUT_OF_ORDER_SEQUENCE_NUMBER` or `UNKNOWN_PRODUCER_ID` about the
+//!   oldest batch, which was written in order after the last acknowledged
+//!   one: the leader really lost this producer's state. Continue under the
+//!   next epoch from sequence 0 (KIP-360); `INVALID_PRODUCER_EPOCH` takes a
+//!   fresh producer id.
+//!
+//! A batch whose answer was lost may be stored: it is resent only with the
+//! same id, epoch and sequence (the leader recognises the duplicate). If it
+//! cannot be (the retry deadline passed, the leader lost the state), it
+//! fails with an error that says it may have been stored, never resent
+//! under new numbers.
+//!
+//! The task is supervised: if the worker panics, the records it held fail
+//! with [`Error::WorkerFailed`] carrying the panic's message, the cause is
+//! logged, and a new worker (under a new epoch, as its predecessor's last
+//! batches may be stored) serves the partition's next records.
 
-use std::collections::VecDeque;
+use std::any::Any;
 use std::future::Future;
-use std::pin::Pin;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::{FutureExt, StreamExt};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::idempotence::{ProducerIdentity, ProducerIds};
-use super::{Delivery, DeliveryReport, Outstanding};
+use super::limits;
+use super::line::{Answer, Batch, Line};
+use super::pending::{Destination, Pending};
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
 use crate::protocol::error_codes::{
     needs_metadata_refresh, DUPLICATE_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, MESSAGE_TOO_LARGE,
     OUT_OF_ORDER_SEQUENCE_NUMBER, RECORD_LIST_TOO_LARGE, UNKNOWN_PRODUCER_ID,
 };
-use crate::protocol::records::{encode_batch, Codec, OutgoingRecord, ProducerFields};
+use crate::protocol::records::{encode_batch, Codec, ProducerFields};
 
-/// A record waiting in a partition queue.
-pub(crate) struct Pending {
-    pub record: OutgoingRecord,
-    pub size: usize,
-    /// Buffer memory held until the record is resolved.
-    pub _permit: OwnedSemaphorePermit,
-    pub done: oneshot::Sender<Result<Delivery>>,
-}
+/// The close signal: `Some(deadline)` once [`Producer::close`](super::Producer::close)
+/// was called; what is unresolved at the deadline fails.
+pub(crate) type Closing = watch::Receiver<Option<Instant>>;
+
+/// The error of records still unresolved at `close`'s deadline.
+pub(crate) const CLOSED_UNACKNOWLEDGED: &str =
+    "the producer was closed before the broker acknowledged the record; \
+     it may or may not have been stored";
+
+#[cfg(test)]
+pub(crate) const TEST_PANIC_VALUE: &[u8] = b"kastellan-test: panic in the partition worker";
 
 pub(crate) struct PartitionWorker {
     pub client: Client,
-    pub topic: Arc<str>,
-    pub partition: i32,
+    pub dest: Arc<Destination>,
     pub linger: Duration,
     pub max_batch_bytes: usize,
     pub compression: Codec,
     pub max_in_flight: usize,
     /// Producer ids when idempotent; `None` sends batches without sequences.
     pub ids: Option<Arc<ProducerIds>>,
-    pub outstanding: Arc<Outstanding>,
-    pub reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
+    /// Records failed at `close`'s deadline, over all workers.
+    pub aborted: Arc<AtomicUsize>,
 }
 
-/// A closed batch: its records in order and, once sent, its encoding.
-struct Batch {
-    records: Vec<Pending>,
-    /// Sequence number of the first record (-1 without idempotence).
-    sequence: i32,
-    /// Failed attempts so far, and when the first one failed.
-    attempts: u32,
-    first_failure: Option<Instant>,
-    encoded: Option<(ProducerFields, bytes::Bytes)>,
-}
-
-impl Batch {
-    fn new(records: Vec<Pending>, sequence: i32) -> Self {
-        Self {
-            records,
-            sequence,
-            attempts: 0,
-            first_failure: None,
-            encoded: None,
-        }
-    }
-}
-
-/// One attempt to produce a batch: resolves to the batch and its base offset
-/// or the error of this attempt.
-type Attempt = Pin<Box<dyn Future<Output = (Batch, Result<i64>)> + Send>>;
-
-/// The worker's mutable state, owned by its task.
+/// The worker's state, owned by its supervisor so that a panic in the
+/// worker leaves it behind for the supervisor to fail its records.
 struct State {
     /// The batch being filled, and since when it holds records.
     open: Vec<Pending>,
     open_bytes: usize,
-    open_since: Option<tokio::time::Instant>,
-    /// Closed batches waiting to be sent, oldest first.
-    queue: VecDeque<Batch>,
-    /// Sent batches, in the order they were sent.
-    in_flight: FuturesOrdered<Attempt>,
-    /// Batches that failed in the current recovery, in order; they go back
-    /// to the head of the queue once nothing is in flight.
-    failed: Vec<Batch>,
-    /// Sending one batch at a time until one succeeds (after failures, and
-    /// for the first batch of a producer id).
-    recovering: bool,
-    /// The broker lost this partition's sequence state: get a fresh id.
-    reset_identity: bool,
-    /// A batch failed for good: later batches take over its sequence numbers.
-    renumber_from: Option<i32>,
-    identity: Option<ProducerIdentity>,
-    next_sequence: i32,
+    open_since: Option<Instant>,
+    line: Line,
+    /// Since when the partition has made no progress (no acknowledgement
+    /// since a failure); retries end once this is older than the deadline.
+    failing_since: Option<std::time::Instant>,
+    /// Take a fresh producer id at the next write.
+    fresh_identity: bool,
+    /// No more records will come.
     input_closed: bool,
+    /// `close` was called: what is unresolved at this instant fails.
+    abort_at: Option<Instant>,
+    /// The close signal's sender is gone (the producer was dropped).
+    closing_gone: bool,
 }
 
-impl PartitionWorker {
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>) {
-        let this = Arc::new(self);
-        let mut st = State {
+impl State {
+    fn new(idempotent: bool, identity: Option<ProducerIdentity>) -> Self {
+        Self {
             open: Vec::new(),
             open_bytes: 0,
             open_since: None,
-            queue: VecDeque::new(),
-            in_flight: FuturesOrdered::new(),
-            failed: Vec::new(),
-            // The first batch goes alone: a new producer id's first sequence
-            // on a partition is whatever arrives first, so a pipelined second
-            // batch must not overtake a first one that failed (for example on
-            // a topic whose leader is not ready yet).
-            recovering: true,
-            reset_identity: false,
-            renumber_from: None,
-            identity: None,
-            next_sequence: 0,
+            line: Line::new(idempotent, identity),
+            failing_since: None,
+            fresh_identity: false,
             input_closed: false,
-        };
+            abort_at: None,
+            closing_gone: false,
+        }
+    }
+
+    /// Records held: in the open batch and in the line.
+    fn records(&self) -> usize {
+        self.open.len() + self.line.records()
+    }
+}
+
+impl PartitionWorker {
+    /// Serve the partition until the producer is dropped or closed,
+    /// starting the worker over after a panic.
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>, mut closing: Closing) {
+        let this = Arc::new(self);
+        let idempotent = this.ids.is_some();
+        let mut st = State::new(idempotent, None);
         loop {
-            this.pump(&mut st).await;
-            if st.input_closed
-                && st.open.is_empty()
-                && st.queue.is_empty()
-                && st.in_flight.is_empty()
-                && st.failed.is_empty()
-            {
-                break;
+            let served = AssertUnwindSafe(this.serve(&mut st, &mut rx, &mut closing))
+                .catch_unwind()
+                .await;
+            let Err(panic) = served else { return };
+            let cause = panic_message(panic.as_ref());
+            tracing::error!(topic = %this.dest.topic, partition = this.dest.partition,
+                records = st.records(), %cause,
+                "producer partition worker panicked; the records it held fail, \
+                 and a new worker serves the partition's next records");
+            let e = Error::WorkerFailed {
+                topic: this.dest.topic.to_string(),
+                partition: this.dest.partition,
+                reason: format!("the partition worker panicked: {cause}"),
+            };
+            this.fail_all(&mut st, &e);
+            // The failed records may be stored under the old worker's
+            // sequence numbers: its successor starts over at sequence 0
+            // under the next epoch.
+            let old = st.line.identity;
+            let identity = old.and_then(ProducerIdentity::bumped);
+            if let (Some(ids), Some(_)) = (&this.ids, old) {
+                ids.count_reset();
             }
-            // The open batch waits for its linger only while it could be sent;
-            // otherwise it keeps filling until it is full or capacity frees up.
-            let linger_at = st
-                .open_since
-                .filter(|_| this.can_send(&st) && st.queue.is_empty())
-                .map(|since| since + this.linger);
+            let mut next = State::new(idempotent, identity);
+            next.fresh_identity = st.fresh_identity || (old.is_some() && identity.is_none());
+            next.input_closed = st.input_closed;
+            next.abort_at = st.abort_at;
+            next.closing_gone = st.closing_gone;
+            st = next;
+            // Never a tight loop, whatever made it panic.
+            tokio::time::sleep(this.client.config().retry_backoff).await;
+        }
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        st: &mut State,
+        rx: &mut mpsc::UnboundedReceiver<Pending>,
+        closing: &mut Closing,
+    ) {
+        if st.abort_at.is_none() && !st.closing_gone {
+            if let Some(deadline) = *closing.borrow_and_update() {
+                st.abort_at = Some(deadline);
+                close_input(st, rx, self);
+            }
+        }
+        loop {
+            self.pump(st, closing).await;
+            if st.abort_at.is_some_and(|t| t <= Instant::now()) {
+                self.abort(st);
+                return;
+            }
+            if st.line.is_empty() {
+                // Nothing is waiting: the partition is not stuck.
+                st.failing_since = None;
+                if st.input_closed && st.open.is_empty() {
+                    return;
+                }
+            }
+            let wake = self.next_wake(st);
             tokio::select! {
                 biased;
-                Some((batch, result)) = st.in_flight.next(), if !st.in_flight.is_empty() => {
-                    this.complete(&mut st, batch, result);
+                Some((result, sent)) = st.line.answers().next() => {
+                    self.on_answer(st, result, sent).await;
+                }
+                changed = closing.changed(), if !st.closing_gone && st.abort_at.is_none() => {
+                    match changed {
+                        Ok(()) => {
+                            if let Some(deadline) = *closing.borrow_and_update() {
+                                st.abort_at = Some(deadline);
+                                close_input(st, rx, self);
+                            }
+                        }
+                        Err(_) => st.closing_gone = true,
+                    }
                 }
                 next = rx.recv(), if !st.input_closed => match next {
                     Some(p) => {
-                        this.add(&mut st, p);
+                        self.add(st, p);
                         // Take what is queued already in one go.
                         while let Ok(p) = rx.try_recv() {
-                            this.add(&mut st, p);
+                            self.add(st, p);
                         }
                     }
                     None => st.input_closed = true,
                 },
-                _ = tokio::time::sleep_until(linger_at.unwrap_or_else(far_future)), if linger_at.is_some() => {
-                    this.close_open(&mut st);
-                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
             }
         }
     }
 
-    fn can_send(&self, st: &State) -> bool {
-        let cap = if st.recovering { 1 } else { self.max_in_flight };
-        st.in_flight.len() < cap
+    /// The next instant the worker must act without an event: the end of a
+    /// backoff, of the open batch's linger, or `close`'s deadline.
+    fn next_wake(&self, st: &State) -> Option<Instant> {
+        let mut wake = st.abort_at;
+        let mut earliest = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        let waiting = st.line.unwritten() > 0 || !st.open.is_empty();
+        if let Some(t) = st.line.resume_at().filter(|_| waiting) {
+            earliest(t);
+        }
+        // The open batch waits for its linger only while it could be sent;
+        // otherwise it keeps filling until it is full or the line has room.
+        if let Some(since) = st.open_since {
+            if st.line.unwritten() == 0 && st.line.has_room(self.max_in_flight) {
+                earliest(since + self.linger);
+            }
+        }
+        wake
     }
 
     /// Append a record to the open batch, closing it first if it would overflow.
@@ -177,16 +247,22 @@ impl PartitionWorker {
             self.close_open(st);
         }
         if st.open.is_empty() {
-            st.open_since = Some(tokio::time::Instant::now());
+            st.open_since = Some(Instant::now());
         }
         st.open_bytes += p.size;
+        #[cfg(test)]
+        let panic_now = p.record.value.as_deref() == Some(TEST_PANIC_VALUE);
         st.open.push(p);
+        #[cfg(test)]
+        if panic_now {
+            panic!("test hook: a record asked the worker to panic");
+        }
         if st.open_bytes >= self.max_batch_bytes {
             self.close_open(st);
         }
     }
 
-    /// Close the open batch and give it the next sequence numbers.
+    /// Close the open batch: it joins the line.
     fn close_open(&self, st: &mut State) {
         if st.open.is_empty() {
             return;
@@ -194,150 +270,97 @@ impl PartitionWorker {
         let records = std::mem::take(&mut st.open);
         st.open_bytes = 0;
         st.open_since = None;
-        let sequence = if self.ids.is_some() {
-            let s = st.next_sequence;
-            st.next_sequence = advance(s, records.len());
-            s
-        } else {
-            -1
-        };
-        st.queue.push_back(Batch::new(records, sequence));
+        st.line.push(records);
     }
 
-    /// Send queued batches while the in-flight limit allows.
-    async fn pump(self: &Arc<Self>, st: &mut State) {
+    /// Write batches while the line allows.
+    async fn pump(self: &Arc<Self>, st: &mut State, closing: &Closing) {
         loop {
-            if st.in_flight.is_empty() && (!st.failed.is_empty() || st.recovering) {
-                self.settle(st).await;
-            }
-            if !self.can_send(st) {
-                return;
-            }
-            if st.queue.is_empty() {
+            if st.line.unwritten() == 0
+                && !st.open.is_empty()
+                && st.line.has_room(self.max_in_flight)
+            {
                 let lingered = st
                     .open_since
                     .is_some_and(|since| since.elapsed() >= self.linger);
-                if !st.open.is_empty() && (lingered || st.input_closed) {
+                if lingered || st.input_closed {
                     self.close_open(st);
-                } else {
-                    return;
                 }
             }
-            let Some(batch) = st.queue.pop_front() else {
+            if st.line.next_to_write(self.max_in_flight).is_none() {
+                return;
+            }
+            if let Some(ids) = self.ids.as_ref().filter(|_| st.line.identity.is_none()) {
+                let identity = if st.fresh_identity {
+                    ids.fresh().await
+                } else {
+                    ids.shared().await
+                };
+                match identity {
+                    Ok(identity) => {
+                        st.fresh_identity = false;
+                        st.line.identity = Some(identity);
+                    }
+                    Err(e) => {
+                        st.line.write_failed(e);
+                        return;
+                    }
+                }
+            }
+            let identity = st.line.identity;
+            let Some(batch) = st.line.next_to_write(self.max_in_flight) else {
                 return;
             };
-            let attempt = self.start(st, batch).await;
-            st.in_flight.push_back(attempt);
-        }
-    }
-
-    /// With nothing in flight after failures: put the failed batches back at
-    /// the head of the queue and repair sequence numbers before resending.
-    async fn settle(&self, st: &mut State) {
-        for batch in st.failed.drain(..).rev() {
-            st.queue.push_front(batch);
-        }
-        let Some(ids) = &self.ids else { return };
-        if st.reset_identity {
-            match ids.fresh().await {
-                Ok(identity) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition,
-                        "broker lost this producer's sequence state; continuing with a new producer id");
-                    st.identity = Some(identity);
-                    st.reset_identity = false;
-                    st.renumber_from = Some(0);
-                    st.recovering = true;
+            let fields = match identity {
+                Some(i) => ProducerFields {
+                    id: i.id,
+                    epoch: i.epoch,
+                    base_sequence: batch.sequence,
+                },
+                None => ProducerFields::NONE,
+            };
+            let encoded = match self.encode(batch, fields) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    st.line.write_failed(e);
+                    return;
+                }
+            };
+            let request = self.request(encoded);
+            let abort = abort_signal(closing.clone(), st.abort_at);
+            match self.write(&request, abort).await {
+                Ok((addr, answer)) => {
+                    let this = Arc::clone(self);
+                    let answer: Answer =
+                        Box::pin(async move { (this.interpret(&addr, answer.await), true) });
+                    st.line.wrote(answer);
                 }
                 Err(e) => {
-                    // Without an id nothing can be sent: fail the head batch
-                    // and try again for the next one.
-                    if let Some(batch) = st.queue.pop_front() {
-                        self.resolve_err(batch, &e);
-                    }
+                    st.line.write_failed(e);
                     return;
                 }
             }
         }
-        if let Some(mut sequence) = st.renumber_from.take() {
-            for batch in &mut st.queue {
-                if batch.sequence != sequence {
-                    batch.sequence = sequence;
-                    batch.encoded = None;
-                }
-                sequence = advance(sequence, batch.records.len());
-            }
-            st.next_sequence = sequence;
-        }
     }
 
-    /// Encode a batch and start its request. In normal operation the request
-    /// is written before this returns, so batches reach the broker in order;
-    /// a resent batch waits for its backoff first (it is the only one in flight).
-    async fn start(self: &Arc<Self>, st: &mut State, mut batch: Batch) -> Attempt {
-        let fields = match self.fields(st, batch.sequence).await {
-            Ok(f) => f,
-            Err(e) => return ready(batch, Err(e)),
-        };
-        let encoded = match &batch.encoded {
-            Some((f, bytes)) if *f == fields => bytes.clone(),
-            _ => match encode_batch(
-                batch.records.iter().map(|p| &p.record),
-                self.compression,
-                fields,
-            ) {
-                Ok(bytes) => {
-                    batch.encoded = Some((fields, bytes.clone()));
-                    bytes
-                }
-                Err(e) => {
-                    let e = Error::Protocol {
-                        broker: "local".into(),
-                        reason: e.to_string(),
-                    };
-                    return ready(batch, Err(e));
-                }
-            },
-        };
-        let request = self.request(encoded);
-        let this = Arc::clone(self);
-        if batch.attempts > 0 {
-            let delay = self.backoff(batch.attempts);
-            return Box::pin(async move {
-                tokio::time::sleep(delay).await;
-                let result = match this.write(&request).await {
-                    Ok((addr, answer)) => this.interpret(&addr, answer.await),
-                    Err(e) => Err(e),
-                };
-                (batch, result)
-            });
-        }
-        match self.write(&request).await {
-            Ok((addr, answer)) => Box::pin(async move {
-                let result = this.interpret(&addr, answer.await);
-                (batch, result)
-            }),
-            Err(e) => ready(batch, Err(e)),
-        }
-    }
-
-    /// The producer fields for a batch starting at `sequence`.
-    async fn fields(&self, st: &mut State, sequence: i32) -> Result<ProducerFields> {
-        let Some(ids) = &self.ids else {
-            return Ok(ProducerFields::NONE);
-        };
-        let identity = match st.identity {
-            Some(identity) => identity,
-            None => {
-                let identity = ids.shared().await?;
-                st.identity = Some(identity);
-                identity
+    /// The batch's bytes for `fields`, encoded once per numbering.
+    fn encode(&self, batch: &mut Batch, fields: ProducerFields) -> Result<bytes::Bytes> {
+        if let Some((f, bytes)) = &batch.encoded {
+            if *f == fields {
+                return Ok(bytes.clone());
             }
-        };
-        Ok(ProducerFields {
-            id: identity.id,
-            epoch: identity.epoch,
-            base_sequence: sequence,
-        })
+        }
+        let bytes = encode_batch(
+            batch.records.iter().map(|p| &p.record),
+            self.compression,
+            fields,
+        )
+        .map_err(|e| Error::Protocol {
+            broker: "local".into(),
+            reason: e.to_string(),
+        })?;
+        batch.encoded = Some((fields, bytes.clone()));
+        Ok(bytes)
     }
 
     fn request(&self, records: bytes::Bytes) -> ProduceRequest {
@@ -347,226 +370,320 @@ impl PartitionWorker {
                 i32::try_from(self.client.config().request_timeout.as_millis()).unwrap_or(i32::MAX),
             )
             .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(self.topic.to_string())))
+                .with_name(TopicName(StrBytes::from_string(
+                    self.dest.topic.to_string(),
+                )))
                 .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(self.partition)
+                    .with_index(self.dest.partition)
                     .with_records(Some(records))])])
     }
 
     /// Write the request to the partition leader; returns the leader's
-    /// address and the future of its answer.
+    /// address and the future of its answer. Finding the leader and its
+    /// connection gives up when `abort` fires (close's deadline); the write
+    /// itself is not interrupted.
     async fn write(
         &self,
         request: &ProduceRequest,
+        abort: impl Future<Output = ()>,
     ) -> Result<(
         String,
         impl Future<Output = Result<ProduceResponse>> + Send + 'static,
     )> {
         let cluster = self.client.cluster();
-        let written = async {
-            let addr = cluster.leader_addr(&self.topic, self.partition).await?;
+        let lookup = async {
+            let addr = cluster
+                .leader_addr(&self.dest.topic, self.dest.partition)
+                .await?;
             let conn = cluster.produce_connection(&addr).await?;
-            let answer = conn.send(request).await?;
-            Ok::<_, Error>((addr, answer))
-        }
-        .await;
+            Ok::<_, Error>((addr, conn))
+        };
+        let found = tokio::select! {
+            found = lookup => found,
+            () = abort => Err(Error::Closed(CLOSED_UNACKNOWLEDGED)),
+        };
+        let written = match found {
+            Ok((addr, conn)) => conn.send(request).await.map(|answer| (addr, answer)),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &written {
             if e.is_retriable() {
-                cluster.invalidate(&self.topic);
+                cluster.invalidate(&self.dest.topic);
             }
         }
         written
     }
 
-    /// This partition's outcome in a produce answer.
+    /// This partition's outcome in a produce answer: the base offset, or -1
+    /// for a batch the leader stored long ago and no longer knows the offset
+    /// of (`DUPLICATE_SEQUENCE_NUMBER`: stored once, offset unknown).
     fn interpret(&self, addr: &str, answer: Result<ProduceResponse>) -> Result<i64> {
         let cluster = self.client.cluster();
         let response = answer.inspect_err(|e| {
             if e.is_retriable() {
-                cluster.invalidate(&self.topic);
+                cluster.invalidate(&self.dest.topic);
             }
         })?;
         let p = response
             .responses
             .iter()
             .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == self.partition)
+            .find(|p| p.index == self.dest.partition)
             .ok_or_else(|| Error::Protocol {
                 broker: addr.to_string(),
-                reason: format!("produce answer lacks {}/{}", self.topic, self.partition),
+                reason: format!(
+                    "produce answer lacks {}/{}",
+                    self.dest.topic, self.dest.partition
+                ),
             })?;
-        if p.error_code != 0 {
-            if needs_metadata_refresh(p.error_code) {
-                cluster.invalidate(&self.topic);
+        match p.error_code {
+            0 => Ok(p.base_offset),
+            DUPLICATE_SEQUENCE_NUMBER => Ok(-1),
+            code => {
+                if needs_metadata_refresh(code) {
+                    cluster.invalidate(&self.dest.topic);
+                }
+                Err(BrokerError::new(
+                    addr,
+                    "Produce",
+                    code,
+                    p.error_message.as_ref().map(|m| m.to_string()),
+                )
+                .into())
             }
-            return Err(BrokerError::new(
-                addr,
-                "Produce",
-                p.error_code,
-                p.error_message.as_ref().map(|m| m.to_string()),
-            )
-            .into());
         }
-        Ok(p.base_offset)
     }
 
-    /// Handle the outcome of the oldest batch in flight.
-    fn complete(&self, st: &mut State, mut batch: Batch, result: Result<i64>) {
-        let e = match result {
-            Ok(base) => {
-                self.resolve_ok(batch, base);
-                if st.in_flight.is_empty() && st.failed.is_empty() {
-                    st.recovering = false;
-                }
+    /// Take in the answer of the oldest unanswered batch.
+    async fn on_answer(&self, st: &mut State, result: Result<i64>, sent: bool) {
+        if let Some((batch, base)) = st.line.answered(result, sent) {
+            st.failing_since = None;
+            resolve_ok(batch, base);
+        }
+        if st.line.drained() {
+            self.settle(st).await;
+        }
+    }
+
+    /// The round failed and all its answers are in: decide about the oldest
+    /// unacknowledged batch, whose failure stopped the round, and start the
+    /// next round.
+    async fn settle(&self, st: &mut State) {
+        let failing_since = *st.failing_since.get_or_insert_with(std::time::Instant::now);
+        let deadline = self.client.config().retry_deadline;
+        let Some(front) = st.line.front_mut() else {
+            st.line.resend(None);
+            return;
+        };
+        let e = front
+            .last_error
+            .take()
+            .unwrap_or(Error::Closed("produce failed without an error"));
+        let code = e.broker_code();
+        if let Some(code @ (MESSAGE_TOO_LARGE | RECORD_LIST_TOO_LARGE)) = code {
+            if front.len() > 1 {
+                // Halve and resend; the halves keep the batch's sequence range.
+                st.line.split_front();
+                st.line.resend(None);
                 return;
             }
-            Err(e) => e,
-        };
-        let code = e.broker_code();
-        let idempotent = self.ids.is_some();
-        if code == Some(DUPLICATE_SEQUENCE_NUMBER) {
-            // Stored before, and too long ago for the broker to remember the
-            // offset: delivered, offset unknown.
-            self.resolve_ok_without_offsets(batch);
-            return;
-        }
-        let too_large = matches!(code, Some(MESSAGE_TOO_LARGE | RECORD_LIST_TOO_LARGE));
-        if too_large && batch.records.len() > 1 {
-            // Halve and resend; the halves keep the batch's sequence range.
-            let mut first = std::mem::take(&mut batch.records);
-            let second = first.split_off(first.len() / 2);
-            let second_sequence = if idempotent {
-                advance(batch.sequence, first.len())
-            } else {
-                -1
-            };
-            st.failed.push(Batch::new(first, batch.sequence));
-            st.failed.push(Batch::new(second, second_sequence));
-            st.recovering = true;
-            return;
-        }
-        let sequence_lost = idempotent
-            && matches!(
-                code,
-                Some(OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID | INVALID_PRODUCER_EPOCH)
+            let size = front.encoded.as_ref().map_or_else(
+                || front.records.first().map_or(0, |p| p.size),
+                |(_, b)| b.len(),
             );
-        // Nothing older is unresolved or waiting for new sequence numbers.
-        let alone = st.in_flight.is_empty() && st.failed.is_empty() && st.renumber_from.is_none();
-        if sequence_lost && (!st.recovering || alone) {
-            // A sequence complaint about the oldest unresolved batch, with
-            // nothing failed before it: the broker's sequence state for this
-            // partition is not ours (it lost it, or a later batch got in
-            // first). Start over with a fresh producer id.
-            st.reset_identity = true;
-        }
-        // Other sequence complaints follow an earlier failure and clear up
-        // once the batches before them are resent.
-        let retriable = e.is_retriable() || sequence_lost;
-        let first_failure = *batch.first_failure.get_or_insert_with(Instant::now);
-        let deadline = self.client.config().retry_deadline;
-        if retriable && first_failure.elapsed() < deadline {
-            batch.attempts += 1;
-            tracing::debug!(topic = %self.topic, partition = self.partition,
-                attempt = batch.attempts, error = %e, "produce failed; will resend");
-            st.failed.push(batch);
-            st.recovering = true;
+            let e = match limits::refusing_limit(&self.client, &self.dest.topic, code).await {
+                Ok((limit, which)) => Error::RecordTooLarge { size, limit, which },
+                Err(lookup) => {
+                    tracing::debug!(topic = %self.dest.topic, error = %lookup,
+                        "cannot read the topic's size limit");
+                    e
+                }
+            };
+            self.give_up_front(st, e);
             return;
         }
-        let e = if too_large {
-            Error::RecordTooLarge {
-                size: batch.records.first().map_or(0, |p| p.size),
-                limit: self.max_batch_bytes,
-                which: "broker message.max.bytes (or the topic's max.message.bytes)",
+        if self.ids.is_some() {
+            if let Some(
+                code
+                @ (OUT_OF_ORDER_SEQUENCE_NUMBER | UNKNOWN_PRODUCER_ID | INVALID_PRODUCER_EPOCH),
+            ) = code
+            {
+                // The oldest unacknowledged batch, written in order right
+                // after the last acknowledged one, does not fit the leader's
+                // sequence state: the leader lost it (or, for
+                // INVALID_PRODUCER_EPOCH, knows a newer epoch of our id).
+                tracing::warn!(topic = %self.dest.topic, partition = self.dest.partition,
+                    error = %e, "the partition leader lost this producer's sequence state; \
+                    continuing from sequence 0 under a new epoch");
+                let fresh = code == INVALID_PRODUCER_EPOCH;
+                self.restart_sequences(st, fresh, &e);
+                st.line.resend(None);
+                return;
             }
-        } else if retriable {
+        }
+        if e.is_retriable() && failing_since.elapsed() < deadline {
+            tracing::debug!(topic = %self.dest.topic, partition = self.dest.partition,
+                attempt = front.attempts, error = %e, "produce failed; will resend");
+            let backoff = self.backoff(front.attempts);
+            st.line.resend(Some(backoff));
+            return;
+        }
+        let e = if e.is_retriable() {
             Error::DeliveryTimeout {
-                topic: self.topic.to_string(),
-                partition: self.partition,
+                topic: self.dest.topic.to_string(),
+                partition: self.dest.partition,
                 timeout: deadline,
                 last: e.to_string(),
             }
         } else {
             e
         };
-        if idempotent {
-            // The broker never stored this batch: the batches after it take
-            // over its sequence numbers.
-            let from = st.renumber_from.unwrap_or(batch.sequence);
-            st.renumber_from = Some(from);
-            st.recovering = true;
-        }
-        self.resolve_err(batch, &e);
+        self.give_up_front(st, e);
     }
 
-    /// Pause before resending: exponential from the client's retry backoff,
-    /// capped at its maximum.
-    fn backoff(&self, attempts: u32) -> Duration {
-        let config = self.client.config();
-        let factor = 1u32 << attempts.saturating_sub(1).min(10);
-        config
-            .retry_backoff
-            .saturating_mul(factor)
-            .min(config.retry_backoff_max)
-    }
-
-    fn resolve_ok(&self, batch: Batch, base: i64) {
-        self.resolve(batch, |i| Ok(base + i as i64));
-    }
-
-    fn resolve_ok_without_offsets(&self, batch: Batch) {
-        self.resolve(batch, |_| Ok(-1));
-    }
-
-    fn resolve_err(&self, batch: Batch, e: &Error) {
-        tracing::warn!(topic = %self.topic, partition = self.partition,
-            records = batch.records.len(), error = %e, "produce failed");
-        self.resolve(batch, |_| Err(e.duplicate()));
-    }
-
-    fn resolve(&self, batch: Batch, outcome: impl Fn(usize) -> Result<i64>) {
-        let n = batch.records.len();
-        for (i, p) in batch.records.into_iter().enumerate() {
-            if let Some(r) = &self.reports {
-                let _ = r.send(DeliveryReport {
-                    topic: Arc::clone(&self.topic),
-                    partition: self.partition,
-                    key: p.record.key.clone(),
-                    result: outcome(i),
-                });
+    /// Fail the oldest unacknowledged batch and carry on with the rest.
+    fn give_up_front(&self, st: &mut State, e: Error) {
+        let Some(front) = st.line.pop_front() else {
+            return;
+        };
+        let (sequence, maybe_stored) = (front.sequence, front.maybe_stored);
+        resolve_err(&self.dest, front, &e);
+        if self.ids.is_some() {
+            if maybe_stored {
+                // The leader may hold it under its sequence numbers, so the
+                // batches behind cannot take them over: those that may be
+                // stored as well fail, the rest go on under a new epoch.
+                self.restart_sequences(st, false, &e);
+            } else {
+                // Never stored, so neither is anything behind it: the
+                // batches behind take over its sequence numbers.
+                st.line.renumber(sequence);
             }
-            let _ = p.done.send(outcome(i).map(|offset| Delivery {
-                topic: Arc::clone(&self.topic),
-                partition: self.partition,
-                offset,
-            }));
         }
-        self.outstanding.done(n);
+        st.line.resend(None);
+    }
+
+    /// Continue the partition from sequence 0 under the next epoch (or a
+    /// fresh id). Batches that may be stored under the old numbering fail
+    /// with `cause`: resending them under new numbers could store them twice.
+    fn restart_sequences(&self, st: &mut State, fresh: bool, cause: &Error) {
+        let Some(ids) = &self.ids else { return };
+        ids.count_reset();
+        let unsure = st.line.take_maybe_stored();
+        if !unsure.is_empty() {
+            let e = Error::Client {
+                context: format!(
+                    "produce to {}/{} (the record may have been stored)",
+                    self.dest.topic, self.dest.partition
+                ),
+                message: format!(
+                    "its answer was lost and it cannot be resent under the same \
+                     sequence numbers: {cause}"
+                ),
+                retriable: false,
+            };
+            for batch in unsure {
+                resolve_err(&self.dest, batch, &e);
+            }
+        }
+        let identity = if fresh {
+            None
+        } else {
+            st.line.identity.and_then(ProducerIdentity::bumped)
+        };
+        st.fresh_identity = identity.is_none();
+        st.line.restart_sequences(identity);
+    }
+
+    /// Pause before the `attempts`-th resend, as the client's retry
+    /// policy says.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let policy = self.client.config().retry_policy();
+        policy
+            .pauses()
+            .nth(attempts.saturating_sub(1).min(30) as usize)
+            .unwrap_or_else(|| policy.max())
+    }
+
+    /// `close`'s deadline passed: fail everything held.
+    fn abort(&self, st: &mut State) {
+        let n = st.records();
+        if n > 0 {
+            self.aborted.fetch_add(n, Ordering::AcqRel);
+            tracing::warn!(topic = %self.dest.topic, partition = self.dest.partition,
+                records = n, "producer closed with records not acknowledged; they fail");
+        }
+        let e = Error::Closed(CLOSED_UNACKNOWLEDGED);
+        self.fail_all(st, &e);
+    }
+
+    fn fail_all(&self, st: &mut State, e: &Error) {
+        for p in st.open.drain(..) {
+            p.resolve(Err(e.duplicate()));
+        }
+        st.open_bytes = 0;
+        st.open_since = None;
+        for batch in st.line.take_all() {
+            for p in batch.records {
+                p.resolve(Err(e.duplicate()));
+            }
+        }
     }
 }
 
-/// An attempt that has already failed (or succeeded) without a request.
-fn ready(batch: Batch, result: Result<i64>) -> Attempt {
-    Box::pin(std::future::ready((batch, result)))
-}
-
-/// The sequence number `n` records after `sequence`; wraps to 0 after
-/// `i32::MAX` as Kafka's sequences do.
-fn advance(sequence: i32, n: usize) -> i32 {
-    ((i64::from(sequence) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::advance;
-
-    #[test]
-    fn sequences_wrap_like_kafka() {
-        assert_eq!(advance(0, 5), 5);
-        assert_eq!(advance(i32::MAX, 1), 0);
-        assert_eq!(advance(i32::MAX - 1, 3), 1);
+/// After `close`: take in what is queued (nothing more will come) and stop
+/// lingering.
+fn close_input(
+    st: &mut State,
+    rx: &mut mpsc::UnboundedReceiver<Pending>,
+    worker: &PartitionWorker,
+) {
+    while let Ok(p) = rx.try_recv() {
+        worker.add(st, p);
     }
+    st.input_closed = true;
+}
+
+/// Resolves at `close`'s deadline (never, while the producer is open).
+async fn abort_signal(mut closing: Closing, abort_at: Option<Instant>) {
+    let at = match abort_at {
+        Some(at) => at,
+        None => loop {
+            if closing.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if let Some(at) = *closing.borrow_and_update() {
+                break at;
+            }
+        },
+    };
+    tokio::time::sleep_until(at).await;
+}
+
+fn resolve_ok(batch: Batch, base: i64) {
+    for (i, p) in batch.records.into_iter().enumerate() {
+        p.resolve(Ok(if base >= 0 { base + i as i64 } else { -1 }));
+    }
+}
+
+fn resolve_err(dest: &Destination, batch: Batch, e: &Error) {
+    tracing::warn!(topic = %dest.topic, partition = dest.partition,
+        records = batch.len(), error = %e, "produce failed");
+    for p in batch.records {
+        p.resolve(Err(e.duplicate()));
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
 }

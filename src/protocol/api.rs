@@ -1,9 +1,9 @@
 //! The Kafka APIs our wire layer speaks, with the names our errors print.
 
 use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
     OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
     SyncGroupRequest,
 };
@@ -58,6 +58,7 @@ kafka_api! {
     OffsetCommitRequest => "OffsetCommit", 8;
     ApiVersionsRequest => "ApiVersions", 3;
     InitProducerIdRequest => "InitProducerId", 5;
+    DescribeConfigsRequest => "DescribeConfigs", 4;
     SaslHandshakeRequest => "SaslHandshake", 1;
     SaslAuthenticateRequest => "SaslAuthenticate", 2;
 }

@@ -501,6 +501,38 @@ const INIT_PRODUCER_ID: &[Field] = &[
     f("producer_epoch", Int16),
 ];
 
+// --- DescribeConfigs (32) ---------------------------------------------------
+
+const DESCRIBE_CONFIGS_SYNONYM: &[Field] = &[
+    f("name", Ty::String),
+    f("value", NullableString),
+    f("source", Int8),
+];
+
+const DESCRIBE_CONFIGS_ENTRY: &[Field] = &[
+    f("name", Ty::String),
+    f("value", NullableString),
+    f("read_only", Bool),
+    f("config_source", Int8),
+    f("is_sensitive", Bool),
+    f("synonyms", Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_SYNONYM))),
+    since("config_type", Int8, 3),
+    since("documentation", NullableString, 3),
+];
+
+const DESCRIBE_CONFIGS_RESULT: &[Field] = &[
+    f("error_code", Int16),
+    f("error_message", NullableString),
+    f("resource_type", Int8),
+    f("resource_name", Ty::String),
+    f("configs", Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_ENTRY))),
+];
+
+const DESCRIBE_CONFIGS: &[Field] = &[
+    f("throttle_time_ms", Int32),
+    f("results", Ty::Array(&Ty::Struct(DESCRIBE_CONFIGS_RESULT))),
+];
+
 // --- SaslHandshake (17) and SaslAuthenticate (36) ---------------------------
 
 const SASL_HANDSHAKE: &[Field] = &[
@@ -533,6 +565,7 @@ pub(crate) const SCHEMAS: &[Schema] = &[
     schema(19, "CreateTopics", 2, 7, 5, CREATE_TOPICS),
     schema(20, "DeleteTopics", 1, 5, 4, DELETE_TOPICS),
     schema(22, "InitProducerId", 0, 5, 2, INIT_PRODUCER_ID),
+    schema(32, "DescribeConfigs", 1, 4, 4, DESCRIBE_CONFIGS),
     schema(36, "SaslAuthenticate", 0, 2, 2, SASL_AUTHENTICATE),
 ];
 

@@ -80,6 +80,7 @@ macro_rules! each_api {
             + $check::<CreateTopicsRequest>()
             + $check::<DeleteTopicsRequest>()
             + $check::<InitProducerIdRequest>()
+            + $check::<DescribeConfigsRequest>()
             + $check::<SaslAuthenticateRequest>()
     };
 }
@@ -583,6 +584,50 @@ impl Populated for InitProducerIdResponse {
             .with_error_code(0)
             .with_producer_id(ProducerId(4000))
             .with_producer_epoch(3)
+            .with_unknown_tagged_fields(unknown())
+    }
+}
+
+impl Populated for DescribeConfigsResponse {
+    fn populated(_: i16) -> Self {
+        use kafka_protocol::messages::describe_configs_response::{
+            DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+        };
+        let entry = |name: &'static str, value: Option<&'static str>| {
+            DescribeConfigsResourceResult::default()
+                .with_name(s(name))
+                .with_value(value.map(s))
+                .with_read_only(false)
+                .with_config_source(1)
+                .with_is_sensitive(false)
+                .with_synonyms(vec![DescribeConfigsSynonym::default()
+                    .with_name(s(name))
+                    .with_value(value.map(s))
+                    .with_source(5)
+                    .with_unknown_tagged_fields(unknown())])
+                .with_config_type(3)
+                .with_documentation(Some(s("the largest record batch")))
+                .with_unknown_tagged_fields(unknown())
+        };
+        DescribeConfigsResponse::default()
+            .with_throttle_time_ms(1)
+            .with_results(vec![
+                DescribeConfigsResult::default()
+                    .with_error_code(0)
+                    .with_error_message(None)
+                    .with_resource_type(2)
+                    .with_resource_name(s("orders"))
+                    .with_configs(vec![
+                        entry("max.message.bytes", Some("1048588")),
+                        entry("secret", None),
+                    ])
+                    .with_unknown_tagged_fields(unknown()),
+                DescribeConfigsResult::default()
+                    .with_error_code(3)
+                    .with_error_message(Some(s("unknown topic")))
+                    .with_resource_type(2)
+                    .with_resource_name(s("missing")),
+            ])
             .with_unknown_tagged_fields(unknown())
     }
 }
