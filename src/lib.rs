@@ -31,20 +31,24 @@ pub mod config;
 pub mod error;
 mod fetch;
 pub mod group;
+mod offsets;
 pub mod producer;
 pub mod protocol;
 pub mod reader;
 mod record;
 pub mod security;
+mod topic_partition;
 
 pub use admin::Admin;
 pub use client::Client;
 pub use config::ClientConfig;
 pub use error::{BrokerError, Error, Result};
+pub use offsets::StartOffset;
 pub use producer::{
     Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,
     ProducerBuilder, ProducerRecord,
 };
-pub use reader::{Reader, ReaderBuilder, RecordStream, StartOffset};
+pub use reader::{Reader, ReaderBuilder, RecordStream};
 pub use record::{Header, Record};
 pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};
+pub use topic_partition::TopicPartition;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{client, new_topic, testcontainers, unique_topic};
 use kastellan::group::{AckHandle, ConsumerRecord, HandlerError, ShutdownHandle, StatusHandle};
-use kastellan::{Client, Error};
+use kastellan::{Client, Error, TopicPartition};
 use tokio::task::JoinHandle;
 
 type Seen = Arc<Mutex<Vec<(String, i32, i64)>>>;
@@ -31,7 +31,7 @@ impl Member {
         result.expect("member stopped cleanly");
     }
 
-    fn partitions(&self) -> Vec<(String, i32)> {
+    fn partitions(&self) -> Vec<TopicPartition> {
         self.status.get().assignment
     }
 }
@@ -282,7 +282,7 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
     handles.reverse(); // complete out of order: newest first
     let mut kept = Vec::new();
     for h in handles {
-        let offset = h.position().unwrap().2;
+        let offset = h.position().unwrap().1;
         if offset == 7 || offset == 12 {
             kept.push(h);
         } else {
@@ -302,7 +302,7 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
                      // Ack 7: the commit moves to 12 (still incomplete).
     let at = kept
         .iter()
-        .position(|h| h.position().unwrap().2 == 7)
+        .position(|h| h.position().unwrap().1 == 7)
         .unwrap();
     kept.remove(at).ack();
     wait_for("commit of offset 12", Duration::from_secs(30), || {
@@ -365,7 +365,7 @@ async fn failed_records_stall_the_partition_visibly() {
         .find(|s| s.offset == 4)
         .unwrap();
     assert_eq!(
-        (report.topic.as_str(), report.partition),
+        (report.partition.topic(), report.partition.partition()),
         (topic.as_str(), 0)
     );
     assert_eq!(report.failed.as_deref(), Some("cannot handle record 4"));
@@ -458,7 +458,9 @@ async fn bad_configuration_is_refused_before_joining() {
         Err(Error::Broker(b)) => assert_eq!(b.name(), "INVALID_SESSION_TIMEOUT"),
         other => panic!("expected INVALID_SESSION_TIMEOUT, got {other:?}"),
     }
-    assert!(errors.try_recv().is_ok(), "the error stream reports it too");
+    let reported = errors.try_recv().expect("the error stream reports it too");
+    assert!(reported.is_fatal(), "{reported:?}");
+    assert!(errors.recv().await.is_none(), "and ends after it");
 }
 
 #[tokio::test]
