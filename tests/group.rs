@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{client, new_topic, testcontainers, unique_topic};
-use kastellan::group::{AckHandle, ConsumerRecord, HandlerError, ShutdownHandle, StatusHandle};
+use kastellan::group::{
+    AckHandle, ConsumerRecord, GroupState, HandlerError, ShutdownHandle, StatusHandle,
+};
 use kastellan::{Client, Error, TopicPartition};
 use tokio::task::JoinHandle;
 
@@ -487,9 +489,20 @@ async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generatio
     assert_eq!(before.protocol, "cooperative-sticky");
 
     let b = start(&client, &group, &topic, "b", &seen, coop);
-    wait_for("2/2 split", Duration::from_secs(60), || {
-        a.partitions().len() == 2 && b.partitions().len() == 2
-    })
+    // b can own its two partitions (generation G+2) a moment before a has
+    // applied G+2 itself (a still shows G+1, where it already gave two up):
+    // wait for a's own view of the final generation.
+    wait_for(
+        "2/2 split, with a in its final generation",
+        Duration::from_secs(60),
+        || {
+            let a_now = a.status.get();
+            a_now.generation >= before.generation + 2
+                && a_now.state == GroupState::Stable
+                && a_now.assignment.len() == 2
+                && b.partitions().len() == 2
+        },
+    )
     .await;
     let after = a.status.get();
     // KIP-429: revoke in one rebalance, assign in the next (G -> G+2), and
