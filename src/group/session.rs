@@ -232,6 +232,14 @@ impl Session {
         status::lock(&self.status).assignment = held;
     }
 
+    /// Show a membership that was lost or reset: the generation (and, after
+    /// a reset, the member id) are no longer valid.
+    fn publish_membership(&self) {
+        let mut s = status::lock(&self.status);
+        s.generation = self.coordinator.generation;
+        s.member_id = self.coordinator.member_id.clone();
+    }
+
     // ---------------------------------------------------------------------
     // Joining, Syncing, Assigning.
 
@@ -257,7 +265,7 @@ impl Session {
         let mut shutdown = self.shutdown.clone();
         let joined = tokio::select! {
             j = self.coordinator.join_group(&self.settings.topics, &owned, &self.settings.assignors, &reason) => j,
-            _ = shutdown.changed() => return Next::Shutdown,
+            _ = shutdown.changed() => return self.abandon_rebalance(),
         };
         let joined = match joined {
             Ok(j) => j,
@@ -272,13 +280,14 @@ impl Session {
             .find(|a| a.name() == joined.protocol)
             .cloned()
         else {
-            return Next::Fatal(Error::Protocol {
+            let e = Error::Protocol {
                 broker: "group coordinator".into(),
                 reason: format!(
                     "the coordinator chose protocol `{}`, which this member did not offer",
                     joined.protocol
                 ),
-            });
+            };
+            return self.react(GroupStep::Sync, GroupError::Retry(e)).await;
         };
         let mut leader_view = None;
         let mut assignments = GroupAssignment::new();
@@ -306,7 +315,7 @@ impl Session {
         }
         let synced = tokio::select! {
             s = self.coordinator.sync_group(&joined.protocol, &assignments) => s,
-            _ = shutdown.changed() => return Next::Shutdown,
+            _ = shutdown.changed() => return self.abandon_rebalance(),
         };
         let assignment = match synced {
             Ok(a) => a,
@@ -376,6 +385,14 @@ impl Session {
             Some(reason) => Next::Join(reason),
             None => Next::Stable,
         }
+    }
+
+    /// Shutdown while a JoinGroup or SyncGroup is in flight: the broker
+    /// holds that connection until the rebalance completes, so drop it and
+    /// let the commit and LeaveGroup of the shutdown use a new one.
+    fn abandon_rebalance(&mut self) -> Next {
+        self.coordinator.forget_coordinator();
+        Next::Shutdown
     }
 
     /// Apply an assignment: ignore what does not exist, revoke what was
@@ -778,12 +795,14 @@ impl Session {
                 self.heartbeat = None;
                 self.lose_all(Some(&e));
                 self.coordinator.forget_generation();
+                self.publish_membership();
                 self.retry(step, e).await
             }
             GroupError::Reset(e) => {
                 self.heartbeat = None;
                 self.lose_all(Some(&e));
                 self.coordinator.reset();
+                self.publish_membership();
                 self.retry(step, e).await
             }
         }
@@ -822,11 +841,13 @@ impl Session {
                         self.heartbeat = None;
                         self.lose_all(Some(&e));
                         self.coordinator.forget_generation();
+                        self.publish_membership();
                     }
                     Beat::Failed(GroupError::Reset(e)) => {
                         self.heartbeat = None;
                         self.lose_all(Some(&e));
                         self.coordinator.reset();
+                        self.publish_membership();
                     }
                     Beat::Failed(_) => {
                         self.heartbeat = None;
