@@ -12,6 +12,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
 use crate::offsets::{self, OffsetQuery, StartOffset};
@@ -21,18 +22,26 @@ use crate::protocol::records::decode_batches;
 use crate::record::Record;
 
 /// Fetches one partition from its leader into a bounded channel.
+///
+/// Owned by one task (a reader's fetch task, or a group partition's fetch
+/// task); nothing in it is shared except the channel.
 pub(crate) struct Fetcher {
     pub client: Client,
     pub topic: Arc<str>,
     pub partition: i32,
+    /// The next offset to fetch: one past the last record sent.
     pub next: i64,
     /// Stop before this offset (`read_to_end`); `None` reads forever.
     pub end: Option<i64>,
+    /// How long the broker may hold a fetch open.
     pub max_wait_ms: i32,
+    /// Most bytes per fetch for this partition.
     pub max_bytes: i32,
     /// Where to go when the next offset is no longer (or not yet) stored:
     /// records were lost to retention, or the log was truncated.
     pub out_of_range: StartOffset,
+    /// Fetched batches for the consumer; bounded, so a slow consumer pauses
+    /// fetching.
     pub tx: mpsc::Sender<Result<Vec<Record>>>,
 }
 
@@ -55,7 +64,7 @@ impl Fetcher {
         let client = self.client.clone();
         let cluster = client.cluster();
         let mut conn: Option<Arc<BrokerConnection>> = None;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::for_client(client.config());
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
             if self.end.is_some_and(|end| self.next >= end) {
@@ -64,7 +73,7 @@ impl Fetcher {
             let attempt = self.fetch_once(&mut conn).await;
             let (records, next) = match attempt {
                 Ok(r) => {
-                    failures = 0;
+                    backoff.reset();
                     failing_since = None;
                     r
                 }
@@ -77,15 +86,13 @@ impl Fetcher {
                     // the leader up again and retry until the retry deadline.
                     conn = None;
                     cluster.invalidate(&topic);
-                    failures += 1;
                     let deadline = self.client.config().retry_deadline;
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > deadline {
                         return Err(e);
                     }
                     tracing::debug!(topic = %topic, partition, error = %e, "fetch failed; retrying");
-                    let backoff = self.client.config().retry_backoff * failures.min(10);
-                    tokio::time::sleep(backoff.min(self.client.config().retry_backoff_max)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+mod backoff;
 mod client;
 pub mod config;
 pub mod error;

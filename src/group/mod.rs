@@ -102,7 +102,6 @@
 //! ([`ConsumerError::PartitionsLost`]).
 
 pub mod assignor;
-mod backoff;
 mod commit;
 mod consumer;
 mod coordinator;

@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::events::{ConsumerError, Reporter};
 use super::handler::{Completion, ConsumerRecord, Handler};
 use super::tracking::{Room, Tracking};
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::fetch::Fetcher;
@@ -268,16 +268,23 @@ async fn fetch_partition(
     }
 }
 
-/// Hands one partition's records to the handler, in order.
+/// Hands one partition's records to the handler, in order. Owned by its
+/// task; shares only what is marked.
 struct Worker {
     key: TopicPartition,
+    /// The assignment of the partition this worker dispatches for.
     epoch: u64,
+    /// Batches from the partition's fetch task.
     rx: mpsc::Receiver<Result<Vec<Record>>>,
     handler: Arc<dyn Handler>,
+    /// Shared (see `Tracking`); the worker records dispatches and waits on
+    /// its `completed` notification for room.
     tracking: Arc<Tracking>,
+    /// Written by the runtime (stop dispatching), read before each record.
     stop: Arc<AtomicBool>,
     max_pending: usize,
     max_window: usize,
+    /// Shared writer of the error stream.
     reporter: Reporter,
 }
 

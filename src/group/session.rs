@@ -50,7 +50,6 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::assignor::{GroupAssignment, RebalanceProtocol};
-use super::backoff::Backoff;
 use super::commit::{CommitReason, Committer};
 use super::consumer::ConsumerSettings;
 use super::coordinator::{is_fatal, Coordinator, GroupError, MemberSettings};
@@ -62,6 +61,7 @@ use super::status::{self, ConsumerStatus, GroupState};
 use super::subscription::MemberAssignment;
 use super::topics::TopicWatch;
 use super::tracking::Tracking;
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::offsets;

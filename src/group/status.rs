@@ -221,8 +221,11 @@ impl fmt::Display for PausedPartition {
 /// cheap to clone, usable from any task or thread.
 #[derive(Debug, Clone)]
 pub struct StatusHandle {
+    /// Written by the session; read here, under its mutex.
     pub(crate) status: Arc<Mutex<ConsumerStatus>>,
+    /// Stalls and pauses are read fresh from the tracker (its own mutex).
     pub(crate) tracking: Arc<Tracking>,
+    /// The stall threshold.
     pub(crate) threshold: Duration,
 }
 

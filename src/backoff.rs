@@ -1,8 +1,8 @@
-//! The one place the group consumer decides how long to wait before trying
-//! again. Every retry in `src/group/` (join, sync, coordinator lookup,
-//! start positions, metadata refresh, fetch restarts) takes its pauses from
-//! a [`Backoff`], so moving to a client-wide retry policy later changes only
-//! this file.
+//! The one place the data path decides how long to wait before trying
+//! again. Every retry of the group consumer (join, sync, coordinator lookup,
+//! start positions, metadata refresh, fetch restarts) and of the fetch loop
+//! takes its pauses from a [`Backoff`], so moving to a client-wide retry
+//! policy later changes only this file.
 
 use std::time::Duration;
 
