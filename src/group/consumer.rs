@@ -383,13 +383,11 @@ pub struct GroupConsumer {
     tracking: Arc<Tracking>,
 }
 
-/// Closes the error stream when `run` ends, also when its future is
-/// dropped.
-struct CloseOnDrop(Reporter);
-
-impl Drop for CloseOnDrop {
+impl Drop for GroupConsumer {
+    /// Ends the error stream: when `run` returns, when its future is
+    /// dropped, or when the consumer is dropped without running.
     fn drop(&mut self) {
-        self.0.close();
+        self.reporter.close();
     }
 }
 
@@ -451,7 +449,6 @@ impl GroupConsumer {
     /// `run` is also the last item of that stream.
     pub async fn run<H: Handler>(self, handler: H) -> Result<()> {
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        let _close = CloseOnDrop(self.reporter.clone());
         let session = Session::new(
             self.client.clone(),
             Arc::clone(&self.settings),

@@ -243,3 +243,50 @@ impl StatusHandle {
 pub(crate) fn lock(status: &Mutex<ConsumerStatus>) -> MutexGuard<'_, ConsumerStatus> {
     status.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_the_first_join_there_is_no_generation() {
+        let s = ConsumerStatus::default();
+        assert_eq!(s.generation, -1);
+        assert_eq!(s.state, GroupState::Joining);
+        assert!(s.member_id.is_empty() && s.assignment.is_empty());
+    }
+
+    #[test]
+    fn pauses_and_stalls_read_well() {
+        let paused = PausedPartition {
+            partition: TopicPartition::new("orders", 2),
+            offset: 40,
+            failed: Some("schema mismatch".into()),
+            reason: PauseReason::FailedRecords {
+                failed: 1000,
+                limit: 1000,
+            },
+        };
+        let line = paused.to_string();
+        assert!(
+            line.starts_with("partition orders/2 paused at offset 40"),
+            "{line}"
+        );
+        assert!(
+            line.contains("no more progress") && line.contains("schema mismatch"),
+            "{line}"
+        );
+        let window = PausedPartition {
+            reason: PauseReason::Window {
+                window: 10_000,
+                limit: 10_000,
+            },
+            failed: None,
+            ..paused
+        };
+        assert!(
+            window.to_string().contains("window limit 10000"),
+            "{window}"
+        );
+    }
+}
