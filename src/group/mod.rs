@@ -52,9 +52,10 @@
 //! (revoke what was taken away, look up start positions, start new
 //! partitions), **stable** (consume, heartbeat, commit), and on shutdown
 //! **revoking** and **leaving**. Heartbeats run from the moment SyncGroup
-//! succeeds, through assigning and revoking, on their own task (so slow
-//! handlers never cost the membership); they pause only while a JoinGroup
-//! or SyncGroup is in flight. Offsets are committed on an interval, when
+//! succeeds, through assigning, the stable phase and revoking, on their own
+//! task (so slow handlers never cost the membership); they stop only when
+//! the member sends its next JoinGroup, which the broker holds until the
+//! rebalance completes (as the Java client does). Offsets are committed on an interval, when
 //! partitions are revoked, and on shutdown; never for partitions that were
 //! lost. The code: `session.rs` (how we join), `commit.rs` (when we commit),
 //! `runtime.rs` (fetching and dispatching), `coordinator.rs` (the requests).
