@@ -1,16 +1,14 @@
 //! Topic administration: create, delete, list, watermarks and offsets by time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsRequest, TopicName,
-};
+use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
+use crate::offsets::{self, OffsetQuery};
 use crate::protocol::error_codes;
 use crate::protocol::TopicMetadata;
 
@@ -62,26 +60,13 @@ pub enum IfExists {
     Ignore,
 }
 
-/// Low and high watermark of one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Watermarks {
-    /// Partition index.
-    pub partition: i32,
-    /// First offset still stored (log start offset).
-    pub low: i64,
-    /// Offset the next produced record will get (high watermark).
-    pub high: i64,
-}
+pub use crate::offsets::Watermarks;
 
 /// Administrative operations. Made with [`Client::admin`].
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: Client,
 }
-
-/// Special timestamps of the ListOffsets API.
-const LATEST: i64 = -1;
-const EARLIEST: i64 = -2;
 
 impl Admin {
     pub(crate) fn new(client: Client) -> Self {
@@ -214,16 +199,7 @@ impl Admin {
 
     /// Low and high watermark of every partition of `topic`, by partition.
     pub async fn watermarks(&self, topic: &str) -> Result<Vec<Watermarks>> {
-        let low = self.list_offsets(topic, EARLIEST).await?;
-        let high = self.list_offsets(topic, LATEST).await?;
-        Ok(low
-            .into_iter()
-            .map(|(partition, low)| Watermarks {
-                partition,
-                low: low.unwrap_or(0),
-                high: high.get(&partition).copied().flatten().unwrap_or(0),
-            })
-            .collect())
+        offsets::watermarks(&self.client, topic).await
     }
 
     /// For each partition, the first offset whose record timestamp is at or
@@ -239,75 +215,7 @@ impl Admin {
                 "timestamp {timestamp_ms} is negative; give milliseconds since the Unix epoch"
             )));
         }
-        self.list_offsets(topic, timestamp_ms).await
-    }
-
-    /// ListOffsets for every partition, grouped per leader.
-    pub(crate) async fn list_offsets(
-        &self,
-        topic: &str,
-        timestamp: i64,
-    ) -> Result<BTreeMap<i32, Option<i64>>> {
-        let cluster = self.client.cluster();
-        cluster
-            .with_retries("ListOffsets", |_| async {
-                let meta = cluster
-                    .topic(topic)
-                    .await?
-                    .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
-                let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
-                for p in &meta.partitions {
-                    by_leader.entry(p.leader).or_default().push(p.id);
-                }
-                let mut out = BTreeMap::new();
-                for (leader, partitions) in by_leader {
-                    if leader < 0 {
-                        cluster.invalidate(topic);
-                        return Err(BrokerError::new(
-                            "metadata",
-                            "ListOffsets",
-                            error_codes::LEADER_NOT_AVAILABLE,
-                            None,
-                        )
-                        .into());
-                    }
-                    let conn = cluster.broker(leader).await?;
-                    let request = ListOffsetsRequest::default()
-                        .with_replica_id(BrokerId(-1))
-                        .with_topics(vec![ListOffsetsTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                            .with_partitions(
-                                partitions
-                                    .iter()
-                                    .map(|p| {
-                                        ListOffsetsPartition::default()
-                                            .with_partition_index(*p)
-                                            .with_timestamp(timestamp)
-                                    })
-                                    .collect(),
-                            )]);
-                    let response = conn.request(&request).await?;
-                    for t in response.topics {
-                        for p in t.partitions {
-                            if p.error_code != 0 {
-                                if error_codes::needs_metadata_refresh(p.error_code) {
-                                    cluster.invalidate(topic);
-                                }
-                                return Err(BrokerError::new(
-                                    conn.addr(),
-                                    "ListOffsets",
-                                    p.error_code,
-                                    Some(format!("{topic}/{}", p.partition_index)),
-                                )
-                                .into());
-                            }
-                            out.insert(p.partition_index, (p.offset >= 0).then_some(p.offset));
-                        }
-                    }
-                }
-                Ok(out)
-            })
-            .await
+        offsets::list_offsets(&self.client, topic, OffsetQuery::Timestamp(timestamp_ms)).await
     }
 
     async fn controller_or_any(

@@ -346,6 +346,16 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Pauses of this policy's shape from `initial` up to `max`, for loops
+    /// that wait on a slower clock than requests do; no deadline of its own.
+    pub(crate) fn between(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+            deadline: Duration::MAX,
+        }
+    }
+
     /// The first pause.
     pub fn initial(&self) -> Duration {
         self.initial
@@ -363,7 +373,7 @@ impl RetryPolicy {
 
     /// The pauses before the second, third, ... attempt (endless; the
     /// deadline, not a count, ends retrying).
-    pub fn pauses(&self) -> impl Iterator<Item = Duration> + Send + 'static {
+    pub fn pauses(&self) -> impl Iterator<Item = Duration> + Send + Sync + 'static {
         use backon::BackoffBuilder;
         // backon gives the doubling sequence; its own jitter adds up to a
         // whole pause on top, which would break the documented maximum, so

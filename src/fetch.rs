@@ -1,6 +1,8 @@
 //! Fetching one partition in a loop, shared by the reader and the group
-//! consumer, on our own wire layer (zero-copy record decoding). Batches go into a bounded channel, so a slow consumer holds at
-//! most a few batches per partition in memory.
+//! consumer, on our own wire layer (zero-copy record decoding). Batches go
+//! into a bounded channel, so a slow consumer holds at most a few batches
+//! per partition in memory: when the channel is full, fetching for that
+//! partition waits.
 
 use std::sync::Arc;
 
@@ -10,32 +12,36 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
+use crate::offsets::{self, OffsetQuery, StartOffset};
 use crate::protocol::connection::BrokerConnection;
 use crate::protocol::error_codes::OFFSET_OUT_OF_RANGE;
 use crate::protocol::records::decode_batches;
 use crate::record::Record;
 
-/// What to do when the next offset is no longer (or not yet) stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutOfRange {
-    /// Jump to the earliest stored offset (records were lost to retention).
-    Earliest,
-    /// Jump to the end.
-    Latest,
-}
-
+/// Fetches one partition from its leader into a bounded channel.
+///
+/// Owned by one task (a reader's fetch task, or a group partition's fetch
+/// task); nothing in it is shared except the channel.
 pub(crate) struct Fetcher {
     pub client: Client,
     pub topic: Arc<str>,
     pub partition: i32,
+    /// The next offset to fetch: one past the last record sent.
     pub next: i64,
     /// Stop before this offset (`read_to_end`); `None` reads forever.
     pub end: Option<i64>,
+    /// How long the broker may hold a fetch open.
     pub max_wait_ms: i32,
+    /// Most bytes per fetch for this partition.
     pub max_bytes: i32,
-    pub out_of_range: OutOfRange,
+    /// Where to go when the next offset is no longer (or not yet) stored:
+    /// records were lost to retention, or the log was truncated.
+    pub out_of_range: StartOffset,
+    /// Fetched batches for the consumer; bounded, so a slow consumer pauses
+    /// fetching.
     pub tx: mpsc::Sender<Result<Vec<Record>>>,
 }
 
@@ -48,13 +54,17 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_loop(&mut self) -> Result<()> {
+    /// Fetch until the end (if any) or the receiver is dropped (`Ok`), or
+    /// until an error that retrying until the retry deadline did not fix.
+    /// `next` stays at the first offset not yet sent, so calling this again
+    /// after an error resumes where it stopped.
+    pub async fn fetch_loop(&mut self) -> Result<()> {
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
         let client = self.client.clone();
         let cluster = client.cluster();
         let mut conn: Option<Arc<BrokerConnection>> = None;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::for_client(client.config());
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
             if self.end.is_some_and(|end| self.next >= end) {
@@ -63,7 +73,7 @@ impl Fetcher {
             let attempt = self.fetch_once(&mut conn).await;
             let (records, next) = match attempt {
                 Ok(r) => {
-                    failures = 0;
+                    backoff.reset();
                     failing_since = None;
                     r
                 }
@@ -76,15 +86,13 @@ impl Fetcher {
                     // the leader up again and retry until the retry deadline.
                     conn = None;
                     cluster.invalidate(&topic);
-                    failures += 1;
                     let deadline = self.client.config().retry_deadline;
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > deadline {
                         return Err(e);
                     }
                     tracing::debug!(topic = %topic, partition, error = %e, "fetch failed; retrying");
-                    let backoff = self.client.config().retry_backoff * failures.min(10);
-                    tokio::time::sleep(backoff.min(self.client.config().retry_backoff_max)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -170,17 +178,24 @@ impl Fetcher {
     }
 
     async fn recover_out_of_range(&mut self, e: &Error) -> Result<()> {
-        let marks = self.client.admin().watermarks(&self.topic).await?;
+        let marks = offsets::watermarks(&self.client, &self.topic).await?;
         let Some(m) = marks.iter().find(|m| m.partition == self.partition) else {
             return Err(e.duplicate());
         };
         if self.next >= m.low && self.next <= m.high {
             return Ok(()); // the range moved back meanwhile; fetch again
         }
-        let target = match self.out_of_range {
-            OutOfRange::Earliest => m.low,
-            OutOfRange::Latest => m.high,
+        let by_time = match self.out_of_range {
+            StartOffset::Timestamp(ms) => {
+                offsets::list_offsets(&self.client, &self.topic, OffsetQuery::Timestamp(ms))
+                    .await?
+                    .get(&self.partition)
+                    .copied()
+                    .flatten()
+            }
+            _ => None,
         };
+        let target = self.out_of_range.position(m, by_time);
         tracing::warn!(
             topic = %self.topic,
             partition = self.partition,

@@ -26,17 +26,20 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+mod backoff;
 mod client;
 pub mod config;
 pub mod error;
 mod fetch;
 pub mod group;
+mod offsets;
 pub mod producer;
 pub mod protocol;
 pub mod reader;
 mod record;
 mod retry;
 pub mod security;
+mod topic_partition;
 
 /// Entry points for the fuzz targets; not part of the API (feature
 /// `unstable-fuzz`, no stability promise).
@@ -48,10 +51,12 @@ pub use admin::Admin;
 pub use client::Client;
 pub use config::{ClientConfig, RetryPolicy};
 pub use error::{BrokerError, Error, Result};
+pub use offsets::StartOffset;
 pub use producer::{
     Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,
     ProducerBuilder, ProducerRecord,
 };
-pub use reader::{Reader, ReaderBuilder, RecordStream, StartOffset};
+pub use reader::{Reader, ReaderBuilder, RecordStream};
 pub use record::{Header, Record};
 pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};
+pub use topic_partition::TopicPartition;

@@ -14,23 +14,11 @@ use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::fetch::{Fetcher, OutOfRange};
+use crate::fetch::Fetcher;
+use crate::offsets::{self, OffsetQuery};
 use crate::record::Record;
 
-/// Where a reader starts in each partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartOffset {
-    /// The oldest record still stored.
-    #[default]
-    Earliest,
-    /// After the newest record: only records produced from now on.
-    Latest,
-    /// This offset in every partition (clamped into the stored range).
-    Offset(i64),
-    /// The first record at or after this time (milliseconds since the epoch);
-    /// partitions with no such record start at their end.
-    Timestamp(i64),
-}
+pub use crate::offsets::StartOffset;
 
 /// Builds a [`Reader`]. Made with [`Client::reader`].
 #[derive(Debug, Clone)]
@@ -117,7 +105,6 @@ impl ReaderBuilder {
         if self.max_partition_bytes < 1 {
             return Err(Error::Config("max_partition_bytes must be positive".into()));
         }
-        let admin = self.client.admin();
         let mut positions = Vec::new();
         for (topic, wanted) in &self.assignments {
             let meta = self
@@ -141,9 +128,11 @@ impl ReaderBuilder {
                     w.clone()
                 }
             };
-            let marks = admin.watermarks(topic).await?;
+            let marks = offsets::watermarks(&self.client, topic).await?;
             let by_time = match self.start {
-                StartOffset::Timestamp(ts) => Some(admin.offsets_for_timestamp(topic, ts).await?),
+                StartOffset::Timestamp(ts) => Some(
+                    offsets::list_offsets(&self.client, topic, OffsetQuery::Timestamp(ts)).await?,
+                ),
                 _ => None,
             };
             for p in chosen {
@@ -156,15 +145,10 @@ impl ReaderBuilder {
                 };
                 let start = match self.overrides.get(&(topic.clone(), p)) {
                     Some(o) => *o,
-                    None => match self.start {
-                        StartOffset::Earliest => m.low,
-                        StartOffset::Latest => m.high,
-                        StartOffset::Offset(o) => o.clamp(m.low, m.high),
-                        StartOffset::Timestamp(_) => by_time
-                            .as_ref()
-                            .and_then(|t| t.get(&p).copied().flatten())
-                            .unwrap_or(m.high),
-                    },
+                    None => self.start.position(
+                        m,
+                        by_time.as_ref().and_then(|t| t.get(&p).copied().flatten()),
+                    ),
                 };
                 positions.push(PartitionPosition {
                     topic: Arc::from(topic.as_str()),
@@ -281,7 +265,7 @@ impl Reader {
                 end: to_end.then_some(pos.end),
                 max_wait_ms: i32::try_from(self.max_wait.as_millis()).unwrap_or(i32::MAX),
                 max_bytes: self.max_partition_bytes,
-                out_of_range: OutOfRange::Earliest,
+                out_of_range: StartOffset::Earliest,
                 tx: tx.clone(),
             };
             tasks.push(tokio::spawn(fetcher.run()));

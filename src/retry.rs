@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Attempts {
     deadline: Duration,
     started: Instant,
-    pauses: Box<dyn Iterator<Item = Duration> + Send>,
+    pauses: Box<dyn Iterator<Item = Duration> + Send + Sync>,
     attempts: u32,
 }
 

@@ -3,6 +3,10 @@
 //! Decoders: no panic, bounded time and allocation on random and mutated
 //! input. Assignors: valid, complete (eager), balanced, sticky and
 //! cooperative-safe assignments for random groups.
+//!
+//! The decoders are internal; this test reaches them through the unstable
+//! `unstable-fuzz` feature (`cargo test --all-features`), like the fuzz
+//! targets.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,14 +14,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kastellan::group::__fuzz::{
+    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+    MemberAssignment, Subscription,
+};
 use kastellan::group::assignor::{
     Assignor, CooperativeStickyAssignor, GroupAssignment, MemberSubscription, RangeAssignor,
     RoundRobinAssignor,
 };
-use kastellan::group::subscription::{
-    decode_assignment, decode_subscription, encode_assignment, encode_subscription,
-    MemberAssignment, Subscription, TopicPartition,
-};
+use kastellan::TopicPartition;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -152,7 +157,8 @@ fn arb_topic_name() -> impl Strategy<Value = String> {
 }
 
 fn arb_tp() -> impl Strategy<Value = TopicPartition> {
-    (arb_topic_name(), -2i32..6).prop_map(|(topic, partition)| TopicPartition { topic, partition })
+    (arb_topic_name(), -2i32..6)
+        .prop_map(|(topic, partition)| TopicPartition::new(topic, partition))
 }
 
 fn arb_subscription() -> impl Strategy<Value = Subscription> {
@@ -271,7 +277,7 @@ proptest! {
         let back = decode_subscription(&bytes);
         // Topic names in partition lists longer than Kafka allows are
         // refused; everything else comes back.
-        if s.owned_partitions.iter().any(|tp| tp.topic.len() > 249) && version >= 1 {
+        if s.owned_partitions.iter().any(|tp| tp.topic().len() > 249) && version >= 1 {
             prop_assert!(back.is_err());
         } else {
             let back = back.unwrap();
@@ -431,13 +437,17 @@ fn check_valid(
         for tp in list {
             prop_assert!(seen.insert(tp.clone()), "{} assigned twice: {:?}", tp, a);
             prop_assert!(
-                member.subscription.topics.contains(&tp.topic),
+                member.subscription.topics.iter().any(|t| t == tp.topic()),
                 "{} given to {} which does not subscribe to it",
                 tp,
                 id
             );
-            let count = counts.get(&tp.topic).copied().unwrap_or(0);
-            prop_assert!((0..count).contains(&tp.partition), "{} does not exist", tp);
+            let count = counts.get(tp.topic()).copied().unwrap_or(0);
+            prop_assert!(
+                (0..count).contains(&tp.partition()),
+                "{} does not exist",
+                tp
+            );
         }
     }
     Ok(())

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{client, new_topic, testcontainers, unique_topic};
-use kastellan::group::{AckHandle, ConsumerRecord, HandlerError, ShutdownHandle, StatusHandle};
-use kastellan::{Client, Error};
+use kastellan::group::{
+    AckHandle, ConsumerError, ConsumerRecord, GroupState, HandlerError, PauseReason,
+    ShutdownHandle, StatusHandle,
+};
+use kastellan::{Client, Error, TopicPartition};
 use tokio::task::JoinHandle;
 
 type Seen = Arc<Mutex<Vec<(String, i32, i64)>>>;
@@ -31,7 +34,7 @@ impl Member {
         result.expect("member stopped cleanly");
     }
 
-    fn partitions(&self) -> Vec<(String, i32)> {
+    fn partitions(&self) -> Vec<TopicPartition> {
         self.status.get().assignment
     }
 }
@@ -282,7 +285,7 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
     handles.reverse(); // complete out of order: newest first
     let mut kept = Vec::new();
     for h in handles {
-        let offset = h.position().unwrap().2;
+        let offset = h.position().unwrap().1;
         if offset == 7 || offset == 12 {
             kept.push(h);
         } else {
@@ -302,7 +305,7 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
                      // Ack 7: the commit moves to 12 (still incomplete).
     let at = kept
         .iter()
-        .position(|h| h.position().unwrap().2 == 7)
+        .position(|h| h.position().unwrap().1 == 7)
         .unwrap();
     kept.remove(at).ack();
     wait_for("commit of offset 12", Duration::from_secs(30), || {
@@ -365,7 +368,7 @@ async fn failed_records_stall_the_partition_visibly() {
         .find(|s| s.offset == 4)
         .unwrap();
     assert_eq!(
-        (report.topic.as_str(), report.partition),
+        (report.partition.topic(), report.partition.partition()),
         (topic.as_str(), 0)
     );
     assert_eq!(report.failed.as_deref(), Some("cannot handle record 4"));
@@ -458,7 +461,9 @@ async fn bad_configuration_is_refused_before_joining() {
         Err(Error::Broker(b)) => assert_eq!(b.name(), "INVALID_SESSION_TIMEOUT"),
         other => panic!("expected INVALID_SESSION_TIMEOUT, got {other:?}"),
     }
-    assert!(errors.try_recv().is_ok(), "the error stream reports it too");
+    let reported = errors.try_recv().expect("the error stream reports it too");
+    assert!(reported.is_fatal(), "{reported:?}");
+    assert!(errors.recv().await.is_none(), "and ends after it");
 }
 
 #[tokio::test]
@@ -485,9 +490,20 @@ async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generatio
     assert_eq!(before.protocol, "cooperative-sticky");
 
     let b = start(&client, &group, &topic, "b", &seen, coop);
-    wait_for("2/2 split", Duration::from_secs(60), || {
-        a.partitions().len() == 2 && b.partitions().len() == 2
-    })
+    // b can own its two partitions (generation G+2) a moment before a has
+    // applied G+2 itself (a still shows G+1, where it already gave two up):
+    // wait for a's own view of the final generation.
+    wait_for(
+        "2/2 split, with a in its final generation",
+        Duration::from_secs(60),
+        || {
+            let a_now = a.status.get();
+            a_now.generation >= before.generation + 2
+                && a_now.state == GroupState::Stable
+                && a_now.assignment.len() == 2
+                && b.partitions().len() == 2
+        },
+    )
     .await;
     let after = a.status.get();
     // KIP-429: revoke in one rebalance, assign in the next (G -> G+2), and
@@ -515,4 +531,281 @@ async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generatio
         distinct(&seen),
         (0..4).flat_map(|p| (0..50).map(move |o| (p, o))).collect()
     );
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_consumed_once_created() {
+    let client = client().await;
+    let topic = unique_topic("grp-later");
+    let group = unique_topic("group-later");
+    let seen: Seen = Arc::default();
+    let a = start(&client, &group, &topic, "a", &seen, |b| b);
+    wait_for("a to join", Duration::from_secs(60), || {
+        a.status.get().state == GroupState::Stable
+    })
+    .await;
+    client
+        .admin()
+        .create_topic(kastellan::admin::NewTopic::new(&topic, 2, 1))
+        .await
+        .unwrap();
+    fill(&client, &topic, 2, 10).await;
+    wait_for(
+        "the records of the topic created later",
+        Duration::from_secs(60),
+        || distinct(&seen).len() == 20,
+    )
+    .await;
+    assert!(a.status.get().missing_topics.is_empty());
+    a.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_missing_topic_is_reported_in_status_and_on_the_error_stream() {
+    let client = client().await;
+    let topic = unique_topic("grp-missing");
+    let mut consumer = client
+        .group_consumer(unique_topic("group-missing"))
+        .topic(&topic)
+        .build()
+        .unwrap();
+    let mut errors = consumer.errors().unwrap();
+    let status = consumer.status_handle();
+    let stop = consumer.shutdown_handle();
+    let task =
+        tokio::spawn(consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }));
+    let first = tokio::time::timeout(Duration::from_secs(30), errors.recv())
+        .await
+        .expect("a report within 30 s")
+        .expect("the stream is open");
+    match &first {
+        ConsumerError::MissingTopic { topic: t } => assert_eq!(t, &topic),
+        other => panic!("expected MissingTopic, got {other:?}"),
+    }
+    assert!(!first.is_fatal());
+    wait_for(
+        "the status to list the topic",
+        Duration::from_secs(30),
+        || status.get().missing_topics == [topic.clone()],
+    )
+    .await;
+    wait_for("a to join anyway", Duration::from_secs(60), || {
+        status.get().state == GroupState::Stable
+    })
+    .await;
+    // Reported once, not on every refresh (every second or so).
+    let refreshes_later = Instant::now();
+    while refreshes_later.elapsed() < Duration::from_secs(3) {
+        if let Some(p) = errors.try_recv() {
+            panic!("reported again: {p:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.shutdown(Duration::from_secs(5));
+    task.await.unwrap().unwrap();
+    assert!(errors.recv().await.is_none(), "the stream ends with run()");
+}
+
+#[tokio::test]
+async fn strict_mode_ends_run_when_a_topic_is_missing() {
+    let client = client().await;
+    let topic = unique_topic("grp-strict");
+    let mut consumer = client
+        .group_consumer(unique_topic("group-strict"))
+        .topic(&topic)
+        .require_topics()
+        .build()
+        .unwrap();
+    let mut errors = consumer.errors().unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }),
+    )
+    .await
+    .expect("strict mode fails fast");
+    match result {
+        Err(Error::UnknownTopic(t)) => assert_eq!(t, topic),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+    let mut last = None;
+    while let Some(p) = errors.recv().await {
+        last = Some(p);
+    }
+    assert!(
+        matches!(&last, Some(ConsumerError::Fatal(Error::UnknownTopic(t))) if *t == topic),
+        "{last:?}"
+    );
+}
+
+/// Runs a consumer on a one-partition topic of `records` records whose
+/// handler fails every 25th record (4%), with the given limits, until the
+/// partition pauses. Returns the pause reported on the error stream, the
+/// status then, and how many records the handler saw.
+async fn run_until_paused(
+    max_pending: usize,
+    max_window: usize,
+    records: usize,
+) -> (ConsumerError, kastellan::group::ConsumerStatus, usize) {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-blocked", 1).await;
+    fill(&client, &topic, 1, records).await;
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&handled);
+    let mut consumer = client
+        .group_consumer(unique_topic("group-blocked"))
+        .topic(&topic)
+        .start_with_earliest()
+        .max_pending_per_partition(max_pending)
+        .max_window_per_partition(max_window)
+        .build()
+        .unwrap();
+    let mut errors = consumer.errors().unwrap();
+    let status = consumer.status_handle();
+    let stop = consumer.shutdown_handle();
+    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
+        let count = Arc::clone(&count);
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            if r.offset % 25 == 0 {
+                Err::<(), HandlerError>(format!("cannot handle {}", r.offset).into())
+            } else {
+                Ok(())
+            }
+        }
+    }));
+    let paused = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match errors.recv().await {
+                Some(p @ ConsumerError::PartitionPaused { .. }) => return p,
+                Some(other) => assert!(!other.is_fatal(), "{other:?}"),
+                None => panic!("the consumer stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the pause is reported");
+    wait_for(
+        "the status to show the pause",
+        Duration::from_secs(10),
+        || !status.get().paused.is_empty(),
+    )
+    .await;
+    let now = status.get();
+    // Nothing more is dispatched while paused (checked over a few commit
+    // intervals of the handler's view).
+    let at_pause = handled.load(std::sync::atomic::Ordering::Acquire);
+    let observe = Instant::now();
+    while observe.elapsed() < Duration::from_secs(2) {
+        assert_eq!(handled.load(std::sync::atomic::Ordering::Acquire), at_pause);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !task.is_finished(),
+        "a paused partition does not stop the consumer"
+    );
+    stop.shutdown(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("shutdown does not wait for failed records")
+        .unwrap()
+        .unwrap();
+    (paused, now, at_pause)
+}
+
+#[tokio::test]
+async fn a_partition_whose_in_flight_records_all_failed_pauses_visibly() {
+    // 20 in flight, all failed: offsets 0, 25, .., 475; 476 waits.
+    let (paused, status, handled) = run_until_paused(20, 10_000, 1000).await;
+    match &paused {
+        ConsumerError::PartitionPaused {
+            partition,
+            offset,
+            failed,
+            reason,
+        } => {
+            assert_eq!(partition.partition(), 0);
+            assert_eq!(*offset, 0, "the commit point");
+            assert_eq!(failed.as_deref(), Some("cannot handle 0"));
+            assert_eq!(
+                *reason,
+                PauseReason::FailedRecords {
+                    failed: 20,
+                    limit: 20
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(handled, 476, "records 0..=475 were handled, then it paused");
+    assert_eq!(status.paused.len(), 1);
+    assert_eq!(
+        status.paused[0].reason,
+        PauseReason::FailedRecords {
+            failed: 20,
+            limit: 20
+        }
+    );
+    assert!(paused.to_string().contains("no more progress"), "{paused}");
+}
+
+#[tokio::test]
+async fn a_failed_record_at_the_head_bounds_the_window() {
+    // The head (offset 0) failed; later records complete, so the window
+    // grows until its limit of 200 records, then the partition pauses.
+    let (paused, status, handled) = run_until_paused(100, 200, 1000).await;
+    match &paused {
+        ConsumerError::PartitionPaused { offset, reason, .. } => {
+            assert_eq!(*offset, 0);
+            assert_eq!(
+                *reason,
+                PauseReason::Window {
+                    window: 200,
+                    limit: 200
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(handled, 200, "dispatching stops at the window limit");
+    assert_eq!(status.paused.len(), 1);
+    assert_eq!(status.stalled.len(), 0, "not yet past the stall threshold");
+}
+
+#[tokio::test]
+async fn partitions_added_later_are_consumed() {
+    let client = client().await;
+    let topic = new_topic(&client, "grp-grow", 1).await;
+    let group = unique_topic("group-grow");
+    let seen: Seen = Arc::default();
+    let a = start(&client, &group, &topic, "a", &seen, |b| {
+        b.metadata_max_age(Duration::from_secs(2))
+    });
+    fill(&client, &topic, 1, 5).await;
+    wait_for("the first records", Duration::from_secs(60), || {
+        distinct(&seen).len() == 5
+    })
+    .await;
+    let out = testcontainers::run_kafka_class_checked(
+        testcontainers::TOPICS_COMMAND,
+        &[
+            "--bootstrap-server",
+            &testcontainers::bootstrap(),
+            "--alter",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+        ],
+        Duration::from_secs(60),
+    );
+    out.expect("TopicCommand --alter adds partitions");
+    // Five more on partition 0, five each on the new partitions 1 and 2.
+    fill(&client, &topic, 3, 5).await;
+    wait_for(
+        "the records of the new partitions",
+        Duration::from_secs(60),
+        || distinct(&seen).len() == 20,
+    )
+    .await;
+    a.stop(Duration::from_secs(5)).await;
 }

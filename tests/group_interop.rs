@@ -517,8 +517,8 @@ fn partitions_of(status: &ConsumerStatus, topic: &str) -> BTreeSet<i32> {
     status
         .assignment
         .iter()
-        .filter(|(t, _)| t == topic)
-        .map(|(_, p)| *p)
+        .filter(|tp| tp.topic() == topic)
+        .map(|tp| tp.partition())
         .collect()
 }
 

@@ -1,6 +1,6 @@
 #![no_main]
 
-use kastellan::group::subscription::{
+use kastellan::group::__fuzz::{
     decode_assignment, decode_subscription, encode_assignment, encode_subscription,
 };
 use libfuzzer_sys::fuzz_target;

@@ -22,29 +22,6 @@
 //! record: the commit point after the last record is one past the last
 //! *dispatched* offset.
 //!
-//! ```
-//! use std::time::Instant;
-//! use kastellan::group::ack_tracker::{AckOutcome, AckTracker, PartitionKey};
-//!
-//! let mut tracker = AckTracker::new();
-//! let key = PartitionKey::new("orders", 0);
-//! tracker.assign(key.clone(), 5);
-//!
-//! let now = Instant::now();
-//! for offset in [5, 6, 7] {
-//!     assert!(tracker.dispatched(&key, offset, now));
-//! }
-//! // 5 and 7 complete first; 6 is still running, so 6 is the commit point.
-//! assert_eq!(tracker.ack(&key, 5), AckOutcome::Completed);
-//! assert_eq!(tracker.ack(&key, 7), AckOutcome::Completed);
-//! assert_eq!(tracker.commit_point(&key), Some(6));
-//!
-//! assert_eq!(tracker.ack(&key, 6), AckOutcome::Completed);
-//! assert_eq!(tracker.pending_commits(), vec![(key.clone(), 8)]);
-//! tracker.mark_committed(&key, 8);
-//! assert!(tracker.pending_commits().is_empty());
-//! ```
-//!
 //! # Costs
 //!
 //! Each partition keeps a window (a ring buffer) of the records from its
@@ -56,89 +33,16 @@
 //! `dispatched` is O(1) amortised; `ack` and `fail` are O(1) for gap-free
 //! offsets and O(log window) with gaps; `commit_point`, `in_flight` and
 //! `total_in_flight` are O(1). A record that never completes makes its
-//! partition's window grow with every record dispatched after it; a consumer
-//! should watch [`AckTracker::window_len`] and pause fetching a partition
-//! whose window is too large.
+//! partition's window grow with every record dispatched after it; the group
+//! consumer watches [`AckTracker::window_len`] and pauses a partition whose
+//! window reaches its limit (see `runtime.rs`), so memory stays bounded.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Identifies one partition of one topic.
-///
-/// The topic name is shared (`Arc<str>`), so cloning a key is cheap.
-///
-/// ```
-/// use kastellan::group::ack_tracker::PartitionKey;
-///
-/// let key = PartitionKey::new("orders", 3);
-/// assert_eq!(&*key.topic, "orders");
-/// assert_eq!(key.to_string(), "orders-3");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey {
-    /// Topic name.
-    pub topic: Arc<str>,
-    /// Partition index within the topic.
-    pub partition: i32,
-}
-
-impl PartitionKey {
-    /// Creates a key for `partition` of `topic`.
-    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for PartitionKey {
-    /// Formats as `topic-partition`, the form Kafka tools use.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
-
-/// A partition whose commits are held back by a record that has not completed
-/// for longer than a threshold; see [`AckTracker::stalled`].
-///
-/// Its [`Display`](fmt::Display) form is meant for a log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StallReport {
-    /// Topic of the stalled partition.
-    pub topic: String,
-    /// The stalled partition.
-    pub partition: i32,
-    /// Offset of the oldest incomplete record, which is also the commit point.
-    pub offset: i64,
-    /// How long ago that record was dispatched.
-    pub age: Duration,
-    /// The last failure reason recorded for that record, if it failed.
-    pub failed: Option<String>,
-    /// Number of incomplete records of the partition (including this one).
-    pub in_flight: usize,
-}
-
-impl fmt::Display for StallReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "partition {}-{} commits stalled at offset {} for {:.1}s ({} in flight)",
-            self.topic,
-            self.partition,
-            self.offset,
-            self.age.as_secs_f64(),
-            self.in_flight
-        )?;
-        match &self.failed {
-            Some(reason) => write!(f, "; record failed: {reason}"),
-            None => write!(f, "; record not yet acked by its handler"),
-        }
-    }
-}
+use super::status::StallReport;
+use crate::TopicPartition;
 
 /// What [`AckTracker::ack`] or [`AckTracker::fail`] did with an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,18 +181,20 @@ impl Partition {
 /// Per-partition completion tracker: which dispatched records are still
 /// incomplete, and up to which offset each partition may be committed.
 ///
-/// See the [module documentation](self) for the contract and an example.
-/// The tracker is plain data (no locking); the consumer owns it and calls it
-/// from one task.
+/// See the [module documentation](self) for the contract. The tracker is
+/// plain data with no locking of its own: the group consumer keeps it behind
+/// the mutex of [`Tracking`](super::tracking::Tracking), shared by partition
+/// workers, deferred acks, the committer and status readers.
 #[derive(Debug, Default)]
 pub struct AckTracker {
-    partitions: HashMap<PartitionKey, Partition, BuildHasherDefault<KeyHasher>>,
+    partitions: HashMap<TopicPartition, Partition, BuildHasherDefault<KeyHasher>>,
     /// Sum of `Partition::incomplete` over all partitions.
     total_incomplete: usize,
 }
 
 impl AckTracker {
     /// Creates a tracker with no partitions.
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -304,7 +210,7 @@ impl AckTracker {
     /// Acks that arrive later for offsets dispatched again in the new
     /// assignment complete them; that is sound, since the ack means the
     /// record at that offset was processed.
-    pub fn assign(&mut self, key: PartitionKey, position: i64) {
+    pub fn assign(&mut self, key: TopicPartition, position: i64) {
         if let Some(old) = self.partitions.insert(key, Partition::new(position)) {
             self.total_incomplete -= old.incomplete;
         }
@@ -319,14 +225,15 @@ impl AckTracker {
     /// To give in-flight records a chance first, wait until
     /// [`in_flight`](Self::in_flight) reaches zero (or a deadline passes)
     /// before revoking.
-    pub fn revoke(&mut self, key: &PartitionKey) -> Option<i64> {
+    pub fn revoke(&mut self, key: &TopicPartition) -> Option<i64> {
         let partition = self.partitions.remove(key)?;
         self.total_incomplete -= partition.incomplete;
         Some(partition.commit_point())
     }
 
     /// Whether the partition is tracked.
-    pub fn is_assigned(&self, key: &PartitionKey) -> bool {
+    #[cfg(test)]
+    pub fn is_assigned(&self, key: &TopicPartition) -> bool {
         self.partitions.contains_key(key)
     }
 
@@ -337,21 +244,7 @@ impl AckTracker {
     /// nothing, when the partition is not tracked, when `offset` is not above
     /// the last dispatched offset, when it is below the assigned position,
     /// or when it is not a valid record offset (negative, or `i64::MAX`).
-    ///
-    /// ```
-    /// use std::time::Instant;
-    /// use kastellan::group::ack_tracker::{AckTracker, PartitionKey};
-    ///
-    /// let mut tracker = AckTracker::new();
-    /// let key = PartitionKey::new("orders", 0);
-    /// tracker.assign(key.clone(), 10);
-    /// let now = Instant::now();
-    /// assert!(tracker.dispatched(&key, 10, now));
-    /// assert!(tracker.dispatched(&key, 13, now)); // a gap is fine
-    /// assert!(!tracker.dispatched(&key, 13, now)); // not increasing
-    /// assert!(!tracker.dispatched(&key, 11, now));
-    /// ```
-    pub fn dispatched(&mut self, key: &PartitionKey, offset: i64, now: Instant) -> bool {
+    pub fn dispatched(&mut self, key: &TopicPartition, offset: i64, now: Instant) -> bool {
         let Some(partition) = self.partitions.get_mut(key) else {
             return false;
         };
@@ -388,7 +281,7 @@ impl AckTracker {
     /// that was dispatched and completed. Offsets that were never dispatched
     /// at or above the commit point are reported as
     /// [`AckOutcome::NotTracked`].
-    pub fn ack(&mut self, key: &PartitionKey, offset: i64) -> AckOutcome {
+    pub fn ack(&mut self, key: &TopicPartition, offset: i64) -> AckOutcome {
         let Some(partition) = self.partitions.get_mut(key) else {
             return AckOutcome::NotTracked;
         };
@@ -422,28 +315,9 @@ impl AckTracker {
     /// completes it. Returns [`AckOutcome::Completed`] when the failure was
     /// recorded, and otherwise the same outcomes as `ack`; a record that
     /// already completed is never reopened.
-    ///
-    /// ```
-    /// use std::time::Instant;
-    /// use kastellan::group::ack_tracker::{AckOutcome, AckTracker, PartitionKey};
-    ///
-    /// let mut tracker = AckTracker::new();
-    /// let key = PartitionKey::new("payments", 1);
-    /// tracker.assign(key.clone(), 0);
-    /// let now = Instant::now();
-    /// tracker.dispatched(&key, 0, now);
-    /// tracker.dispatched(&key, 1, now);
-    /// tracker.fail(&key, 0, "timeout talking to the ledger");
-    /// tracker.ack(&key, 1);
-    /// assert_eq!(tracker.commit_point(&key), Some(0)); // blocked by the failure
-    ///
-    /// // The dead-letter produce was acknowledged: hand-off complete.
-    /// assert_eq!(tracker.ack(&key, 0), AckOutcome::Completed);
-    /// assert_eq!(tracker.commit_point(&key), Some(2));
-    /// ```
     pub fn fail(
         &mut self,
-        key: &PartitionKey,
+        key: &TopicPartition,
         offset: i64,
         reason: impl Into<String>,
     ) -> AckOutcome {
@@ -470,15 +344,16 @@ impl AckTracker {
     /// dispatched. `None` if the partition is not tracked. O(1).
     ///
     /// Within one assignment the commit point never decreases.
-    pub fn commit_point(&self, key: &PartitionKey) -> Option<i64> {
+    #[cfg(test)]
+    pub fn commit_point(&self, key: &TopicPartition) -> Option<i64> {
         self.partitions.get(key).map(Partition::commit_point)
     }
 
     /// Partitions whose commit point moved past what was last noted with
     /// [`mark_committed`](Self::mark_committed) (or past the assigned
     /// position), with the offset to commit; sorted by partition.
-    pub fn pending_commits(&self) -> Vec<(PartitionKey, i64)> {
-        let mut pending: Vec<(PartitionKey, i64)> = self
+    pub fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
+        let mut pending: Vec<(TopicPartition, i64)> = self
             .partitions
             .iter()
             .filter_map(|(key, partition)| {
@@ -495,7 +370,7 @@ impl AckTracker {
     /// Ignored if the partition is no longer tracked (it was revoked while
     /// the commit was in flight) or if `offset` is not newer than what was
     /// already noted (an older commit response arriving late).
-    pub fn mark_committed(&mut self, key: &PartitionKey, offset: i64) {
+    pub fn mark_committed(&mut self, key: &TopicPartition, offset: i64) {
         if let Some(partition) = self.partitions.get_mut(key) {
             if offset > partition.committed {
                 partition.committed = offset;
@@ -505,19 +380,38 @@ impl AckTracker {
 
     /// The last offset noted as committed for the partition (initially the
     /// assigned position), or `None` if it is not tracked.
-    pub fn committed(&self, key: &PartitionKey) -> Option<i64> {
+    #[cfg(test)]
+    pub fn committed(&self, key: &TopicPartition) -> Option<i64> {
         self.partitions.get(key).map(|p| p.committed)
     }
 
     /// Number of incomplete (pending or failed) records of the partition;
     /// 0 if it is not tracked.
-    pub fn in_flight(&self, key: &PartitionKey) -> usize {
+    pub fn in_flight(&self, key: &TopicPartition) -> usize {
         self.partitions.get(key).map_or(0, |p| p.incomplete)
     }
 
     /// Number of incomplete records over all tracked partitions. O(1).
+    #[cfg(test)]
     pub fn total_in_flight(&self) -> usize {
         self.total_incomplete
+    }
+
+    /// Number of failed records of the partition (incomplete, with a
+    /// failure recorded); 0 if it is not tracked. `in_flight - failed` is the
+    /// number still pending with a handler or a deferred ack.
+    pub fn failed(&self, key: &TopicPartition) -> usize {
+        self.partitions.get(key).map_or(0, |p| p.failures.len())
+    }
+
+    /// Offset and recorded failure of the oldest incomplete record, if any.
+    pub fn head(&self, key: &TopicPartition) -> Option<(i64, Option<&str>)> {
+        let partition = self.partitions.get(key)?;
+        let front = partition.window.front()?;
+        Some((
+            front.offset,
+            partition.failures.get(&front.offset).map(String::as_str),
+        ))
     }
 
     /// Number of records the partition's window holds: every record
@@ -527,7 +421,7 @@ impl AckTracker {
     /// This is what the partition costs in memory (32 bytes per record). It
     /// grows while the oldest incomplete record blocks the partition, so a
     /// consumer can pause fetching a partition when it gets too large.
-    pub fn window_len(&self, key: &PartitionKey) -> usize {
+    pub fn window_len(&self, key: &TopicPartition) -> usize {
         self.partitions.get(key).map_or(0, |p| p.window.len())
     }
 
@@ -536,25 +430,6 @@ impl AckTracker {
     ///
     /// Such a record holds back the partition's commits; report it (a log
     /// line, a metric) so the stall is visible.
-    ///
-    /// ```
-    /// use std::time::{Duration, Instant};
-    /// use kastellan::group::ack_tracker::{AckTracker, PartitionKey};
-    ///
-    /// let mut tracker = AckTracker::new();
-    /// let key = PartitionKey::new("orders", 2);
-    /// tracker.assign(key.clone(), 40);
-    /// let start = Instant::now();
-    /// tracker.dispatched(&key, 42, start);
-    /// tracker.fail(&key, 42, "schema mismatch");
-    ///
-    /// let later = start + Duration::from_secs(90);
-    /// let stalls = tracker.stalled(later, Duration::from_secs(60));
-    /// assert_eq!(stalls.len(), 1);
-    /// assert_eq!(stalls[0].offset, 42);
-    /// assert_eq!(stalls[0].failed.as_deref(), Some("schema mismatch"));
-    /// println!("{}", stalls[0]);
-    /// ```
     pub fn stalled(&self, now: Instant, threshold: Duration) -> Vec<StallReport> {
         let mut reports: Vec<StallReport> = self
             .partitions
@@ -563,8 +438,7 @@ impl AckTracker {
                 let oldest = partition.window.front()?;
                 let age = now.saturating_duration_since(oldest.dispatched_at);
                 (age > threshold).then(|| StallReport {
-                    topic: key.topic.to_string(),
-                    partition: key.partition,
+                    partition: key.clone(),
                     offset: oldest.offset,
                     age,
                     failed: partition.failures.get(&oldest.offset).cloned(),
@@ -572,13 +446,14 @@ impl AckTracker {
                 })
             })
             .collect();
-        reports.sort_unstable_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        reports.sort_unstable_by(|a, b| a.partition.cmp(&b.partition));
         reports
     }
 
     /// The tracked partitions, sorted.
-    pub fn assigned(&self) -> Vec<PartitionKey> {
-        let mut keys: Vec<PartitionKey> = self.partitions.keys().cloned().collect();
+    #[cfg(test)]
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        let mut keys: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         keys.sort_unstable();
         keys
     }
@@ -656,11 +531,11 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    fn key(topic: &str, partition: i32) -> PartitionKey {
-        PartitionKey::new(topic, partition)
+    fn key(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition::new(topic, partition)
     }
 
-    fn tracker_with(k: &PartitionKey, position: i64, offsets: &[i64]) -> (AckTracker, Instant) {
+    fn tracker_with(k: &TopicPartition, position: i64, offsets: &[i64]) -> (AckTracker, Instant) {
         let mut tracker = AckTracker::new();
         tracker.assign(k.clone(), position);
         let now = Instant::now();
@@ -952,8 +827,7 @@ mod tests {
         assert_eq!(
             stalls,
             vec![StallReport {
-                topic: "orders".to_string(),
-                partition: 0,
+                partition: TopicPartition::new("orders", 0),
                 offset: 1,
                 age: Duration::from_secs(60),
                 failed: Some("downstream unavailable".to_string()),
@@ -961,7 +835,7 @@ mod tests {
             }]
         );
         let line = stalls[0].to_string();
-        assert!(line.contains("orders-0"), "{line}");
+        assert!(line.contains("orders/0"), "{line}");
         assert!(line.contains("offset 1"), "{line}");
         assert!(line.contains("downstream unavailable"), "{line}");
 
@@ -973,7 +847,7 @@ mod tests {
         // Later, both partitions stall; b's record is pending, not failed.
         let stalls = tracker.stalled(start + Duration::from_secs(100), threshold);
         assert_eq!(stalls.len(), 2);
-        assert_eq!(stalls[1].partition, 1);
+        assert_eq!(stalls[1].partition.partition(), 1);
         assert_eq!(stalls[1].offset, 0);
         assert_eq!(stalls[1].failed, None);
         assert_eq!(stalls[1].in_flight, 1);
@@ -1143,7 +1017,7 @@ mod tests {
 
     fn check(
         tracker: &AckTracker,
-        keys: &[PartitionKey],
+        keys: &[TopicPartition],
         models: &[ModelPartition],
         previous: &[i64],
     ) -> Result<(), TestCaseError> {
@@ -1183,7 +1057,7 @@ mod tests {
 
         #[test]
         fn matches_reference_model(ops in proptest::collection::vec(op(), 1..200)) {
-            let keys: Vec<PartitionKey> = (0..PARTITIONS)
+            let keys: Vec<TopicPartition> = (0..PARTITIONS)
                 .map(|p| key(if p == 2 { "other" } else { "topic" }, p as i32))
                 .collect();
             let mut tracker = AckTracker::new();
@@ -1269,7 +1143,7 @@ mod tests {
             for report in tracker.stalled(later, Duration::ZERO) {
                 let p = keys
                     .iter()
-                    .position(|k| *k.topic == report.topic && k.partition == report.partition);
+                    .position(|k| *k == report.partition);
                 let Some(p) = p else {
                     return Err(TestCaseError::fail("stall report for unknown partition"));
                 };

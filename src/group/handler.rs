@@ -6,16 +6,19 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::ack_tracker::PartitionKey;
 use super::tracking::Tracking;
 use crate::record::Record;
+use crate::TopicPartition;
 
 /// Error type handlers return: anything that can be displayed.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Processes one record at a time. Returning `Ok` completes the record (its
 /// offset may be committed); returning `Err` marks it failed, which holds
-/// the partition's commit point until it is completed another way.
+/// the partition's commit point until it is completed another way. Failed
+/// records count against `max_pending_per_partition`: a partition whose
+/// in-flight records have all failed pauses, and the pause is reported on
+/// the error stream and in the status.
 ///
 /// Any `async` closure `Fn(ConsumerRecord) -> impl Future<Output = Result<(), HandlerError>>` is a handler.
 #[async_trait::async_trait]
@@ -83,7 +86,7 @@ impl Deref for ConsumerRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct Completion {
     pub tracking: Arc<Tracking>,
-    pub key: PartitionKey,
+    pub key: TopicPartition,
     pub offset: i64,
     /// Which assignment of the partition dispatched the record: a late ack
     /// from before a revocation must not complete a redelivered record.
@@ -114,11 +117,9 @@ pub struct AckHandle {
 }
 
 impl AckHandle {
-    /// The record's topic, partition and offset.
-    pub fn position(&self) -> Option<(&str, i32, i64)> {
-        self.completion
-            .as_ref()
-            .map(|c| (&*c.key.topic, c.key.partition, c.offset))
+    /// The record's partition and offset (`None` once completed).
+    pub fn position(&self) -> Option<(&TopicPartition, i64)> {
+        self.completion.as_ref().map(|c| (&c.key, c.offset))
     }
 
     /// The record is done: its offset may be committed once every earlier
@@ -142,8 +143,7 @@ impl Drop for AckHandle {
     fn drop(&mut self) {
         if let Some(c) = self.completion.take() {
             tracing::warn!(
-                topic = %c.key.topic,
-                partition = c.key.partition,
+                partition = %c.key,
                 offset = c.offset,
                 "deferred record dropped without ack or fail; marking it failed"
             );

@@ -1,22 +1,138 @@
 //! Consumer groups: membership in a classic Kafka consumer group, partition
 //! assignment, and committing offsets of completed records.
 //!
-//! - [`subscription`]: the standard `consumer` protocol encoding of
-//!   subscriptions and assignments (interoperable with the Java client).
-//! - [`assignor`]: `range`, `roundrobin` and `cooperative-sticky`.
-//! - [`ack_tracker`]: per-partition completion tracking; the commit point is
-//!   the lowest incomplete offset.
-//! - [`GroupConsumer`]: joins the group and drives a [`Handler`].
+//! A [`GroupConsumer`] (made with [`Client::group_consumer`](crate::Client::group_consumer))
+//! joins a group, receives partitions from the group's leader, hands their
+//! records to a [`Handler`] and commits the offsets of completed records.
+//! Members of other clients (Java, librdkafka, franz-go) can share the group:
+//! subscriptions and assignments use the standard `consumer` protocol, and
+//! the [`assignor`]s compute what the Java client's assignors compute.
+//!
+//! ```no_run
+//! # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
+//! use kastellan::group::{ConsumerRecord, HandlerError};
+//!
+//! let mut consumer = client.group_consumer("billing").topic("orders").build()?;
+//! let mut problems = consumer.errors().expect("first call");
+//! tokio::spawn(async move {
+//!     while let Some(problem) = problems.recv().await {
+//!         eprintln!("{problem}");
+//!     }
+//! });
+//! consumer
+//!     .run(|record: ConsumerRecord| async move {
+//!         println!("{}/{}@{}", record.topic, record.partition, record.offset);
+//!         Ok::<(), HandlerError>(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! # Delivery
+//!
+//! At least once. Per partition, records reach the handler in offset order,
+//! one at a time; partitions are processed concurrently. A record is
+//! *completed* when its handler returns `Ok`, or later through an
+//! [`AckHandle`] ([`ConsumerRecord::defer`]). The committed offset of a
+//! partition is its lowest incomplete offset, so a failed record holds the
+//! partition's commits back (a *stall*, in [`ConsumerStatus::stalled`] and
+//! the log) and is redelivered after a rebalance or restart.
+//!
+//! Memory is bounded per partition: two fetched batches, at most
+//! `max_pending_per_partition` incomplete records, and an ack-tracker window
+//! of at most `max_window_per_partition` records. A partition that reaches a
+//! limit with nothing in flight able to free room *pauses* (fetching too):
+//! reported as [`ConsumerError::PartitionPaused`] and listed in
+//! [`ConsumerStatus::paused`] while it lasts.
+//!
+//! # The group session
+//!
+//! The member moves through the [`GroupState`]s: **joining** (JoinGroup),
+//! **syncing** (the leader assigns, SyncGroup delivers), **assigning**
+//! (revoke what was taken away, look up start positions, start new
+//! partitions), **stable** (consume, heartbeat, commit), and on shutdown
+//! **revoking** and **leaving**. Heartbeats run from the moment SyncGroup
+//! succeeds, through assigning, the stable phase and revoking, on their own
+//! task (so slow handlers never cost the membership); they stop only when
+//! the member sends its next JoinGroup, which the broker holds until the
+//! rebalance completes (as the Java client does). Offsets are committed on an interval, when
+//! partitions are revoked, and on shutdown; never for partitions that were
+//! lost. The code: `session.rs` (how we join), `commit.rs` (when we commit),
+//! `runtime.rs` (fetching and dispatching), `coordinator.rs` (the requests).
+//!
+//! Every member refreshes metadata of its topics every `metadata_max_age`
+//! (5 minutes by default) and every few seconds while one is missing. A
+//! missing topic is reported ([`ConsumerError::MissingTopic`],
+//! [`ConsumerStatus::missing_topics`], a warning) and consumed once it is
+//! created; the leader rebalances the group when any subscribed topic
+//! appears or gets more partitions.
+//!
+//! # When `run()` ends
+//!
+//! [`GroupConsumer::run`] ends by itself only for errors that no retry can
+//! fix and that need your action:
+//!
+//! - **bad configuration**: [`Error::Config`](crate::Error::Config), and the
+//!   broker answers `INVALID_SESSION_TIMEOUT`, `INVALID_GROUP_ID`,
+//!   `INCONSISTENT_GROUP_PROTOCOL` (no assignor in common with the group's
+//!   other members) and `GROUP_MAX_SIZE_REACHED`;
+//! - **authentication or authorization**: [`Error::Tls`](crate::Error::Tls),
+//!   [`Error::Authentication`](crate::Error::Authentication),
+//!   `GROUP_AUTHORIZATION_FAILED`, `TOPIC_AUTHORIZATION_FAILED`,
+//!   `CLUSTER_AUTHORIZATION_FAILED`, `SASL_AUTHENTICATION_FAILED`;
+//! - **a fenced static member**: `FENCED_INSTANCE_ID`;
+//! - **an unsupported broker**:
+//!   [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion),
+//!   `UNSUPPORTED_VERSION`;
+//! - **a missing topic in strict mode**
+//!   ([`GroupConsumerBuilder::require_topics`]):
+//!   [`Error::UnknownTopic`](crate::Error::UnknownTopic).
+//!
+//! Everything else — an unreachable or moving coordinator, a restarting
+//! broker, unexpected answers (`UNKNOWN_SERVER_ERROR`, which a Kafka 4.x
+//! coordinator gives every join while a member with malformed metadata is in
+//! the group), another member's malformed subscription, an assignment that
+//! cannot be decoded or names partitions that do not exist, fetch failures,
+//! failed commits — is reported on the [`errors`](GroupConsumer::errors)
+//! stream ([`ConsumerError`]) and in the log, retried with backoff, and the
+//! member keeps what it may keep: a cooperative member keeps processing its
+//! partitions while its join is retried. Partitions are given up without a
+//! commit only when an answer from the coordinator says the membership is
+//! lost (UNKNOWN_MEMBER_ID: evicted; ILLEGAL_GENERATION: the group moved on
+//! without this member), since another member may own them by then
+//! ([`ConsumerError::PartitionsLost`]).
 
-pub mod ack_tracker;
 pub mod assignor;
+mod commit;
 mod consumer;
+mod coordinator;
+mod events;
 mod handler;
-mod membership;
-pub mod subscription;
+mod heartbeat;
+mod runtime;
+mod session;
+mod status;
+mod subscription;
+mod topics;
 mod tracking;
 
-pub use consumer::{
-    ConsumerStatus, GroupConsumer, GroupConsumerBuilder, OffsetReset, ShutdownHandle, StatusHandle,
-};
+mod ack_tracker;
+
+pub use consumer::{GroupConsumer, GroupConsumerBuilder, ShutdownHandle};
+pub use events::{ConsumerError, ConsumerErrors, GroupStep};
 pub use handler::{AckHandle, ConsumerRecord, Handler, HandlerError};
+pub use status::{
+    ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,
+};
+
+/// Entry points for the fuzz targets in `fuzz/` (the consumer-protocol
+/// decoders and encoders). Not a public API: only with the unstable
+/// `unstable-fuzz` feature, and it may change in any release.
+#[cfg(feature = "unstable-fuzz")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use super::subscription::{
+        decode_assignment, decode_subscription, encode_assignment, encode_subscription,
+        DecodeError, MemberAssignment, Subscription, ASSIGNMENT_VERSION, SUBSCRIPTION_VERSION,
+    };
+}

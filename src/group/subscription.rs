@@ -23,17 +23,9 @@
 //!   `new String(bytes, UTF_8)`);
 //! - an empty rack id means no rack.
 //!
-//! ```
-//! use kastellan::group::subscription::*;
-//! let s = Subscription {
-//!     topics: vec!["orders".into()],
-//!     owned_partitions: vec![TopicPartition::new("orders", 0)],
-//!     generation_id: 7,
-//!     ..Default::default()
-//! };
-//! let bytes = encode_subscription(&s, SUBSCRIPTION_VERSION).unwrap();
-//! assert_eq!(decode_subscription(&bytes).unwrap(), s);
-//! ```
+//! Internal to the crate: assignors see decoded [`Subscription`]s (public,
+//! through [`assignor`](super::assignor)); the fuzz targets reach the codecs
+//! through the unstable `group::__fuzz` module.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -42,7 +34,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
-use crate::Error;
+use crate::{Error, TopicPartition};
 
 /// The newest `ConsumerProtocolSubscription` version this crate knows (v3 adds
 /// the rack id, KIP-881). Newer versions decode as this one.
@@ -54,37 +46,12 @@ pub const ASSIGNMENT_VERSION: i16 = 3;
 
 /// Kafka's limit on topic name length (`Topic.MAX_NAME_LENGTH`). Entries of
 /// owned or assigned partitions naming a longer topic are rejected: they can
-/// name no real topic, and each partition number would otherwise copy the
-/// name, letting a few bytes of input expand into gigabytes of output.
+/// name no real topic. (Each decoded partition shares its topic's name, so a
+/// long name is not copied per partition; the limit still keeps garbage out.)
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 const SUBSCRIPTION: &str = "ConsumerProtocolSubscription";
 const ASSIGNMENT: &str = "ConsumerProtocolAssignment";
-
-/// A topic and partition number.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    /// A partition of `topic`.
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl std::fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
 
 /// What a member sends in JoinGroup: the topics it wants, and (v1+) the
 /// partitions it owns, (v2+) the generation they were assigned in and (v3+)
@@ -224,15 +191,15 @@ fn group_by_topic(partitions: &[TopicPartition]) -> Vec<(&str, Vec<i32>)> {
     let mut groups: Vec<(&str, Vec<i32>)> = Vec::new();
     let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for tp in partitions {
-        match index.get(tp.topic.as_str()) {
+        match index.get(tp.topic()) {
             Some(&i) => {
                 if let Some(group) = groups.get_mut(i) {
                     group.1.push(tp.partition);
                 }
             }
             None => {
-                index.insert(tp.topic.as_str(), groups.len());
-                groups.push((tp.topic.as_str(), vec![tp.partition]));
+                index.insert(tp.topic(), groups.len());
+                groups.push((tp.topic(), vec![tp.partition]));
             }
         }
     }
@@ -489,13 +456,14 @@ impl<'a> Reader<'a> {
                     length: topic.len(),
                 });
             }
+            let topic: std::sync::Arc<str> = topic.into();
             let partitions = self.array_len(field, 4)?;
             for _ in 0..partitions {
                 let partition = self.i32(field)?;
-                out.push(TopicPartition {
-                    topic: topic.clone(),
+                out.push(TopicPartition::new(
+                    std::sync::Arc::clone(&topic),
                     partition,
-                });
+                ));
             }
         }
         Ok(out)

@@ -1,22 +1,54 @@
-//! The ack tracker shared between partition workers, deferred acks and the
-//! committer, with an assignment epoch per partition.
+//! The ack tracker shared between partition workers, deferred acks, the
+//! committer and status readers, with an assignment epoch per partition
+//! and the pause state of each partition.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::ack_tracker::{AckOutcome, AckTracker, PartitionKey, StallReport};
+use super::ack_tracker::{AckOutcome, AckTracker};
+use super::status::{PauseReason, PausedPartition, StallReport};
+use crate::TopicPartition;
 
+/// Everything behind [`Tracking`]'s mutex.
 #[derive(Debug, Default)]
 struct Inner {
+    /// Completion state per partition. Written by partition workers
+    /// (dispatch), completions (ack/fail, from handlers and `AckHandle`s),
+    /// the session (assign, revoke, mark committed); read by the committer
+    /// and status readers.
     tracker: AckTracker,
-    epochs: HashMap<PartitionKey, u64>,
+    /// Which assignment of each partition is current. Written by the
+    /// session (assign, revoke); read on every dispatch and completion, so
+    /// that a late ack from before a revocation never completes a record
+    /// dispatched again after it.
+    epochs: HashMap<TopicPartition, u64>,
+    /// Source of epochs; written by `assign`.
     next_epoch: u64,
+    /// Partitions paused at a limit. Written by their partition worker
+    /// (set when it pauses, cleared when it resumes) and by `revoke`; read
+    /// by status readers.
+    paused: BTreeMap<TopicPartition, PausedPartition>,
 }
 
-/// Thread-safe completion tracking for one consumer.
+/// Whether a partition worker may dispatch its next record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// Dispatch.
+    Free,
+    /// Wait for a completion: deferred records are in flight up to the
+    /// limit (ordinary backpressure, not reported).
+    Wait,
+    /// Wait, and report: nothing in flight is pending, or the window is
+    /// full behind an incomplete head.
+    Paused(PausedPartition),
+}
+
+/// Thread-safe completion tracking for one consumer: an [`AckTracker`]
+/// behind a mutex, which every user locks briefly (never across an
+/// `.await`).
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
     inner: Mutex<Inner>,
@@ -31,23 +63,25 @@ impl Tracking {
     }
 
     /// Start tracking a partition at `position`; returns its new epoch.
-    pub fn assign(&self, key: PartitionKey, position: i64) -> u64 {
+    pub fn assign(&self, key: TopicPartition, position: i64) -> u64 {
         let mut inner = self.lock();
         inner.next_epoch += 1;
         let epoch = inner.next_epoch;
         inner.epochs.insert(key.clone(), epoch);
+        inner.paused.remove(&key);
         inner.tracker.assign(key, position);
         epoch
     }
 
     /// Stop tracking; returns the commit point.
-    pub fn revoke(&self, key: &PartitionKey) -> Option<i64> {
+    pub fn revoke(&self, key: &TopicPartition) -> Option<i64> {
         let mut inner = self.lock();
         inner.epochs.remove(key);
+        inner.paused.remove(key);
         inner.tracker.revoke(key)
     }
 
-    pub fn dispatched(&self, key: &PartitionKey, offset: i64, epoch: u64) -> bool {
+    pub fn dispatched(&self, key: &TopicPartition, offset: i64, epoch: u64) -> bool {
         let mut inner = self.lock();
         if inner.epochs.get(key) != Some(&epoch) {
             return false;
@@ -55,7 +89,7 @@ impl Tracking {
         inner.tracker.dispatched(key, offset, Instant::now())
     }
 
-    pub fn ack(&self, key: &PartitionKey, offset: i64, epoch: u64) {
+    pub fn ack(&self, key: &TopicPartition, offset: i64, epoch: u64) {
         let outcome = {
             let mut inner = self.lock();
             if inner.epochs.get(key) != Some(&epoch) {
@@ -65,12 +99,12 @@ impl Tracking {
             }
         };
         if outcome == AckOutcome::NotTracked {
-            tracing::debug!(topic = %key.topic, partition = key.partition, offset, "ack for a partition no longer assigned; ignored");
+            tracing::debug!(partition = %key, offset, "ack for a partition no longer assigned; ignored");
         }
         self.completed.notify_waiters();
     }
 
-    pub fn fail(&self, key: &PartitionKey, offset: i64, epoch: u64, reason: String) {
+    pub fn fail(&self, key: &TopicPartition, offset: i64, epoch: u64, reason: String) {
         {
             let mut inner = self.lock();
             if inner.epochs.get(key) == Some(&epoch) {
@@ -80,19 +114,77 @@ impl Tracking {
         self.completed.notify_waiters();
     }
 
-    pub fn in_flight(&self, key: &PartitionKey) -> usize {
-        self.lock().tracker.in_flight(key)
+    /// Records of the partition still pending (with a handler, or deferred
+    /// and not yet acked or failed): those that may still complete.
+    pub fn pending(&self, key: &TopicPartition) -> usize {
+        let inner = self.lock();
+        inner
+            .tracker
+            .in_flight(key)
+            .saturating_sub(inner.tracker.failed(key))
     }
 
-    pub fn pending_commits(&self) -> Vec<(PartitionKey, i64)> {
+    /// Whether the partition's worker may dispatch another record, given
+    /// the in-flight limit and the window limit. A pause is recorded for
+    /// status readers; room clears it.
+    pub fn room(&self, key: &TopicPartition, max_in_flight: usize, max_window: usize) -> Room {
+        let mut inner = self.lock();
+        let in_flight = inner.tracker.in_flight(key);
+        let window = inner.tracker.window_len(key);
+        let failed = inner.tracker.failed(key);
+        let reason = if window >= max_window {
+            Some(PauseReason::Window {
+                window,
+                limit: max_window,
+            })
+        } else if in_flight >= max_in_flight && failed >= in_flight {
+            Some(PauseReason::FailedRecords {
+                failed,
+                limit: max_in_flight,
+            })
+        } else if in_flight >= max_in_flight {
+            inner.paused.remove(key);
+            return Room::Wait;
+        } else {
+            None
+        };
+        let Some(reason) = reason else {
+            inner.paused.remove(key);
+            return Room::Free;
+        };
+        let (offset, head_failure) = inner
+            .tracker
+            .head(key)
+            .map(|(o, f)| (o, f.map(str::to_owned)))
+            .unwrap_or((0, None));
+        let paused = PausedPartition {
+            partition: key.clone(),
+            offset,
+            failed: head_failure,
+            reason,
+        };
+        inner.paused.insert(key.clone(), paused.clone());
+        Room::Paused(paused)
+    }
+
+    /// Forget a pause (the worker stopped waiting).
+    pub fn clear_pause(&self, key: &TopicPartition) {
+        self.lock().paused.remove(key);
+    }
+
+    pub fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
         self.lock().tracker.pending_commits()
     }
 
-    pub fn mark_committed(&self, key: &PartitionKey, offset: i64) {
+    pub fn mark_committed(&self, key: &TopicPartition, offset: i64) {
         self.lock().tracker.mark_committed(key, offset)
     }
 
     pub fn stalled(&self, threshold: Duration) -> Vec<StallReport> {
         self.lock().tracker.stalled(Instant::now(), threshold)
+    }
+
+    pub fn paused(&self) -> Vec<PausedPartition> {
+        self.lock().paused.values().cloned().collect()
     }
 }

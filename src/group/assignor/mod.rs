@@ -5,12 +5,14 @@
 //!
 //! The leader calls [`Assignor::assign`] with every member's decoded
 //! [`Subscription`] and the partition count
-//! of each subscribed topic, and sends each member its share.
+//! of each subscribed topic, and sends each member its share. Implement
+//! [`Assignor`] for a custom strategy; everything it needs is in this module
+//! (and [`TopicPartition`]).
 //!
 //! ```
 //! use std::collections::BTreeMap;
 //! use kastellan::group::assignor::*;
-//! use kastellan::group::subscription::{Subscription, TopicPartition};
+//! use kastellan::TopicPartition;
 //!
 //! let member = |id: &str| MemberSubscription {
 //!     member_id: id.into(),
@@ -39,7 +41,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::subscription::{Subscription, TopicPartition};
+pub use super::subscription::Subscription;
+use crate::TopicPartition;
 
 mod range;
 mod roundrobin;

@@ -6,7 +6,7 @@ use super::{
     member_info_cmp, members_in_java_order, sort_assignment, subscribed_topics, Assignor,
     GroupAssignment, MemberSubscription, RebalanceProtocol,
 };
-use crate::group::subscription::TopicPartition;
+use crate::TopicPartition;
 
 /// Assigns each topic on its own: the members subscribed to it, ordered as
 /// Java orders them (static members by `group.instance.id` first, then the

@@ -6,7 +6,7 @@ use super::{
     java_cmp, member_info_cmp, members_in_java_order, subscribed_topics, Assignor, GroupAssignment,
     MemberSubscription, RebalanceProtocol,
 };
-use crate::group::subscription::TopicPartition;
+use crate::TopicPartition;
 
 /// Lays out every partition of every subscribed topic, sorted by topic then
 /// partition, and deals them to the members in turn (ordered as Java orders

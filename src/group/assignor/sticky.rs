@@ -43,7 +43,8 @@ use super::{
     java_cmp, java_string_hash, members_in_java_order, Assignor, GroupAssignment, JavaHashOrder,
     MemberSubscription, RebalanceProtocol,
 };
-use crate::group::subscription::{Subscription, TopicPartition};
+use crate::group::subscription::Subscription;
+use crate::TopicPartition;
 
 /// Java's `AbstractStickyAssignor.DEFAULT_GENERATION`.
 const DEFAULT_GENERATION: i32 = -1;
@@ -176,7 +177,7 @@ fn prepare<'a>(
                 .owned_partitions
                 .iter()
                 .filter_map(|tp| {
-                    let t = *index.get(tp.topic.as_str())?;
+                    let t = *index.get(tp.topic())?;
                     let count = counts.get(t).copied().unwrap_or(0);
                     (0..count)
                         .contains(&tp.partition)
@@ -1045,7 +1046,7 @@ mod tests {
         let owned = |id: &str| -> Vec<(String, i32)> {
             a[id]
                 .iter()
-                .map(|tp| (tp.topic.clone(), tp.partition))
+                .map(|tp| (tp.topic().to_string(), tp.partition))
                 .collect()
         };
         let round2: Vec<MemberSubscription> = ["a", "b", "c"]
@@ -1103,9 +1104,9 @@ mod tests {
             member("b", &["t1", "t2"], &[], -1),
         ];
         let a = CooperativeStickyAssignor.assign(&members, &counts(&[("t1", 3), ("t2", 3)]));
-        assert!(a["a"].iter().all(|tp| tp.topic == "t1"));
+        assert!(a["a"].iter().all(|tp| tp.topic() == "t1"));
         assert_eq!(sizes(&a), vec![3, 3]);
-        assert_eq!(a["b"].iter().filter(|tp| tp.topic == "t2").count(), 3);
+        assert_eq!(a["b"].iter().filter(|tp| tp.topic() == "t2").count(), 3);
     }
 
     #[test]
@@ -1455,7 +1456,7 @@ mod java_cases {
         let per_topic = |a: &GroupAssignment, expected: usize| {
             for (id, list) in a {
                 for topic in all {
-                    let n = list.iter().filter(|tp| tp.topic == topic).count();
+                    let n = list.iter().filter(|tp| tp.topic() == topic).count();
                     assert_eq!(n, expected, "{id} {topic}: {a:?}");
                 }
             }

@@ -1,7 +1,9 @@
-//! Membership in a classic consumer group: the request/response side of
-//! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetFetch
-//! and OffsetCommit, with each documented error mapped to what the member
-//! must do next ([`GroupError`]). The consumer's state machine drives it.
+//! Talking to the group coordinator: one function per API of the classic
+//! group protocol (FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetFetch, OffsetCommit), with each documented error mapped
+//! to what the member must do next ([`GroupError`]). It holds the member's
+//! identity (member id, generation) and its coordinator connection; the
+//! state machine in `session.rs` decides when each request is sent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,30 +25,52 @@ use kafka_protocol::protocol::StrBytes;
 use super::assignor::{Assignor, GroupAssignment, MemberSubscription};
 use super::subscription::{
     decode_assignment, decode_subscription, encode_assignment, encode_subscription,
-    MemberAssignment, Subscription, TopicPartition,
+    MemberAssignment, Subscription, ASSIGNMENT_VERSION, SUBSCRIPTION_VERSION,
 };
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
 use crate::protocol::connection::BrokerConnection;
+use crate::TopicPartition;
 
 // Error codes of the group APIs (Kafka's `Errors.java`).
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const NOT_COORDINATOR: i16 = 16;
 const REQUEST_TIMED_OUT: i16 = 7;
 const ILLEGAL_GENERATION: i16 = 22;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const REBALANCE_IN_PROGRESS: i16 = 27;
-const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 const MEMBER_ID_REQUIRED: i16 = 79;
 const FENCED_INSTANCE_ID: i16 = 82;
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 
-/// The subscription version we send: v3 carries owned partitions,
-/// generation and rack (KIP-429, KIP-881).
-const SUBSCRIPTION_VERSION: i16 = 3;
-/// The assignment version we send.
-const ASSIGNMENT_VERSION: i16 = 3;
+/// Error codes that no retry can fix and that need the user's action: the
+/// only broker answers that end `run()`. Every other code is retried with
+/// backoff (see the `group` module docs, "When `run()` ends").
+const FATAL_CODES: [i16; 10] = [
+    23, // INCONSISTENT_GROUP_PROTOCOL: no assignor in common with the group
+    24, // INVALID_GROUP_ID
+    26, // INVALID_SESSION_TIMEOUT: outside the broker's allowed range
+    29, // TOPIC_AUTHORIZATION_FAILED
+    30, // GROUP_AUTHORIZATION_FAILED
+    31, // CLUSTER_AUTHORIZATION_FAILED
+    35, // UNSUPPORTED_VERSION
+    58, // SASL_AUTHENTICATION_FAILED
+    81, // GROUP_MAX_SIZE_REACHED: the group is full (group.max.size)
+    FENCED_INSTANCE_ID,
+];
+
+/// Whether an error ends the consumer: bad configuration, authentication or
+/// authorization, a fenced static member, an unsupported broker.
+pub(crate) fn is_fatal(e: &Error) -> bool {
+    match e {
+        Error::Config(_)
+        | Error::Tls { .. }
+        | Error::Authentication { .. }
+        | Error::UnsupportedVersion { .. }
+        | Error::Closed(_) => true,
+        Error::Broker(b) => FATAL_CODES.contains(&b.code()),
+        _ => false,
+    }
+}
 
 /// What a group API error asks the member to do.
 #[derive(Debug)]
@@ -55,12 +79,17 @@ pub(crate) enum GroupError {
     Rediscover(Error),
     /// Try the same step again after a backoff.
     Retry(Error),
-    /// A rebalance is under way: rejoin, keeping member id and generation.
+    /// A rebalance is under way: rejoin, keeping member id, generation and
+    /// (cooperative) partitions.
     Rejoin(Error),
-    /// The member id is unknown or the generation stale: forget them, the
-    /// partitions are lost (not revoked), rejoin.
+    /// The generation moved on without this member (ILLEGAL_GENERATION):
+    /// its partitions are lost (not revoked: another member may own them),
+    /// the member id stays; rejoin.
+    Lost(Error),
+    /// The member id is unknown (UNKNOWN_MEMBER_ID: evicted, or the group
+    /// was emptied): partitions lost, forget the member id, rejoin.
     Reset(Error),
-    /// Cannot go on (fenced static member, authorization, bad config).
+    /// Cannot go on: see [`is_fatal`].
     Fatal(Error),
 }
 
@@ -71,24 +100,55 @@ impl GroupError {
             NOT_COORDINATOR | COORDINATOR_NOT_AVAILABLE | REQUEST_TIMED_OUT => {
                 GroupError::Rediscover(e)
             }
-            COORDINATOR_LOAD_IN_PROGRESS | UNSTABLE_OFFSET_COMMIT | UNKNOWN_TOPIC_OR_PARTITION => {
-                GroupError::Retry(e)
-            }
-            REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => GroupError::Rejoin(e),
+            REBALANCE_IN_PROGRESS => GroupError::Rejoin(e),
+            ILLEGAL_GENERATION => GroupError::Lost(e),
             UNKNOWN_MEMBER_ID => GroupError::Reset(e),
-            FENCED_INSTANCE_ID => GroupError::Fatal(e),
-            _ if crate::protocol::error_codes::is_retriable(code) => GroupError::Retry(e),
-            _ => GroupError::Fatal(e),
+            _ if is_fatal(&e) => GroupError::Fatal(e),
+            // COORDINATOR_LOAD_IN_PROGRESS, UNSTABLE_OFFSET_COMMIT,
+            // UNKNOWN_TOPIC_OR_PARTITION, UNKNOWN_SERVER_ERROR (a 4.x
+            // coordinator's answer to every join while a member with
+            // malformed metadata is in the group) and anything unexpected.
+            _ => GroupError::Retry(e),
         }
     }
 
     /// Transport failures: the coordinator may have moved or died.
     fn from_transport(e: Error) -> Self {
-        if e.is_retriable() {
-            GroupError::Rediscover(e)
-        } else {
+        if is_fatal(&e) {
             GroupError::Fatal(e)
+        } else {
+            GroupError::Rediscover(e)
         }
+    }
+
+    /// The error inside.
+    pub fn error(&self) -> &Error {
+        match self {
+            GroupError::Rediscover(e)
+            | GroupError::Retry(e)
+            | GroupError::Rejoin(e)
+            | GroupError::Lost(e)
+            | GroupError::Reset(e)
+            | GroupError::Fatal(e) => e,
+        }
+    }
+
+    /// Take the error out.
+    pub fn into_error(self) -> Error {
+        match self {
+            GroupError::Rediscover(e)
+            | GroupError::Retry(e)
+            | GroupError::Rejoin(e)
+            | GroupError::Lost(e)
+            | GroupError::Reset(e)
+            | GroupError::Fatal(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for GroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error().fmt(f)
     }
 }
 
@@ -102,20 +162,28 @@ pub(crate) struct MemberSettings {
     pub rack: Option<String>,
 }
 
-/// Result of a completed join + sync.
+/// A JoinGroup answer.
 #[derive(Debug)]
-pub(crate) struct Joined {
-    pub generation: i32,
-    pub member_id: String,
+pub(crate) struct JoinResponse {
     pub protocol: String,
     pub leader: bool,
-    pub assignment: MemberAssignment,
+    /// Every member's subscription, in the coordinator's order, when this
+    /// member leads and must assign (empty for followers, and for a
+    /// restarted static leader told to skip assignment, KIP-345).
+    pub members: Vec<MemberSubscription>,
 }
 
-/// One member's identity and connection to its group coordinator.
-pub(crate) struct Membership {
+/// A SyncGroup answer: this member's assignment, or why the bytes the
+/// leader sent for it could not be decoded.
+pub(crate) type SyncResponse = std::result::Result<MemberAssignment, Error>;
+
+/// One member's identity and connection to its group coordinator. Owned
+/// by the session task alone; nothing here is shared.
+pub(crate) struct Coordinator {
     client: Client,
     settings: MemberSettings,
+    /// The coordinator connection, found with FindCoordinator; dedicated to
+    /// this member (JoinGroup blocks its connection on the broker).
     coordinator: Option<Arc<BrokerConnection>>,
     /// Empty until the coordinator hands one out.
     pub member_id: String,
@@ -123,7 +191,7 @@ pub(crate) struct Membership {
     pub generation: i32,
 }
 
-impl Membership {
+impl Coordinator {
     pub fn new(client: Client, settings: MemberSettings) -> Self {
         Self {
             client,
@@ -145,9 +213,15 @@ impl Membership {
             .map(|i| StrBytes::from_string(i.clone()))
     }
 
-    /// Forget member id and generation (after UNKNOWN_MEMBER_ID and the like).
+    /// Forget member id and generation (after UNKNOWN_MEMBER_ID).
     pub fn reset(&mut self) {
         self.member_id.clear();
+        self.generation = -1;
+    }
+
+    /// Leave the generation but keep the member id (after
+    /// ILLEGAL_GENERATION).
+    pub fn forget_generation(&mut self) {
         self.generation = -1;
     }
 
@@ -195,16 +269,23 @@ impl Membership {
         Ok(coordinator)
     }
 
-    /// JoinGroup then SyncGroup. As leader, runs `assignors[protocol]` over
-    /// the members' subscriptions (`partitions` gives partition counts and is
-    /// fetched for the union of every member's topics).
-    pub async fn join_and_sync(
+    /// How long JoinGroup and SyncGroup may take: the broker answers only
+    /// once the rebalance completes, which may take the whole rebalance
+    /// timeout (KAFKA-5570: a shorter client timeout causes re-send storms).
+    fn rebalance_request_timeout(&self) -> Duration {
+        self.settings.rebalance_timeout + Duration::from_secs(5)
+    }
+
+    /// JoinGroup, offering every assignor with this member's subscription.
+    /// A new dynamic member is asked for a member id first (KIP-394) and
+    /// rejoins at once with it; every other error goes back to the session.
+    pub async fn join_group(
         &mut self,
         topics: &[String],
         owned: &[TopicPartition],
         assignors: &[Arc<dyn Assignor>],
         reason: &str,
-    ) -> Result<Joined, GroupError> {
+    ) -> Result<JoinResponse, GroupError> {
         let coordinator = self.coordinator().await?;
         let mut protocols = Vec::with_capacity(assignors.len());
         for a in assignors {
@@ -226,10 +307,8 @@ impl Membership {
         let version = coordinator
             .version_for::<JoinGroupRequest>()
             .map_err(GroupError::Fatal)?;
-        // The broker answers JoinGroup only once the rebalance completes, which
-        // may take the whole rebalance timeout (KAFKA-5570: a shorter client
-        // timeout causes re-send storms).
-        let timeout = self.settings.rebalance_timeout + Duration::from_secs(5);
+        let timeout = self.rebalance_request_timeout();
+        let mut asked_for_id = false;
         let response = loop {
             let request = JoinGroupRequest::default()
                 .with_group_id(self.group_id())
@@ -246,13 +325,11 @@ impl Membership {
                 .map_err(GroupError::from_transport)?;
             match response.error_code {
                 0 => break response,
-                // KIP-394: a new dynamic member must rejoin at once with the id it was given.
-                MEMBER_ID_REQUIRED => {
+                // KIP-394: a new dynamic member must rejoin at once with the
+                // id it was given (once; a second demand is an error).
+                MEMBER_ID_REQUIRED if !asked_for_id => {
+                    asked_for_id = true;
                     self.member_id = response.member_id.to_string();
-                    continue;
-                }
-                UNKNOWN_MEMBER_ID => {
-                    self.reset();
                     continue;
                 }
                 code => {
@@ -273,23 +350,8 @@ impl Membership {
             .map(|p| p.to_string())
             .unwrap_or_default();
         let leader = response.leader.as_str() == self.member_id;
-        let assignor = assignors
-            .iter()
-            .find(|a| a.name() == protocol)
-            .cloned()
-            .ok_or_else(|| {
-                GroupError::Fatal(Error::Protocol {
-                    broker: coordinator.addr().to_string(),
-                    reason: format!(
-                        "coordinator chose protocol `{protocol}` that we did not offer"
-                    ),
-                })
-            })?;
-
-        // A restarted static leader is told to skip assignment (KIP-345,
-        // JoinGroup v9): the group keeps its previous assignment.
-        let assignments = if leader && !response.skip_assignment {
-            let members: Vec<MemberSubscription> = response
+        let members = if leader && !response.skip_assignment {
+            response
                 .members
                 .iter()
                 .map(|m| MemberSubscription {
@@ -309,42 +371,53 @@ impl Membership {
                         }
                     },
                 })
-                .collect();
-            let partitions = self.partition_counts(&members).await?;
-            let result: GroupAssignment = assignor.assign(&members, &partitions);
-            let mut out = Vec::with_capacity(members.len());
-            for m in &members {
-                let assignment = MemberAssignment {
-                    partitions: result.get(&m.member_id).cloned().unwrap_or_default(),
-                    user_data: None,
-                };
-                out.push(
-                    SyncGroupRequestAssignment::default()
-                        .with_member_id(StrBytes::from_string(m.member_id.clone()))
-                        .with_assignment(
-                            encode_assignment(&assignment, ASSIGNMENT_VERSION)
-                                .map_err(GroupError::Fatal)?,
-                        ),
-                );
-            }
-            out
+                .collect()
         } else {
             Vec::new()
         };
+        Ok(JoinResponse {
+            protocol,
+            leader,
+            members,
+        })
+    }
 
+    /// SyncGroup: the leader sends every member's assignment, followers
+    /// send none; everyone gets their own.
+    pub async fn sync_group(
+        &mut self,
+        protocol: &str,
+        assignments: &GroupAssignment,
+    ) -> Result<SyncResponse, GroupError> {
+        let coordinator = self.coordinator().await?;
+        let mut encoded = Vec::with_capacity(assignments.len());
+        for (member, partitions) in assignments {
+            let assignment = MemberAssignment {
+                partitions: partitions.clone(),
+                user_data: None,
+            };
+            encoded.push(
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_assignment(
+                        encode_assignment(&assignment, ASSIGNMENT_VERSION)
+                            .map_err(GroupError::Fatal)?,
+                    ),
+            );
+        }
         let request = SyncGroupRequest::default()
             .with_group_id(self.group_id())
             .with_generation_id(self.generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_group_instance_id(self.instance_id())
             .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
-            .with_protocol_name(Some(StrBytes::from_string(protocol.clone())))
-            .with_assignments(assignments);
+            .with_protocol_name(Some(StrBytes::from_string(protocol.to_string())))
+            .with_assignments(encoded);
         let version = coordinator
             .version_for::<SyncGroupRequest>()
             .map_err(GroupError::Fatal)?;
         let response = coordinator
-            .request_with_timeout(&request, version, timeout)
+            .request_with_timeout(&request, version, self.rebalance_request_timeout())
             .await
             .map_err(GroupError::from_transport)?;
         if response.error_code != 0 {
@@ -355,50 +428,15 @@ impl Membership {
                 None,
             ));
         }
-        let assignment = if response.assignment.is_empty() {
-            MemberAssignment::default()
-        } else {
-            decode_assignment(&response.assignment).map_err(|e| {
-                GroupError::Fatal(Error::Protocol {
-                    broker: coordinator.addr().to_string(),
-                    reason: format!("the group leader sent an assignment we cannot decode: {e}"),
-                })
-            })?
-        };
-        Ok(Joined {
-            generation: self.generation,
-            member_id: self.member_id.clone(),
-            protocol,
-            leader,
-            assignment,
-        })
-    }
-
-    /// Partition counts for every topic any member subscribed to (the leader
-    /// must look beyond its own subscription).
-    async fn partition_counts(
-        &self,
-        members: &[MemberSubscription],
-    ) -> Result<BTreeMap<String, i32>, GroupError> {
-        let mut topics: Vec<&str> = members
-            .iter()
-            .flat_map(|m| m.subscription.topics.iter().map(String::as_str))
-            .collect();
-        topics.sort_unstable();
-        topics.dedup();
-        if topics.is_empty() {
-            return Ok(BTreeMap::new());
+        if response.assignment.is_empty() {
+            return Ok(Ok(MemberAssignment::default()));
         }
-        let found = self
-            .client
-            .cluster()
-            .refresh_metadata(&topics)
-            .await
-            .map_err(GroupError::from_transport)?;
-        Ok(found
-            .iter()
-            .map(|t| (t.name.clone(), t.partitions.len() as i32))
-            .collect())
+        Ok(
+            decode_assignment(&response.assignment).map_err(|e| Error::Protocol {
+                broker: coordinator.addr().to_string(),
+                reason: format!("the group leader sent an assignment we cannot decode: {e}"),
+            }),
+        )
     }
 
     /// What the heartbeat task needs for the current generation.
@@ -409,9 +447,21 @@ impl Membership {
             .with_generation_id(self.generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_group_instance_id(self.instance_id());
+        let version = coordinator
+            .version_for::<HeartbeatRequest>()
+            .map_err(GroupError::Fatal)?;
+        // An answer later than the session timeout is worthless: by then
+        // the coordinator has evicted the member.
+        let timeout = self
+            .client
+            .config()
+            .request_timeout
+            .min(self.settings.session_timeout);
         Ok(Heartbeater {
             coordinator,
             request,
+            version,
+            timeout,
         })
     }
 
@@ -471,7 +521,7 @@ impl Membership {
         let coordinator = self.coordinator().await?;
         let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for tp in partitions {
-            by_topic.entry(&tp.topic).or_default().push(tp.partition);
+            by_topic.entry(tp.topic()).or_default().push(tp.partition);
         }
         let request = OffsetFetchRequest::default()
             .with_group_id(self.group_id())
@@ -510,10 +560,7 @@ impl Membership {
                     ));
                 }
                 out.insert(
-                    TopicPartition {
-                        topic: t.name.0.to_string(),
-                        partition: p.partition_index,
-                    },
+                    TopicPartition::new(t.name.0.as_str(), p.partition_index),
                     (p.committed_offset >= 0).then_some(p.committed_offset),
                 );
             }
@@ -521,15 +568,21 @@ impl Membership {
         Ok(out)
     }
 
-    /// Commit offsets in the current generation. Per-partition errors fail the whole commit.
-    pub async fn commit(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<(), GroupError> {
+    /// Commit offsets in the current generation, waiting at most
+    /// `timeout` for the answer. Per-partition errors fail the whole commit.
+    /// Called only by the committer (`commit.rs`).
+    pub async fn commit(
+        &mut self,
+        offsets: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }
         let coordinator = self.coordinator().await?;
         let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
         for (tp, offset) in offsets {
-            by_topic.entry(&tp.topic).or_default().push(
+            by_topic.entry(tp.topic()).or_default().push(
                 OffsetCommitRequestPartition::default()
                     .with_partition_index(tp.partition)
                     .with_committed_offset(*offset)
@@ -552,8 +605,11 @@ impl Membership {
                     })
                     .collect(),
             );
+        let version = coordinator
+            .version_for::<OffsetCommitRequest>()
+            .map_err(GroupError::Fatal)?;
         let response = coordinator
-            .request(&request)
+            .request_with_timeout(&request, version, timeout)
             .await
             .map_err(GroupError::from_transport)?;
         for t in response.topics {
@@ -572,17 +628,20 @@ impl Membership {
     }
 }
 
-/// Sends heartbeats for one generation; owned by the heartbeat task.
+/// Sends heartbeats for one generation; owned by the heartbeat task
+/// (`heartbeat.rs`).
 pub(crate) struct Heartbeater {
     coordinator: Arc<BrokerConnection>,
     request: HeartbeatRequest,
+    version: i16,
+    timeout: Duration,
 }
 
 impl Heartbeater {
     pub async fn beat(&self) -> Result<(), GroupError> {
         let response = self
             .coordinator
-            .request(&self.request)
+            .request_with_timeout(&self.request, self.version, self.timeout)
             .await
             .map_err(GroupError::from_transport)?;
         match response.error_code {
@@ -597,9 +656,9 @@ impl Heartbeater {
     }
 }
 
-impl std::fmt::Debug for Membership {
+impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Membership")
+        f.debug_struct("Coordinator")
             .field("group", &self.settings.group_id)
             .field("member_id", &self.member_id)
             .field("generation", &self.generation)
