@@ -20,6 +20,7 @@ use crate::protocol::TopicMetadata;
 /// assert_eq!(t.name(), "orders");
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct NewTopic {
     name: String,
     partitions: i32,

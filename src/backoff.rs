@@ -29,12 +29,12 @@ impl std::fmt::Debug for Backoff {
 impl Backoff {
     /// The client's retry pauses: from `retry_backoff` up to
     /// `retry_backoff_max` (100 ms to 1 s by default).
-    pub fn for_client(config: &ClientConfig) -> Self {
+    pub(crate) fn for_client(config: &ClientConfig) -> Self {
         Self::from_policy(config.retry_policy())
     }
 
     /// Pauses of the same shape from `first` up to `max`.
-    pub fn between(first: Duration, max: Duration) -> Self {
+    pub(crate) fn between(first: Duration, max: Duration) -> Self {
         Self::from_policy(RetryPolicy::between(first, max))
     }
 
@@ -46,12 +46,12 @@ impl Backoff {
     }
 
     /// The next pause.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.pauses.next().unwrap_or_else(|| self.policy.max())
     }
 
     /// Start again from the first pause (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.pauses = Box::new(self.policy.pauses());
     }
 }

@@ -33,6 +33,7 @@ use crate::security::{SaslConfig, SaslMechanism, TlsConfig};
 /// assert_eq!(config.bootstrap_servers(), ["127.0.0.1:9092", "127.0.0.1:9093"]);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct ClientConfig {
     pub(crate) bootstrap: Vec<String>,
     pub(crate) client_id: String,

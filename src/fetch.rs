@@ -48,7 +48,7 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     /// Fetch until the end (if any), the receiver is dropped, or an error,
     /// which is sent to the receiver before returning.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         if let Err(e) = self.fetch_loop().await {
             let _ = self.tx.send(Err(e)).await;
         }
@@ -58,7 +58,7 @@ impl Fetcher {
     /// until an error that retrying until the retry deadline did not fix.
     /// `next` stays at the first offset not yet sent, so calling this again
     /// after an error resumes where it stopped.
-    pub async fn fetch_loop(&mut self) -> Result<()> {
+    pub(crate) async fn fetch_loop(&mut self) -> Result<()> {
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
         let client = self.client.clone();

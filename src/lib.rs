@@ -24,6 +24,8 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 pub mod admin;
 mod backoff;

@@ -27,6 +27,7 @@ use crate::protocol::error_codes;
 /// assert_eq!(StartOffset::default(), StartOffset::Earliest);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum StartOffset {
     /// The oldest record still stored.
     #[default]
@@ -42,6 +43,7 @@ pub enum StartOffset {
 
 /// Low and high watermark of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Watermarks {
     /// Partition index.
     pub partition: i32,

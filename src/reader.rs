@@ -22,6 +22,7 @@ pub use crate::offsets::StartOffset;
 
 /// Builds a [`Reader`]. Made with [`Client::reader`].
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct ReaderBuilder {
     client: Client,
     assignments: Vec<(String, Option<Vec<i32>>)>,

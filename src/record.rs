@@ -26,6 +26,7 @@ pub struct Header {
 /// assert_eq!(r.offset, 42);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Record {
     /// Topic name.
     pub topic: Arc<str>,

@@ -28,7 +28,7 @@ pub(crate) struct Attempts {
 
 impl Attempts {
     /// Start counting now.
-    pub fn new(policy: RetryPolicy) -> Self {
+    pub(crate) fn new(policy: RetryPolicy) -> Self {
         Self {
             deadline: policy.deadline(),
             started: Instant::now(),
@@ -38,23 +38,23 @@ impl Attempts {
     }
 
     /// Time since the first attempt began.
-    pub fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Time left before the deadline.
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.deadline.saturating_sub(self.started.elapsed())
     }
 
     /// Attempts begun so far.
-    pub fn count(&self) -> u32 {
+    pub(crate) fn count(&self) -> u32 {
         self.attempts
     }
 
     /// Wait before the next attempt. Returns `false`, without waiting,
     /// when the deadline leaves no time for another attempt.
-    pub async fn pause(&mut self) -> bool {
+    pub(crate) async fn pause(&mut self) -> bool {
         let left = self.remaining();
         let Some(pause) = self.pauses.next() else {
             return false;

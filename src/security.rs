@@ -47,6 +47,7 @@ impl fmt::Display for Secret {
 
 /// Which certificates the client trusts to sign the brokers' certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TrustedRoots {
     /// The operating system's trust store.
     System,
@@ -67,6 +68,7 @@ pub enum TrustedRoots {
 /// assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct TlsConfig {
     pub(crate) roots: TrustedRoots,
     pub(crate) client_cert: Option<(String, Secret)>,
@@ -130,6 +132,7 @@ impl TlsConfig {
 
 /// SASL mechanisms kastellan speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SaslMechanism {
     /// `PLAIN`: user name and password in the clear (use it over TLS).
     Plain,

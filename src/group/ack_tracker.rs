@@ -46,7 +46,7 @@ use crate::TopicPartition;
 
 /// What [`AckTracker::ack`] or [`AckTracker::fail`] did with an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckOutcome {
+pub(super) enum AckOutcome {
     /// The record was incomplete. For `ack` it is now completed; for `fail`
     /// the failure was recorded and the record stays incomplete.
     Completed,
@@ -186,7 +186,7 @@ impl Partition {
 /// the mutex of [`Tracking`](super::tracking::Tracking), shared by partition
 /// workers, deferred acks, the committer and status readers.
 #[derive(Debug, Default)]
-pub struct AckTracker {
+pub(super) struct AckTracker {
     partitions: HashMap<TopicPartition, Partition, BuildHasherDefault<KeyHasher>>,
     /// Sum of `Partition::incomplete` over all partitions.
     total_incomplete: usize,
@@ -195,7 +195,7 @@ pub struct AckTracker {
 impl AckTracker {
     /// Creates a tracker with no partitions.
     #[cfg(test)]
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
@@ -210,7 +210,7 @@ impl AckTracker {
     /// Acks that arrive later for offsets dispatched again in the new
     /// assignment complete them; that is sound, since the ack means the
     /// record at that offset was processed.
-    pub fn assign(&mut self, key: TopicPartition, position: i64) {
+    pub(super) fn assign(&mut self, key: TopicPartition, position: i64) {
         if let Some(old) = self.partitions.insert(key, Partition::new(position)) {
             self.total_incomplete -= old.incomplete;
         }
@@ -225,7 +225,7 @@ impl AckTracker {
     /// To give in-flight records a chance first, wait until
     /// [`in_flight`](Self::in_flight) reaches zero (or a deadline passes)
     /// before revoking.
-    pub fn revoke(&mut self, key: &TopicPartition) -> Option<i64> {
+    pub(super) fn revoke(&mut self, key: &TopicPartition) -> Option<i64> {
         let partition = self.partitions.remove(key)?;
         self.total_incomplete -= partition.incomplete;
         Some(partition.commit_point())
@@ -233,7 +233,7 @@ impl AckTracker {
 
     /// Whether the partition is tracked.
     #[cfg(test)]
-    pub fn is_assigned(&self, key: &TopicPartition) -> bool {
+    pub(super) fn is_assigned(&self, key: &TopicPartition) -> bool {
         self.partitions.contains_key(key)
     }
 
@@ -244,7 +244,7 @@ impl AckTracker {
     /// nothing, when the partition is not tracked, when `offset` is not above
     /// the last dispatched offset, when it is below the assigned position,
     /// or when it is not a valid record offset (negative, or `i64::MAX`).
-    pub fn dispatched(&mut self, key: &TopicPartition, offset: i64, now: Instant) -> bool {
+    pub(super) fn dispatched(&mut self, key: &TopicPartition, offset: i64, now: Instant) -> bool {
         let Some(partition) = self.partitions.get_mut(key) else {
             return false;
         };
@@ -281,7 +281,7 @@ impl AckTracker {
     /// that was dispatched and completed. Offsets that were never dispatched
     /// at or above the commit point are reported as
     /// [`AckOutcome::NotTracked`].
-    pub fn ack(&mut self, key: &TopicPartition, offset: i64) -> AckOutcome {
+    pub(super) fn ack(&mut self, key: &TopicPartition, offset: i64) -> AckOutcome {
         let Some(partition) = self.partitions.get_mut(key) else {
             return AckOutcome::NotTracked;
         };
@@ -315,7 +315,7 @@ impl AckTracker {
     /// completes it. Returns [`AckOutcome::Completed`] when the failure was
     /// recorded, and otherwise the same outcomes as `ack`; a record that
     /// already completed is never reopened.
-    pub fn fail(
+    pub(super) fn fail(
         &mut self,
         key: &TopicPartition,
         offset: i64,
@@ -345,14 +345,14 @@ impl AckTracker {
     ///
     /// Within one assignment the commit point never decreases.
     #[cfg(test)]
-    pub fn commit_point(&self, key: &TopicPartition) -> Option<i64> {
+    pub(super) fn commit_point(&self, key: &TopicPartition) -> Option<i64> {
         self.partitions.get(key).map(Partition::commit_point)
     }
 
     /// Partitions whose commit point moved past what was last noted with
     /// [`mark_committed`](Self::mark_committed) (or past the assigned
     /// position), with the offset to commit; sorted by partition.
-    pub fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
+    pub(super) fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
         let mut pending: Vec<(TopicPartition, i64)> = self
             .partitions
             .iter()
@@ -370,7 +370,7 @@ impl AckTracker {
     /// Ignored if the partition is no longer tracked (it was revoked while
     /// the commit was in flight) or if `offset` is not newer than what was
     /// already noted (an older commit response arriving late).
-    pub fn mark_committed(&mut self, key: &TopicPartition, offset: i64) {
+    pub(super) fn mark_committed(&mut self, key: &TopicPartition, offset: i64) {
         if let Some(partition) = self.partitions.get_mut(key) {
             if offset > partition.committed {
                 partition.committed = offset;
@@ -381,31 +381,31 @@ impl AckTracker {
     /// The last offset noted as committed for the partition (initially the
     /// assigned position), or `None` if it is not tracked.
     #[cfg(test)]
-    pub fn committed(&self, key: &TopicPartition) -> Option<i64> {
+    pub(super) fn committed(&self, key: &TopicPartition) -> Option<i64> {
         self.partitions.get(key).map(|p| p.committed)
     }
 
     /// Number of incomplete (pending or failed) records of the partition;
     /// 0 if it is not tracked.
-    pub fn in_flight(&self, key: &TopicPartition) -> usize {
+    pub(super) fn in_flight(&self, key: &TopicPartition) -> usize {
         self.partitions.get(key).map_or(0, |p| p.incomplete)
     }
 
     /// Number of incomplete records over all tracked partitions. O(1).
     #[cfg(test)]
-    pub fn total_in_flight(&self) -> usize {
+    pub(super) fn total_in_flight(&self) -> usize {
         self.total_incomplete
     }
 
     /// Number of failed records of the partition (incomplete, with a
     /// failure recorded); 0 if it is not tracked. `in_flight - failed` is the
     /// number still pending with a handler or a deferred ack.
-    pub fn failed(&self, key: &TopicPartition) -> usize {
+    pub(super) fn failed(&self, key: &TopicPartition) -> usize {
         self.partitions.get(key).map_or(0, |p| p.failures.len())
     }
 
     /// Offset and recorded failure of the oldest incomplete record, if any.
-    pub fn head(&self, key: &TopicPartition) -> Option<(i64, Option<&str>)> {
+    pub(super) fn head(&self, key: &TopicPartition) -> Option<(i64, Option<&str>)> {
         let partition = self.partitions.get(key)?;
         let front = partition.window.front()?;
         Some((
@@ -421,7 +421,7 @@ impl AckTracker {
     /// This is what the partition costs in memory (32 bytes per record). It
     /// grows while the oldest incomplete record blocks the partition, so a
     /// consumer can pause fetching a partition when it gets too large.
-    pub fn window_len(&self, key: &TopicPartition) -> usize {
+    pub(super) fn window_len(&self, key: &TopicPartition) -> usize {
         self.partitions.get(key).map_or(0, |p| p.window.len())
     }
 
@@ -430,7 +430,7 @@ impl AckTracker {
     ///
     /// Such a record holds back the partition's commits; report it (a log
     /// line, a metric) so the stall is visible.
-    pub fn stalled(&self, now: Instant, threshold: Duration) -> Vec<StallReport> {
+    pub(super) fn stalled(&self, now: Instant, threshold: Duration) -> Vec<StallReport> {
         let mut reports: Vec<StallReport> = self
             .partitions
             .iter()
@@ -452,7 +452,7 @@ impl AckTracker {
 
     /// The tracked partitions, sorted.
     #[cfg(test)]
-    pub fn assigned(&self) -> Vec<TopicPartition> {
+    pub(super) fn assigned(&self) -> Vec<TopicPartition> {
         let mut keys: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         keys.sort_unstable();
         keys

@@ -53,7 +53,7 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub fn new(tracking: Arc<Tracking>, request_timeout: Duration) -> Self {
+    pub(super) fn new(tracking: Arc<Tracking>, request_timeout: Duration) -> Self {
         Self {
             tracking,
             request_timeout,
@@ -62,7 +62,7 @@ impl Committer {
 
     /// The periodic commit: every tracked partition whose commit point
     /// moved.
-    pub async fn commit_progress(&self, coordinator: &mut Coordinator) -> Result<(), GroupError> {
+    pub(super) async fn commit_progress(&self, coordinator: &mut Coordinator) -> Result<(), GroupError> {
         let pending = self.tracking.pending_commits();
         self.commit(
             coordinator,
@@ -76,7 +76,7 @@ impl Committer {
     /// Commit `offsets` in the member's current generation, waiting at most
     /// `timeout` (capped at the request timeout), and note what was
     /// committed. Without a generation nothing is sent.
-    pub async fn commit(
+    pub(super) async fn commit(
         &self,
         coordinator: &mut Coordinator,
         offsets: &[(TopicPartition, i64)],

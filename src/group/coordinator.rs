@@ -122,7 +122,7 @@ impl GroupError {
     }
 
     /// The error inside.
-    pub fn error(&self) -> &Error {
+    pub(super) fn error(&self) -> &Error {
         match self {
             GroupError::Rediscover(e)
             | GroupError::Retry(e)
@@ -134,7 +134,7 @@ impl GroupError {
     }
 
     /// Take the error out.
-    pub fn into_error(self) -> Error {
+    pub(super) fn into_error(self) -> Error {
         match self {
             GroupError::Rediscover(e)
             | GroupError::Retry(e)
@@ -192,7 +192,7 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(client: Client, settings: MemberSettings) -> Self {
+    pub(super) fn new(client: Client, settings: MemberSettings) -> Self {
         Self {
             client,
             settings,
@@ -214,23 +214,23 @@ impl Coordinator {
     }
 
     /// Forget member id and generation (after UNKNOWN_MEMBER_ID).
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.member_id.clear();
         self.generation = -1;
     }
 
     /// Leave the generation but keep the member id (after
     /// ILLEGAL_GENERATION).
-    pub fn forget_generation(&mut self) {
+    pub(super) fn forget_generation(&mut self) {
         self.generation = -1;
     }
 
-    pub fn forget_coordinator(&mut self) {
+    pub(super) fn forget_coordinator(&mut self) {
         self.coordinator = None;
     }
 
     /// The coordinator connection, found with FindCoordinator if needed.
-    pub async fn coordinator(&mut self) -> Result<Arc<BrokerConnection>, GroupError> {
+    pub(super) async fn coordinator(&mut self) -> Result<Arc<BrokerConnection>, GroupError> {
         if let Some(c) = &self.coordinator {
             if !c.is_closed() {
                 return Ok(Arc::clone(c));
@@ -279,7 +279,7 @@ impl Coordinator {
     /// JoinGroup, offering every assignor with this member's subscription.
     /// A new dynamic member is asked for a member id first (KIP-394) and
     /// rejoins at once with it; every other error goes back to the session.
-    pub async fn join_group(
+    pub(super) async fn join_group(
         &mut self,
         topics: &[String],
         owned: &[TopicPartition],
@@ -384,7 +384,7 @@ impl Coordinator {
 
     /// SyncGroup: the leader sends every member's assignment, followers
     /// send none; everyone gets their own.
-    pub async fn sync_group(
+    pub(super) async fn sync_group(
         &mut self,
         protocol: &str,
         assignments: &GroupAssignment,
@@ -440,7 +440,7 @@ impl Coordinator {
     }
 
     /// What the heartbeat task needs for the current generation.
-    pub async fn heartbeat_sender(&mut self) -> Result<Heartbeater, GroupError> {
+    pub(super) async fn heartbeat_sender(&mut self) -> Result<Heartbeater, GroupError> {
         let coordinator = self.coordinator().await?;
         let request = HeartbeatRequest::default()
             .with_group_id(self.group_id())
@@ -467,7 +467,7 @@ impl Coordinator {
 
     /// Leave the group (dynamic members only: a static member's partitions
     /// stay with its instance id until the session times out, KIP-345).
-    pub async fn leave(&mut self, reason: &str) -> Result<(), GroupError> {
+    pub(super) async fn leave(&mut self, reason: &str) -> Result<(), GroupError> {
         if self.settings.instance_id.is_some() || self.member_id.is_empty() {
             return Ok(());
         }
@@ -514,7 +514,7 @@ impl Coordinator {
     }
 
     /// Committed offsets for `partitions`; `None` where nothing is committed.
-    pub async fn fetch_offsets(
+    pub(super) async fn fetch_offsets(
         &mut self,
         partitions: &[TopicPartition],
     ) -> Result<BTreeMap<TopicPartition, Option<i64>>, GroupError> {
@@ -571,7 +571,7 @@ impl Coordinator {
     /// Commit offsets in the current generation, waiting at most
     /// `timeout` for the answer. Per-partition errors fail the whole commit.
     /// Called only by the committer (`commit.rs`).
-    pub async fn commit(
+    pub(super) async fn commit(
         &mut self,
         offsets: &[(TopicPartition, i64)],
         timeout: Duration,
@@ -638,7 +638,7 @@ pub(crate) struct Heartbeater {
 }
 
 impl Heartbeater {
-    pub async fn beat(&self) -> Result<(), GroupError> {
+    pub(super) async fn beat(&self) -> Result<(), GroupError> {
         let response = self
             .coordinator
             .request_with_timeout(&self.request, self.version, self.timeout)

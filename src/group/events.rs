@@ -267,7 +267,7 @@ pub(crate) struct Reporter {
 impl Reporter {
     /// Queue a problem; when the queue is full the oldest one is dropped,
     /// so memory stays bounded if nobody reads.
-    pub fn report(&self, problem: ConsumerError) {
+    pub(super) fn report(&self, problem: ConsumerError) {
         {
             let mut q = self.shared.lock();
             if q.closed {
@@ -283,13 +283,13 @@ impl Reporter {
     }
 
     /// End the stream after what is queued.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.shared.lock().closed = true;
         self.shared.ready.notify_one();
     }
 
     /// The reading side (one per consumer).
-    pub fn stream(&self) -> ConsumerErrors {
+    pub(super) fn stream(&self) -> ConsumerErrors {
         ConsumerErrors {
             shared: Arc::clone(&self.shared),
             waiting: None,

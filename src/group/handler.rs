@@ -95,16 +95,16 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    pub fn ack(&self) {
+    pub(crate) fn ack(&self) {
         self.tracking.ack(&self.key, self.offset, self.epoch);
     }
 
-    pub fn fail(&self, reason: String) {
+    pub(crate) fn fail(&self, reason: String) {
         self.tracking
             .fail(&self.key, self.offset, self.epoch, reason);
     }
 
-    pub fn is_deferred(&self) -> bool {
+    pub(crate) fn is_deferred(&self) -> bool {
         self.deferred.load(Ordering::Acquire)
     }
 }

@@ -46,7 +46,7 @@ impl Heartbeat {
     /// Heartbeat every `interval`, after `early` extra beats (delays from
     /// the start). Retriable failures are retried until no answer came for
     /// a whole `session` timeout.
-    pub fn start(
+    pub(super) fn start(
         beat: Heartbeater,
         interval: Duration,
         session: Duration,
@@ -96,7 +96,7 @@ impl Heartbeat {
     }
 
     /// The next event; pending forever once the task has ended without one.
-    pub async fn next(&mut self) -> Beat {
+    pub(super) async fn next(&mut self) -> Beat {
         match self.events.recv().await {
             Some(beat) => beat,
             None => std::future::pending().await,

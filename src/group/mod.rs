@@ -112,6 +112,9 @@ mod heartbeat;
 mod runtime;
 mod session;
 mod status;
+// Its codec is `pub` for the fuzz entry points below, which exist only
+// with the `unstable-fuzz` feature.
+#[cfg_attr(not(feature = "unstable-fuzz"), allow(unreachable_pub))]
 mod subscription;
 mod topics;
 mod tracking;

@@ -105,7 +105,7 @@ impl std::fmt::Debug for PartitionRuntime {
 }
 
 impl PartitionRuntime {
-    pub fn new(
+    pub(super) fn new(
         client: Client,
         settings: RuntimeSettings,
         handler: Arc<dyn Handler>,
@@ -125,16 +125,16 @@ impl PartitionRuntime {
     }
 
     /// The running partitions, sorted.
-    pub fn owned(&self) -> impl Iterator<Item = &TopicPartition> {
+    pub(super) fn owned(&self) -> impl Iterator<Item = &TopicPartition> {
         self.partitions.keys()
     }
 
-    pub fn contains(&self, tp: &TopicPartition) -> bool {
+    pub(super) fn contains(&self, tp: &TopicPartition) -> bool {
         self.partitions.contains_key(tp)
     }
 
     /// Start fetching and dispatching `tp` from `position`.
-    pub fn start(&mut self, tp: TopicPartition, position: i64) {
+    pub(super) fn start(&mut self, tp: TopicPartition, position: i64) {
         let epoch = self.tracking.assign(tp.clone(), position);
         // Two fetched batches ahead of the handler: enough to hide fetch
         // latency, small enough to keep memory flat.
@@ -181,7 +181,7 @@ impl PartitionRuntime {
     /// records will not complete and are not waited for), stop tracking.
     /// Returns each partition's commit point; what was not completed is
     /// redelivered to the next owner.
-    pub async fn stop(
+    pub(super) async fn stop(
         &mut self,
         which: &[TopicPartition],
         until: Instant,
@@ -222,7 +222,7 @@ impl PartitionRuntime {
     }
 
     /// Drop partitions at once without committing (they were lost).
-    pub fn lose(&mut self, which: &[TopicPartition]) {
+    pub(super) fn lose(&mut self, which: &[TopicPartition]) {
         for tp in which {
             if let Some(task) = self.partitions.remove(tp) {
                 task.stop.store(true, Ordering::Release);

@@ -130,7 +130,7 @@ pub(crate) struct Session {
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         client: Client,
         settings: Arc<ConsumerSettings>,
         handler: Arc<dyn Handler>,
@@ -192,7 +192,7 @@ impl Session {
     }
 
     /// Run the state machine until shutdown (`Ok`) or a fatal error.
-    pub async fn run(mut self) -> Result<()> {
+    pub(super) async fn run(mut self) -> Result<()> {
         let mut next = match self.refresh_topics().await {
             Ok(_) => Next::Join("joining".into()),
             Err(e) => Next::Fatal(e),

@@ -48,7 +48,7 @@ pub const ASSIGNMENT_VERSION: i16 = 3;
 /// owned or assigned partitions naming a longer topic are rejected: they can
 /// name no real topic. (Each decoded partition shares its topic's name, so a
 /// long name is not copied per partition; the limit still keeps garbage out.)
-pub const MAX_TOPIC_NAME_LEN: usize = 249;
+pub(super) const MAX_TOPIC_NAME_LEN: usize = 249;
 
 const SUBSCRIPTION: &str = "ConsumerProtocolSubscription";
 const ASSIGNMENT: &str = "ConsumerProtocolAssignment";

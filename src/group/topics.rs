@@ -70,7 +70,7 @@ pub(crate) struct TopicWatch {
 }
 
 impl TopicWatch {
-    pub fn new(client: Client, own: Vec<String>, max_age: Duration) -> Self {
+    pub(super) fn new(client: Client, own: Vec<String>, max_age: Duration) -> Self {
         let error_backoff = Backoff::for_client(client.config());
         Self {
             client,
@@ -90,7 +90,7 @@ impl TopicWatch {
 
     /// Partition counts of `topics`, fresh from a broker; topics that do not
     /// exist are absent.
-    pub async fn counts(&self, topics: &[&str]) -> Result<BTreeMap<String, i32>> {
+    pub(super) async fn counts(&self, topics: &[&str]) -> Result<BTreeMap<String, i32>> {
         if topics.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -106,7 +106,7 @@ impl TopicWatch {
 
     /// The assignment was computed by this member as leader, for the group's
     /// `topics` with `counts` (`None`: another member led).
-    pub fn assigned(&mut self, leader: Option<(BTreeSet<String>, BTreeMap<String, i32>)>) {
+    pub(super) fn assigned(&mut self, leader: Option<(BTreeSet<String>, BTreeMap<String, i32>)>) {
         match leader {
             Some((topics, counts)) => {
                 self.group_topics = topics;
@@ -120,24 +120,24 @@ impl TopicWatch {
     }
 
     /// Own topics missing at the last refresh, sorted.
-    pub fn missing(&self) -> Vec<String> {
+    pub(super) fn missing(&self) -> Vec<String> {
         self.missing.iter().cloned().collect()
     }
 
     /// When the next refresh is due.
-    pub fn due(&self) -> Instant {
+    pub(super) fn due(&self) -> Instant {
         self.next
     }
 
     /// Refresh at once (an error hinted that metadata changed).
-    pub fn refresh_soon(&mut self) {
+    pub(super) fn refresh_soon(&mut self) {
         self.next = Instant::now();
     }
 
     /// Refresh metadata of the watched topics, update what is missing and
     /// schedule the next refresh. On error, the next attempt is scheduled
     /// after a backoff and the error returned for reporting.
-    pub async fn refresh(&mut self) -> Result<Refresh> {
+    pub(super) async fn refresh(&mut self) -> Result<Refresh> {
         let watched: BTreeSet<&str> = self
             .own
             .iter()

@@ -63,7 +63,7 @@ impl Tracking {
     }
 
     /// Start tracking a partition at `position`; returns its new epoch.
-    pub fn assign(&self, key: TopicPartition, position: i64) -> u64 {
+    pub(crate) fn assign(&self, key: TopicPartition, position: i64) -> u64 {
         let mut inner = self.lock();
         inner.next_epoch += 1;
         let epoch = inner.next_epoch;
@@ -74,14 +74,14 @@ impl Tracking {
     }
 
     /// Stop tracking; returns the commit point.
-    pub fn revoke(&self, key: &TopicPartition) -> Option<i64> {
+    pub(crate) fn revoke(&self, key: &TopicPartition) -> Option<i64> {
         let mut inner = self.lock();
         inner.epochs.remove(key);
         inner.paused.remove(key);
         inner.tracker.revoke(key)
     }
 
-    pub fn dispatched(&self, key: &TopicPartition, offset: i64, epoch: u64) -> bool {
+    pub(crate) fn dispatched(&self, key: &TopicPartition, offset: i64, epoch: u64) -> bool {
         let mut inner = self.lock();
         if inner.epochs.get(key) != Some(&epoch) {
             return false;
@@ -89,7 +89,7 @@ impl Tracking {
         inner.tracker.dispatched(key, offset, Instant::now())
     }
 
-    pub fn ack(&self, key: &TopicPartition, offset: i64, epoch: u64) {
+    pub(crate) fn ack(&self, key: &TopicPartition, offset: i64, epoch: u64) {
         let outcome = {
             let mut inner = self.lock();
             if inner.epochs.get(key) != Some(&epoch) {
@@ -104,7 +104,7 @@ impl Tracking {
         self.completed.notify_waiters();
     }
 
-    pub fn fail(&self, key: &TopicPartition, offset: i64, epoch: u64, reason: String) {
+    pub(crate) fn fail(&self, key: &TopicPartition, offset: i64, epoch: u64, reason: String) {
         {
             let mut inner = self.lock();
             if inner.epochs.get(key) == Some(&epoch) {
@@ -116,7 +116,7 @@ impl Tracking {
 
     /// Records of the partition still pending (with a handler, or deferred
     /// and not yet acked or failed): those that may still complete.
-    pub fn pending(&self, key: &TopicPartition) -> usize {
+    pub(crate) fn pending(&self, key: &TopicPartition) -> usize {
         let inner = self.lock();
         inner
             .tracker
@@ -127,7 +127,7 @@ impl Tracking {
     /// Whether the partition's worker may dispatch another record, given
     /// the in-flight limit and the window limit. A pause is recorded for
     /// status readers; room clears it.
-    pub fn room(&self, key: &TopicPartition, max_in_flight: usize, max_window: usize) -> Room {
+    pub(crate) fn room(&self, key: &TopicPartition, max_in_flight: usize, max_window: usize) -> Room {
         let mut inner = self.lock();
         let in_flight = inner.tracker.in_flight(key);
         let window = inner.tracker.window_len(key);
@@ -168,23 +168,23 @@ impl Tracking {
     }
 
     /// Forget a pause (the worker stopped waiting).
-    pub fn clear_pause(&self, key: &TopicPartition) {
+    pub(crate) fn clear_pause(&self, key: &TopicPartition) {
         self.lock().paused.remove(key);
     }
 
-    pub fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
+    pub(crate) fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
         self.lock().tracker.pending_commits()
     }
 
-    pub fn mark_committed(&self, key: &TopicPartition, offset: i64) {
+    pub(crate) fn mark_committed(&self, key: &TopicPartition, offset: i64) {
         self.lock().tracker.mark_committed(key, offset)
     }
 
-    pub fn stalled(&self, threshold: Duration) -> Vec<StallReport> {
+    pub(crate) fn stalled(&self, threshold: Duration) -> Vec<StallReport> {
         self.lock().tracker.stalled(Instant::now(), threshold)
     }
 
-    pub fn paused(&self) -> Vec<PausedPartition> {
+    pub(crate) fn paused(&self) -> Vec<PausedPartition> {
         self.lock().paused.values().cloned().collect()
     }
 }

@@ -36,7 +36,7 @@ pub(crate) struct ProducerIdentity {
 impl ProducerIdentity {
     /// The same id at the next epoch, or `None` when the epoch is exhausted
     /// (then a fresh id is needed).
-    pub fn bumped(self) -> Option<Self> {
+    pub(super) fn bumped(self) -> Option<Self> {
         self.epoch
             .checked_add(1)
             .map(|epoch| Self { id: self.id, epoch })
@@ -54,7 +54,7 @@ pub(crate) struct ProducerIds {
 }
 
 impl ProducerIds {
-    pub fn new(client: Client) -> Self {
+    pub(super) fn new(client: Client) -> Self {
         Self {
             client,
             shared: OnceCell::new(),
@@ -63,18 +63,18 @@ impl ProducerIds {
     }
 
     /// Count a partition's sequence restart (a new epoch or a fresh id).
-    pub fn count_reset(&self) {
+    pub(super) fn count_reset(&self) {
         self.resets.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sequence restarts so far, over all partitions.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn resets(&self) -> u64 {
+    pub(super) fn resets(&self) -> u64 {
         self.resets.load(Ordering::Relaxed)
     }
 
     /// The id shared by all partitions of this producer.
-    pub async fn shared(&self) -> Result<ProducerIdentity> {
+    pub(super) async fn shared(&self) -> Result<ProducerIdentity> {
         self.shared
             .get_or_try_init(|| init_producer_id(&self.client))
             .await
@@ -82,7 +82,7 @@ impl ProducerIds {
     }
 
     /// A new id, for a partition whose epoch is exhausted or stale.
-    pub async fn fresh(&self) -> Result<ProducerIdentity> {
+    pub(super) async fn fresh(&self) -> Result<ProducerIdentity> {
         init_producer_id(&self.client).await
     }
 }

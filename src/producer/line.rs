@@ -76,7 +76,7 @@ impl Batch {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.records.len()
     }
 }
@@ -113,7 +113,7 @@ pub(crate) struct Line {
 }
 
 impl Line {
-    pub fn new(idempotent: bool, identity: Option<ProducerIdentity>) -> Self {
+    pub(super) fn new(idempotent: bool, identity: Option<ProducerIdentity>) -> Self {
         Self {
             batches: VecDeque::new(),
             written: 0,
@@ -130,7 +130,7 @@ impl Line {
     }
 
     /// Add a batch of records to the back of the line.
-    pub fn push(&mut self, records: Vec<Pending>) {
+    pub(super) fn push(&mut self, records: Vec<Pending>) {
         let sequence = if self.idempotent {
             let s = self.next_sequence;
             self.next_sequence = advance(s, records.len());
@@ -141,32 +141,32 @@ impl Line {
         self.batches.push_back(Batch::new(records, sequence));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
 
     /// Batches not yet written in this round.
-    pub fn unwritten(&self) -> usize {
+    pub(super) fn unwritten(&self) -> usize {
         self.batches.len() - self.written
     }
 
     /// Records held by the line.
-    pub fn records(&self) -> usize {
+    pub(super) fn records(&self) -> usize {
         self.batches.iter().map(Batch::len).sum()
     }
 
-    pub fn answers(&mut self) -> &mut FuturesOrdered<Answer> {
+    pub(super) fn answers(&mut self) -> &mut FuturesOrdered<Answer> {
         &mut self.answers
     }
 
     /// When the line waits for a backoff to pass before writing.
-    pub fn resume_at(&self) -> Option<Instant> {
+    pub(super) fn resume_at(&self) -> Option<Instant> {
         self.resume_at.filter(|&t| t > Instant::now())
     }
 
     /// Whether the line could write a batch now if it had one, given
     /// `max_in_flight`.
-    pub fn has_room(&self, max_in_flight: usize) -> bool {
+    pub(super) fn has_room(&self, max_in_flight: usize) -> bool {
         let cap = if self.probe { 1 } else { max_in_flight };
         self.answered == 0
             && !self.write_failed
@@ -176,7 +176,7 @@ impl Line {
 
     /// The batch to write next, if the invariant and `max_in_flight` allow a
     /// write now.
-    pub fn next_to_write(&mut self, max_in_flight: usize) -> Option<&mut Batch> {
+    pub(super) fn next_to_write(&mut self, max_in_flight: usize) -> Option<&mut Batch> {
         if !self.has_room(max_in_flight) {
             return None;
         }
@@ -185,7 +185,7 @@ impl Line {
 
     /// Record that the batch from [`next_to_write`](Self::next_to_write)
     /// was written and `answer` will bring its outcome.
-    pub fn wrote(&mut self, answer: Answer) {
+    pub(super) fn wrote(&mut self, answer: Answer) {
         let batch = &self.batches[self.written];
         if self.idempotent {
             // The invariant: a round starts at the oldest unacknowledged
@@ -206,7 +206,7 @@ impl Line {
 
     /// Record that writing the batch from [`next_to_write`](Self::next_to_write)
     /// failed: it is not on the wire, and nothing more is written in this round.
-    pub fn write_failed(&mut self, e: Error) {
+    pub(super) fn write_failed(&mut self, e: Error) {
         self.write_failed = true;
         self.written += 1;
         self.answers
@@ -215,7 +215,7 @@ impl Line {
 
     /// Take in the next answer. An acknowledged batch leaves the line and is
     /// returned with its base offset; a failed one stays for a resend.
-    pub fn answered(&mut self, result: Result<i64>, sent: bool) -> Option<(Batch, i64)> {
+    pub(super) fn answered(&mut self, result: Result<i64>, sent: bool) -> Option<(Batch, i64)> {
         let index = self.answered;
         match result {
             Ok(base) => {
@@ -241,23 +241,23 @@ impl Line {
 
     /// Whether the round failed and every answer of it is in: time to
     /// decide about the front batch and start a new round.
-    pub fn drained(&self) -> bool {
+    pub(super) fn drained(&self) -> bool {
         (self.answered > 0 || self.write_failed) && self.answers.is_empty()
     }
 
     /// The oldest unacknowledged batch.
-    pub fn front_mut(&mut self) -> Option<&mut Batch> {
+    pub(super) fn front_mut(&mut self) -> Option<&mut Batch> {
         self.batches.front_mut()
     }
 
-    pub fn pop_front(&mut self) -> Option<Batch> {
+    pub(super) fn pop_front(&mut self) -> Option<Batch> {
         let batch = self.batches.pop_front();
         self.written = self.written.saturating_sub(1);
         batch
     }
 
     /// Take every batch out of the line, in order (the worker fails them).
-    pub fn take_all(&mut self) -> Vec<Batch> {
+    pub(super) fn take_all(&mut self) -> Vec<Batch> {
         self.written = 0;
         self.answered = 0;
         self.answers = FuturesOrdered::new();
@@ -265,7 +265,7 @@ impl Line {
     }
 
     /// Take out the batches that may be stored, in order.
-    pub fn take_maybe_stored(&mut self) -> Vec<Batch> {
+    pub(super) fn take_maybe_stored(&mut self) -> Vec<Batch> {
         let (maybe, rest): (VecDeque<Batch>, VecDeque<Batch>) =
             self.batches.drain(..).partition(|b| b.maybe_stored);
         self.batches = rest;
@@ -273,7 +273,7 @@ impl Line {
     }
 
     /// Split the front batch in two halves that keep its sequence range.
-    pub fn split_front(&mut self) {
+    pub(super) fn split_front(&mut self) {
         let Some(mut batch) = self.batches.pop_front() else {
             return;
         };
@@ -291,7 +291,7 @@ impl Line {
     }
 
     /// Start a new round at the front batch, after `backoff`.
-    pub fn resend(&mut self, backoff: Option<std::time::Duration>) {
+    pub(super) fn resend(&mut self, backoff: Option<std::time::Duration>) {
         debug_assert!(self.answers.is_empty(), "resend with answers pending");
         self.written = 0;
         self.answered = 0;
@@ -303,7 +303,7 @@ impl Line {
 
     /// Number the batches again from `from` on, in order. Only for batches
     /// the leader did not store (none of them holds these numbers).
-    pub fn renumber(&mut self, from: i32) {
+    pub(super) fn renumber(&mut self, from: i32) {
         if !self.idempotent {
             return;
         }
@@ -322,7 +322,7 @@ impl Line {
     /// Continue under a new producer id or epoch: every batch is numbered
     /// from 0 again. Only for batches the leader did not store (the caller
     /// takes out those that may be stored first).
-    pub fn restart_sequences(&mut self, identity: Option<ProducerIdentity>) {
+    pub(super) fn restart_sequences(&mut self, identity: Option<ProducerIdentity>) {
         debug_assert!(self.batches.iter().all(|b| !b.maybe_stored));
         self.identity = identity;
         for batch in &mut self.batches {

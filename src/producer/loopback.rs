@@ -112,7 +112,7 @@ impl Drop for FakeBroker {
 impl FakeBroker {
     /// A leader for `topic` with `partitions` partitions; each produce
     /// request takes `service_time`; `faults` in the order of their `at`.
-    pub async fn start(
+    pub(super) async fn start(
         topic: &str,
         partitions: i32,
         service_time: Duration,
@@ -142,12 +142,12 @@ impl FakeBroker {
     }
 
     /// Every batch that arrived, in arrival order.
-    pub fn arrivals(&self) -> Vec<Arrival> {
+    pub(super) fn arrivals(&self) -> Vec<Arrival> {
         self.lock().arrivals.clone()
     }
 
     /// Stored values of a partition, in offset order.
-    pub fn log(&self, partition: i32) -> Vec<Option<Bytes>> {
+    pub(super) fn log(&self, partition: i32) -> Vec<Option<Bytes>> {
         self.lock()
             .logs
             .get(&partition)
@@ -156,12 +156,12 @@ impl FakeBroker {
     }
 
     /// InitProducerId requests answered.
-    pub fn init_producer_ids(&self) -> usize {
+    pub(super) fn init_producer_ids(&self) -> usize {
         self.lock().init_producer_ids
     }
 
     /// Produce requests received.
-    pub fn produce_requests(&self) -> usize {
+    pub(super) fn produce_requests(&self) -> usize {
         self.lock().produce_requests
     }
 }

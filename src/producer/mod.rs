@@ -50,6 +50,7 @@ use crate::protocol::records::{Codec, OutgoingRecord};
 
 /// Compression codec for produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Compression {
     /// No compression (default).
     #[default]
@@ -78,6 +79,7 @@ impl Compression {
 
 /// Where an acknowledged record was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// Topic name.
     pub topic: Arc<str>,
@@ -121,6 +123,7 @@ const REPORT_OVERHEAD: usize = std::mem::size_of::<DeliveryReport>() + 32;
 /// assert_eq!(r.topic(), Some("orders"));
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct ProducerRecord {
     topic: Option<String>,
     partition: Option<i32>,
@@ -199,6 +202,7 @@ impl ProducerRecord {
 
 /// Builds a [`Producer`]. Made with [`Client::producer`].
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct ProducerBuilder {
     client: Client,
     settings: ProducerSettings,
@@ -823,6 +827,7 @@ impl Producer {
 /// Fluent construction of one record, ending in [`send`](Self::send) or
 /// [`enqueue`](Self::enqueue).
 #[derive(Debug)]
+#[must_use = "a builder does nothing until it is used"]
 pub struct MessageBuilder<'a> {
     producer: &'a Producer,
     record: ProducerRecord,

@@ -19,6 +19,7 @@ pub type PartitionFn = dyn Fn(&str, Option<&[u8]>, i32) -> i32 + Send + Sync;
 /// assert_eq!(last.pick("t", None, 6, 0), 5);
 /// ```
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum Partitioner {
     /// Keyed records: murmur2 of the key, as the Java client's default
     /// partitioner does, so a key lands on the same partition whichever
@@ -72,11 +73,11 @@ impl fmt::Debug for Partitioner {
 pub(crate) struct RoundRobin(AtomicU32);
 
 impl RoundRobin {
-    pub fn starting_at(position: u32) -> Self {
+    pub(super) fn starting_at(position: u32) -> Self {
         RoundRobin(AtomicU32::new(position))
     }
 
-    pub fn next(&self) -> u32 {
+    pub(super) fn next(&self) -> u32 {
         self.0.fetch_add(1, Ordering::Relaxed)
     }
 }

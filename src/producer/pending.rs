@@ -39,7 +39,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub fn new(
+    pub(super) fn new(
         record: OutgoingRecord,
         size: usize,
         memory: OwnedSemaphorePermit,
@@ -57,7 +57,7 @@ impl Pending {
     }
 
     /// Resolve with the record's offset or the error that stopped it.
-    pub fn resolve(mut self, outcome: Result<i64>) {
+    pub(super) fn resolve(mut self, outcome: Result<i64>) {
         self.finish(outcome);
     }
 

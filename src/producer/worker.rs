@@ -126,7 +126,7 @@ impl State {
 impl PartitionWorker {
     /// Serve the partition until the producer is dropped or closed,
     /// starting the worker over after a panic.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>, mut closing: Closing) {
+    pub(super) async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>, mut closing: Closing) {
         let this = Arc::new(self);
         let idempotent = this.ids.is_some();
         let mut st = State::new(idempotent, None);

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 
 /// One partition as the last metadata answer described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PartitionMetadata {
     /// Partition index.
     pub id: i32,
@@ -39,6 +40,7 @@ pub struct PartitionMetadata {
 
 /// A topic as the last metadata answer described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicMetadata {
     /// Topic name.
     pub name: String,
@@ -50,6 +52,7 @@ pub struct TopicMetadata {
 
 /// A broker of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BrokerInfo {
     /// Node id.
     pub id: i32,
@@ -102,7 +105,7 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(config: ClientConfig) -> Result<Self> {
+    pub(crate) fn new(config: ClientConfig) -> Result<Self> {
         let settings = ConnectionSettings {
             client_id: config.client_id.clone(),
             connect_timeout: config.connect_timeout,
@@ -118,25 +121,25 @@ impl Cluster {
         })
     }
 
-    pub fn config(&self) -> &ClientConfig {
+    pub(crate) fn config(&self) -> &ClientConfig {
         &self.config
     }
 
     /// A live connection to `addr` for short requests, opened if needed.
-    pub async fn connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
         self.connection_within(addr, Lane::Control, self.settings.connect_timeout)
             .await
     }
 
     /// A live connection to `addr` for produce requests (see [`Lane`]).
-    pub async fn produce_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn produce_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
         self.connection_within(addr, Lane::Produce, self.settings.connect_timeout)
             .await
     }
 
     /// A live connection to `addr` in `lane`; opening one may take the
     /// connect timeout or `within`, whichever is shorter.
-    pub async fn connection_within(
+    pub(crate) async fn connection_within(
         &self,
         addr: &str,
         lane: Lane,
@@ -167,7 +170,7 @@ impl Cluster {
     /// request that blocks on the broker (JoinGroup waits for the whole
     /// rebalance) would hold up every other user of a shared connection. Each
     /// group member therefore talks to its coordinator on its own connection.
-    pub async fn dedicated_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn dedicated_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
         Ok(Arc::new(
             BrokerConnection::connect(addr, self.settings.clone(), self.settings.connect_timeout)
                 .await?,
@@ -176,7 +179,7 @@ impl Cluster {
 
     /// A live connection to the broker with node id `id` (one metadata
     /// request if the id is not known yet).
-    pub async fn broker(&self, id: i32) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn broker(&self, id: i32) -> Result<Arc<BrokerConnection>> {
         let addr = match self.broker_addr(id) {
             Some(a) => a,
             None => {
@@ -210,7 +213,7 @@ impl Cluster {
     /// Any reachable broker, within the connect timeout: an open connection
     /// if there is one, else one pass over the known brokers and the
     /// bootstrap list. No retries; see [`Cluster::any_broker_within`].
-    pub async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn any_broker(&self) -> Result<Arc<BrokerConnection>> {
         self.any_broker_within(self.settings.connect_timeout).await
     }
 
@@ -220,7 +223,7 @@ impl Cluster {
     /// candidate refused us in a way no retry or other broker fixes (TLS,
     /// authentication), or when every candidate answered with something
     /// that is not Kafka.
-    pub async fn any_broker_within(&self, within: Duration) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn any_broker_within(&self, within: Duration) -> Result<Arc<BrokerConnection>> {
         if let Some(c) = self.any_open() {
             return Ok(c);
         }
@@ -280,13 +283,13 @@ impl Cluster {
     /// Metadata of `topics` (all topics when empty), retried until the
     /// retry deadline; updates the cache. Topics that do not exist are
     /// absent from the result.
-    pub async fn refresh_metadata(&self, topics: &[&str]) -> Result<Vec<Arc<TopicMetadata>>> {
+    pub(crate) async fn refresh_metadata(&self, topics: &[&str]) -> Result<Vec<Arc<TopicMetadata>>> {
         self.with_retries("Metadata", |left| self.metadata_once(topics, left))
             .await
     }
 
     /// One Metadata request to any broker, within `within`; updates the cache.
-    pub async fn metadata_once(
+    pub(crate) async fn metadata_once(
         &self,
         topics: &[&str],
         within: Duration,
@@ -377,7 +380,7 @@ impl Cluster {
 
     /// Cached metadata of a topic, fetched (one attempt) if missing.
     /// `Ok(None)` when the topic does not exist.
-    pub async fn topic(&self, topic: &str) -> Result<Option<Arc<TopicMetadata>>> {
+    pub(crate) async fn topic(&self, topic: &str) -> Result<Option<Arc<TopicMetadata>>> {
         if let Some(t) = self.read().topics.get(topic) {
             return Ok(Some(Arc::clone(t)));
         }
@@ -391,19 +394,19 @@ impl Cluster {
     }
 
     /// Known brokers from the last metadata answer.
-    pub fn brokers(&self) -> Vec<BrokerInfo> {
+    pub(crate) fn brokers(&self) -> Vec<BrokerInfo> {
         let mut b: Vec<_> = self.read().brokers.values().cloned().collect();
         b.sort_by_key(|b| b.id);
         b
     }
 
     /// The controller id from the last metadata answer.
-    pub fn controller(&self) -> Option<i32> {
+    pub(crate) fn controller(&self) -> Option<i32> {
         self.read().controller
     }
 
     /// `host:port` of the leader of a partition, from cached metadata.
-    pub async fn leader_addr(&self, topic: &str, partition: i32) -> Result<String> {
+    pub(crate) async fn leader_addr(&self, topic: &str, partition: i32) -> Result<String> {
         let meta = self
             .topic(topic)
             .await?
@@ -433,7 +436,7 @@ impl Cluster {
     }
 
     /// Drop cached metadata of a topic so the next use fetches it again.
-    pub fn invalidate(&self, topic: &str) {
+    pub(crate) fn invalidate(&self, topic: &str) {
         self.metadata
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -448,7 +451,7 @@ impl Cluster {
     /// Run `op` until it succeeds, fails with an error retrying cannot fix,
     /// or the retry deadline passes ([`crate::retry::retry`]); `op` gets
     /// the time left.
-    pub async fn with_retries<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T>
+    pub(crate) async fn with_retries<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T>
     where
         F: FnMut(Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

@@ -67,7 +67,7 @@ pub(crate) struct SecurityContext {
 
 impl SecurityContext {
     /// Prepare the settings of `config` (parses certificates once).
-    pub fn new(config: &crate::ClientConfig) -> Result<Self> {
+    pub(crate) fn new(config: &crate::ClientConfig) -> Result<Self> {
         #[cfg(feature = "tls")]
         let tls = match config.tls_config() {
             Some(t) => Some(super::tls::TlsContext::new(t)?),
@@ -169,7 +169,7 @@ impl BrokerConnection {
     /// Connect to `addr`, run the TLS handshake and negotiate API versions,
     /// then authenticate with SASL, as the settings ask; all of it within
     /// the connect timeout or `within`, whichever is shorter.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: &str,
         settings: ConnectionSettings,
         within: Duration,
@@ -289,17 +289,17 @@ impl BrokerConnection {
     }
 
     /// `host:port` of the broker.
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         &self.addr
     }
 
     /// Whether the connection has failed and must be replaced.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         lock(&self.pending).closed.is_some()
     }
 
     /// Pick the highest version of `R` that both sides support.
-    pub fn version_for<R: Request + KafkaApi>(&self) -> Result<i16> {
+    pub(crate) fn version_for<R: Request + KafkaApi>(&self) -> Result<i16> {
         let ours = R::VERSIONS;
         let ours = VersionRange {
             min: ours.min,
@@ -328,13 +328,13 @@ impl BrokerConnection {
     }
 
     /// Send a request at the negotiated version and wait for its response.
-    pub async fn request<R: Request + KafkaApi>(&self, request: &R) -> Result<R::Response> {
+    pub(crate) async fn request<R: Request + KafkaApi>(&self, request: &R) -> Result<R::Response> {
         let version = self.version_for::<R>()?;
         self.request_at(request, version).await
     }
 
     /// Send a request at an explicit version.
-    pub async fn request_at<R: Request + KafkaApi>(
+    pub(crate) async fn request_at<R: Request + KafkaApi>(
         &self,
         request: &R,
         version: i16,
@@ -345,7 +345,7 @@ impl BrokerConnection {
 
     /// Send a request at an explicit version with its own timeout (JoinGroup
     /// may legitimately block for the whole rebalance timeout).
-    pub async fn request_with_timeout<R: Request + KafkaApi>(
+    pub(crate) async fn request_with_timeout<R: Request + KafkaApi>(
         &self,
         request: &R,
         version: i16,
@@ -368,7 +368,7 @@ impl BrokerConnection {
     /// pipelining) without reordering them. Dropping the returned future
     /// abandons the answer; the request itself is still written whole, or
     /// not at all if its turn had not come.
-    pub async fn send<R>(
+    pub(crate) async fn send<R>(
         self: &Arc<Self>,
         request: &R,
     ) -> Result<impl std::future::Future<Output = Result<R::Response>> + Send + 'static>

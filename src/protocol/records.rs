@@ -33,7 +33,7 @@ use crate::record::{Header, Record};
 
 /// Why a batch could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BatchError {
+pub(crate) enum BatchError {
     /// The data is inconsistent (lengths, CRC, varints).
     #[error("corrupt record batch at offset {offset}: {reason}")]
     Corrupt {
@@ -743,7 +743,7 @@ pub(crate) struct OutgoingRecord {
 
 impl OutgoingRecord {
     /// Upper bound of the encoded size (varints at their longest).
-    pub fn max_encoded_size(&self) -> usize {
+    pub(crate) fn max_encoded_size(&self) -> usize {
         let field = |b: &Option<Bytes>| 5 + b.as_ref().map_or(0, |b| b.len());
         5 + 1
             + 10
@@ -805,7 +805,7 @@ pub(crate) struct ProducerFields {
 
 impl ProducerFields {
     /// A batch from a producer that is not idempotent.
-    pub const NONE: Self = Self {
+    pub(crate) const NONE: Self = Self {
         id: -1,
         epoch: -1,
         base_sequence: -1,

@@ -31,7 +31,7 @@ pub(crate) enum ScramMechanism {
 impl ScramMechanism {
     /// The mechanism's SASL name.
     #[allow(dead_code)]
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ScramMechanism::Sha256 => "SCRAM-SHA-256",
             ScramMechanism::Sha512 => "SCRAM-SHA-512",
@@ -124,13 +124,13 @@ impl std::fmt::Debug for ScramClient {
 
 impl ScramClient {
     /// A new exchange with a fresh random nonce.
-    pub fn new(mechanism: ScramMechanism, username: &str, password: &str) -> Self {
+    pub(crate) fn new(mechanism: ScramMechanism, username: &str, password: &str) -> Self {
         let bytes: [u8; 24] = rand::rng().random();
         Self::with_nonce(mechanism, username, password, &BASE64.encode(bytes))
     }
 
     /// A new exchange with a given nonce (tests).
-    pub fn with_nonce(
+    pub(crate) fn with_nonce(
         mechanism: ScramMechanism,
         username: &str,
         password: &str,
@@ -151,12 +151,12 @@ impl ScramClient {
     }
 
     /// The client-first message.
-    pub fn client_first(&self) -> Vec<u8> {
+    pub(crate) fn client_first(&self) -> Vec<u8> {
         format!("n,,{}", self.client_first_bare()).into_bytes()
     }
 
     /// The client-final message answering `server_first`.
-    pub fn client_final(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+    pub(crate) fn client_final(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
         let server_first = std::str::from_utf8(server_first)
             .map_err(|_| ScramError::Malformed("server-first is not UTF-8".into()))?;
         let attrs = attributes(server_first)?;
@@ -199,7 +199,7 @@ impl ScramClient {
     }
 
     /// Check the server-final message.
-    pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
+    pub(crate) fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
         let expected = self
             .expected_server_signature
             .as_ref()

@@ -38,7 +38,7 @@ impl std::fmt::Debug for TlsContext {
 
 impl TlsContext {
     /// Build the rustls configuration: trusted roots and client certificate.
-    pub fn new(config: &TlsConfig) -> Result<Self> {
+    pub(crate) fn new(config: &TlsConfig) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = root_store(&config.roots)?;
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -89,7 +89,7 @@ impl TlsContext {
     }
 
     /// Run the TLS handshake on `tcp` for the broker at `addr` (`host:port`).
-    pub async fn handshake(&self, addr: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+    pub(crate) async fn handshake(&self, addr: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
         let host = match &self.server_name {
             Some(name) => name.as_str(),
             None => host_of(addr),

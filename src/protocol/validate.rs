@@ -107,7 +107,7 @@ pub(crate) struct Field {
 
 impl Field {
     /// Whether `version` carries this field.
-    pub fn in_version(&self, version: i16) -> bool {
+    pub(crate) fn in_version(&self, version: i16) -> bool {
         (self.since..=self.until).contains(&version)
     }
 }

@@ -184,8 +184,8 @@ impl AssignmentWatch {
         let partitions: Vec<i32> = status
             .assignment
             .iter()
-            .filter(|(t, _)| *t == self.topic)
-            .map(|(_, p)| *p)
+            .filter(|tp| tp.topic() == self.topic)
+            .map(|tp| tp.partition())
             .collect();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if status.joins != last.0 {

@@ -290,7 +290,7 @@ pub(crate) mod test_support {
     use crate::group::subscription::Subscription;
 
     /// A member subscribed to `topics`, owning `owned` from `generation`.
-    pub fn subscriber(
+    pub(crate) fn subscriber(
         id: &str,
         instance: Option<&str>,
         topics: &[&str],
@@ -310,14 +310,14 @@ pub(crate) mod test_support {
     }
 
     /// Topic-partitions from `(topic, partition)` pairs, in the given order.
-    pub fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
+    pub(crate) fn tps(list: &[(&str, i32)]) -> Vec<TopicPartition> {
         list.iter()
             .map(|&(t, p)| TopicPartition::new(t, p))
             .collect()
     }
 
     /// Partition counts from `(topic, count)` pairs.
-    pub fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
+    pub(crate) fn counts(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
         list.iter().map(|&(t, n)| (t.to_string(), n)).collect()
     }
 }
