@@ -62,3 +62,8 @@ pub use reader::{Reader, ReaderBuilder, RecordStream};
 pub use record::{Header, Record};
 pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};
 pub use topic_partition::TopicPartition;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

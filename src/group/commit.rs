@@ -62,7 +62,10 @@ impl Committer {
 
     /// The periodic commit: every tracked partition whose commit point
     /// moved.
-    pub(super) async fn commit_progress(&self, coordinator: &mut Coordinator) -> Result<(), GroupError> {
+    pub(super) async fn commit_progress(
+        &self,
+        coordinator: &mut Coordinator,
+    ) -> Result<(), GroupError> {
         let pending = self.tracking.pending_commits();
         self.commit(
             coordinator,

@@ -127,7 +127,12 @@ impl Tracking {
     /// Whether the partition's worker may dispatch another record, given
     /// the in-flight limit and the window limit. A pause is recorded for
     /// status readers; room clears it.
-    pub(crate) fn room(&self, key: &TopicPartition, max_in_flight: usize, max_window: usize) -> Room {
+    pub(crate) fn room(
+        &self,
+        key: &TopicPartition,
+        max_in_flight: usize,
+        max_window: usize,
+    ) -> Room {
         let mut inner = self.lock();
         let in_flight = inner.tracker.in_flight(key);
         let window = inner.tracker.window_len(key);

@@ -223,7 +223,10 @@ impl Cluster {
     /// candidate refused us in a way no retry or other broker fixes (TLS,
     /// authentication), or when every candidate answered with something
     /// that is not Kafka.
-    pub(crate) async fn any_broker_within(&self, within: Duration) -> Result<Arc<BrokerConnection>> {
+    pub(crate) async fn any_broker_within(
+        &self,
+        within: Duration,
+    ) -> Result<Arc<BrokerConnection>> {
         if let Some(c) = self.any_open() {
             return Ok(c);
         }
@@ -283,7 +286,10 @@ impl Cluster {
     /// Metadata of `topics` (all topics when empty), retried until the
     /// retry deadline; updates the cache. Topics that do not exist are
     /// absent from the result.
-    pub(crate) async fn refresh_metadata(&self, topics: &[&str]) -> Result<Vec<Arc<TopicMetadata>>> {
+    pub(crate) async fn refresh_metadata(
+        &self,
+        topics: &[&str],
+    ) -> Result<Vec<Arc<TopicMetadata>>> {
         self.with_retries("Metadata", |left| self.metadata_once(topics, left))
             .await
     }

@@ -89,7 +89,11 @@ impl TlsContext {
     }
 
     /// Run the TLS handshake on `tcp` for the broker at `addr` (`host:port`).
-    pub(crate) async fn handshake(&self, addr: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+    pub(crate) async fn handshake(
+        &self,
+        addr: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>> {
         let host = match &self.server_name {
             Some(name) => name.as_str(),
             None => host_of(addr),
