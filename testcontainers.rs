@@ -696,19 +696,7 @@ impl Drop for Broker {
 /// waits until it answers ApiVersions and lists itself in Metadata. It is
 /// stopped and its directories deleted when the returned [`Broker`] drops.
 pub fn start_broker(opts: BrokerOptions) -> Result<Broker, FixtureError> {
-    let version_dir = kafka_home()?;
-    let cds = cds_archive(&version_dir);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match launch(&opts, &version_dir, cds_flag(&cds)) {
-            // Another process may take a port between our probe and the
-            // broker's bind; fresh ports fix that.
-            Err(FixtureError::BrokerExited { log_tail, .. })
-                if attempt < 3 && log_tail.contains("Address already in use") => {}
-            result => return result,
-        }
-    }
+    on_fresh_ports(|home, cds| launch(&opts, home, cds))
 }
 
 /// Directory holding the flat classpath of Kafka jars (`kafka_2.13`,
@@ -1899,14 +1887,21 @@ fn port_of(address: &str) -> u16 {
 /// brokers. Unlike [`shared_bootstrap`], it ignores `KAFKA_BOOTSTRAP`: the
 /// tests need nodes they can kill.
 pub fn start_cluster(opts: ClusterOptions) -> Result<Cluster, FixtureError> {
+    on_fresh_ports(|home, cds| launch_cluster(&opts, home, cds))
+}
+
+/// Runs `launch` with the Kafka installation and its class-data-sharing
+/// archive, again on fresh ports (up to three times) when another process
+/// took a port between our probe and a broker's bind.
+fn on_fresh_ports<T>(
+    launch: impl Fn(&Path, Cds<'_>) -> Result<T, FixtureError>,
+) -> Result<T, FixtureError> {
     let home = kafka_home()?;
     let cds = cds_archive(&home);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match launch_cluster(&opts, &home, cds_flag(&cds)) {
-            // Another process may take a port between our probe and a
-            // node's bind; fresh ports fix that.
+        match launch(&home, cds_flag(&cds)) {
             Err(FixtureError::BrokerExited { log_tail, .. })
                 if attempt < 3 && log_tail.contains("Address already in use") => {}
             result => return result,
