@@ -39,9 +39,11 @@ pub struct ClientConfig {
     pub(crate) client_id: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
-    pub(crate) retry_backoff: Duration,
-    pub(crate) retry_backoff_max: Duration,
-    pub(crate) retry_deadline: Duration,
+    // Read only through `retry_policy()`, so every retry loop follows the
+    // same policy.
+    retry_backoff: Duration,
+    retry_backoff_max: Duration,
+    retry_deadline: Duration,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) sasl: Option<SaslConfig>,
 }

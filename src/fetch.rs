@@ -86,7 +86,7 @@ impl Fetcher {
                     // the leader up again and retry until the retry deadline.
                     conn = None;
                     cluster.invalidate(&topic);
-                    let deadline = self.client.config().retry_deadline;
+                    let deadline = self.client.config().retry_policy().deadline();
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > deadline {
                         return Err(e);

@@ -161,7 +161,7 @@ impl PartitionWorker {
             next.closing_gone = st.closing_gone;
             st = next;
             // Never a tight loop, whatever made it panic.
-            tokio::time::sleep(this.client.config().retry_backoff).await;
+            tokio::time::sleep(this.client.config().retry_policy().initial()).await;
         }
     }
 
@@ -470,7 +470,7 @@ impl PartitionWorker {
     /// next round.
     async fn settle(&self, st: &mut State) {
         let failing_since = *st.failing_since.get_or_insert_with(std::time::Instant::now);
-        let deadline = self.client.config().retry_deadline;
+        let deadline = self.client.config().retry_policy().deadline();
         let Some(front) = st.line.front_mut() else {
             st.line.resend(None);
             return;
