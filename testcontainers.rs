@@ -34,6 +34,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -538,16 +539,7 @@ impl Broker {
         self.kill();
         // The old supervisor must die without its clean-up: closing its
         // stdin would make it delete the directory the new JVM runs in.
-        if let Some(mut supervisor) = self.supervisor.take() {
-            if let Ok(pgid) = i32::try_from(supervisor.id()) {
-                // SAFETY: plain syscall. The supervisor leads its own process
-                // group and is not yet reaped, so the group id is still ours.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
-            }
-            let _ = supervisor.wait();
-        }
+        self.kill_supervisor();
         drop(self.stdin.take());
         for stale in ["java.pid", "java.exit"] {
             let _ = fs::remove_file(self.dir.join(stale));
@@ -662,10 +654,10 @@ impl Broker {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    fn stop_hard(&mut self) {
-        self.read_java_pid();
-        // Read before the group kill: the supervisor may record the exit.
-        let already_exited = self.jvm_exited();
+    // Kills the supervisor's process group (the JVM with it, if it still
+    // runs) with SIGKILL and reaps the supervisor, which so does none of its
+    // clean-up.
+    fn kill_supervisor(&mut self) {
         if let Some(mut supervisor) = self.supervisor.take() {
             if let Ok(pgid) = i32::try_from(supervisor.id()) {
                 // SAFETY: plain syscall. The supervisor leads its own process
@@ -677,6 +669,13 @@ impl Broker {
             }
             let _ = supervisor.wait();
         }
+    }
+
+    fn stop_hard(&mut self) {
+        self.read_java_pid();
+        // Read before the group kill: the supervisor may record the exit.
+        let already_exited = self.jvm_exited();
+        self.kill_supervisor();
         drop(self.stdin.take());
         if let Some(pid) = self.java_pid.filter(|_| !already_exited) {
             wait_until_gone(pid, Duration::from_secs(10));
@@ -839,6 +838,91 @@ fn java_command(main_class: &str, extra_jvm_args: &[String]) -> Result<Command, 
         .args(extra_jvm_args)
         .arg(main_class);
     Ok(cmd)
+}
+
+/// One partition of a consumer group as Kafka's `kafka-consumer-groups
+/// --describe` reports it; `None` where the tool prints "-".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPartition {
+    /// The group's committed offset.
+    pub committed: Option<i64>,
+    /// The partition's log end offset.
+    pub log_end: Option<i64>,
+    /// Member id of the consumer that owns the partition.
+    pub consumer: Option<String>,
+}
+
+/// What [`describe_group`] found.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    /// The partitions of the topic asked for, by index.
+    pub partitions: BTreeMap<i32, GroupPartition>,
+    /// The tool's output, for error messages.
+    pub output: String,
+}
+
+/// Runs Kafka's `kafka-consumer-groups --describe --group <group>` against
+/// `bootstrap` and returns the coordinator's view of each partition of
+/// `topic` (committed offset, log end, owning member). Blocks.
+pub fn describe_group(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> Result<GroupDescription, FixtureError> {
+    let output = run_kafka_class_checked(
+        CONSUMER_GROUPS,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        Duration::from_secs(60),
+    )?;
+    let partitions = parse_group_description(&output, group, topic);
+    Ok(GroupDescription { partitions, output })
+}
+
+// The table of `kafka-consumer-groups --describe`: a header line (GROUP
+// TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID ...), then
+// one line per partition, columns separated by white space.
+fn parse_group_description(out: &str, group: &str, topic: &str) -> BTreeMap<i32, GroupPartition> {
+    let mut header: Option<Vec<&str>> = None;
+    let mut rows = BTreeMap::new();
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.first() == Some(&"GROUP") {
+            header = Some(cols);
+            continue;
+        }
+        let Some(names) = &header else { continue };
+        if cols.len() != names.len() || cols[0] != group {
+            continue;
+        }
+        let col = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .map(|i| cols[i])
+                .filter(|v| *v != "-")
+        };
+        if col("TOPIC") != Some(topic) {
+            continue;
+        }
+        let Some(partition) = col("PARTITION").and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        rows.insert(
+            partition,
+            GroupPartition {
+                committed: col("CURRENT-OFFSET").and_then(|o| o.parse().ok()),
+                log_end: col("LOG-END-OFFSET").and_then(|o| o.parse().ok()),
+                consumer: col("CONSUMER-ID").map(str::to_string),
+            },
+        );
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------

@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{testcontainers, unique_topic};
-use kastellan::admin::NewTopic;
-use kastellan::group::{ConsumerRecord, HandlerError, ShutdownHandle, StatusHandle};
-use kastellan::{Client, ClientConfig, Producer, StartOffset};
-use testcontainers::Cluster;
+use common::testcontainers::{self, Cluster, GroupPartition};
+use common::{
+    init_logging, new_replicated_topic, read_all, recording, unique_topic, wait_for,
+    RunningConsumer,
+};
+use kastellan::{Client, ClientConfig, Producer};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -49,10 +50,7 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Waits for this test's turn, then the shared cluster with all three nodes
 /// running and every partition in sync.
 async fn cluster_turn() -> (tokio::sync::MutexGuard<'static, ()>, &'static Cluster) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_logging();
     let turn = TURN.lock().await;
     let cluster = blocking(testcontainers::shared_cluster)
         .await
@@ -87,25 +85,7 @@ async fn connect(bootstrap: &str) -> Client {
 
 /// A fresh topic with `partitions` partitions, three replicas each.
 async fn new_topic(client: &Client, prefix: &str, partitions: i32) -> String {
-    let name = unique_topic(prefix);
-    client
-        .admin()
-        .create_topic(NewTopic::new(&name, partitions, 3))
-        .await
-        .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
-    name
-}
-
-/// Polls `cond` every 50 ms until it holds; fails the test after `timeout`.
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    new_replicated_topic(client, prefix, partitions, 3).await
 }
 
 /// Polls a blocking check (a Kafka tool run) until it returns `Ok(true)`;
@@ -327,9 +307,7 @@ struct Handled {
 }
 
 struct Consumer {
-    task: JoinHandle<kastellan::Result<()>>,
-    stop: ShutdownHandle,
-    status: StatusHandle,
+    run: RunningConsumer,
     handled: Arc<Mutex<Vec<Handled>>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
@@ -346,8 +324,6 @@ impl Consumer {
             .max_wait(Duration::from_millis(200))
             .build()
             .expect("consumer builds");
-        let stop = consumer.shutdown_handle();
-        let status = consumer.status_handle();
         let errors = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut stream) = consumer.errors() {
             let errors = Arc::clone(&errors);
@@ -358,29 +334,24 @@ impl Consumer {
             });
         }
         let handled = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(consumer.run({
-            let handled = Arc::clone(&handled);
-            move |r: ConsumerRecord| {
-                let handled = Arc::clone(&handled);
-                async move {
-                    let seq = r
-                        .value_str()
-                        .and_then(|v| v.parse().ok())
-                        .expect("every record's value is a sequence number");
-                    handled.lock().unwrap().push(Handled {
-                        partition: r.partition,
-                        offset: r.offset,
-                        seq,
-                        at: Instant::now(),
-                    });
-                    Ok::<(), HandlerError>(())
-                }
-            }
-        }));
+        let sink = Arc::clone(&handled);
+        let run = RunningConsumer::spawn(
+            consumer,
+            recording(move |r| {
+                let seq = r
+                    .value_str()
+                    .and_then(|v| v.parse().ok())
+                    .expect("every record's value is a sequence number");
+                sink.lock().unwrap().push(Handled {
+                    partition: r.partition,
+                    offset: r.offset,
+                    seq,
+                    at: Instant::now(),
+                });
+            }),
+        );
         Consumer {
-            task,
-            stop,
-            status,
+            run,
             handled,
             errors,
         }
@@ -404,7 +375,7 @@ impl Consumer {
     /// Fails the test if `run` has ended (it must never stop by itself here).
     fn assert_running(&self, context: &str) {
         assert!(
-            !self.task.is_finished(),
+            !self.run.task.is_finished(),
             "{context}: the group consumer stopped by itself; errors it reported: {:?}",
             self.errors.lock().unwrap()
         );
@@ -434,7 +405,7 @@ impl Consumer {
                  within {RECOVERY:?}; status {:?}; errors {:?}",
                 missing(),
                 log.acked.len(),
-                self.status.get(),
+                self.run.status.get(),
                 self.errors.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -443,8 +414,8 @@ impl Consumer {
 
     /// Asks the consumer to stop and checks that `run` ends cleanly.
     async fn shut_down(self) -> Vec<Handled> {
-        self.stop.shutdown(Duration::from_secs(30));
-        tokio::time::timeout(Duration::from_secs(90), self.task)
+        self.run.shutdown.shutdown(Duration::from_secs(30));
+        tokio::time::timeout(Duration::from_secs(90), self.run.task)
             .await
             .expect("the group consumer stops in time")
             .expect("the group consumer task did not panic")
@@ -458,63 +429,16 @@ impl Consumer {
 // ---------------------------------------------------------------------------
 // Checks with Kafka's own tools and a fresh reader.
 
-/// (committed offset, log end offset) of one partition for a group; `None`
-/// where the tool prints "-".
-type GroupOffsets = (Option<i64>, Option<i64>);
-
 /// Committed offset and log end of each partition of `topic` for `group`, as
 /// Kafka's `kafka-consumer-groups --describe` reports them.
 fn committed_by_kafka(
     cluster: &Cluster,
     group: &str,
     topic: &str,
-) -> Result<BTreeMap<i32, GroupOffsets>, String> {
-    let out = testcontainers::run_kafka_class_checked(
-        testcontainers::CONSUMER_GROUPS,
-        &[
-            "--bootstrap-server",
-            cluster.bootstrap(),
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut header: Option<Vec<&str>> = None;
-    let mut rows = BTreeMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() == Some(&"GROUP") {
-            header = Some(cols);
-            continue;
-        }
-        let Some(names) = &header else { continue };
-        if cols.len() != names.len() || cols[0] != group {
-            continue;
-        }
-        let col = |name: &str| {
-            names
-                .iter()
-                .position(|n| *n == name)
-                .map(|i| cols[i])
-                .filter(|v| *v != "-")
-        };
-        if col("TOPIC") != Some(topic) {
-            continue;
-        }
-        let Some(partition) = col("PARTITION").and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        rows.insert(
-            partition,
-            (
-                col("CURRENT-OFFSET").and_then(|o| o.parse().ok()),
-                col("LOG-END-OFFSET").and_then(|o| o.parse().ok()),
-            ),
-        );
-    }
-    Ok(rows)
+) -> Result<BTreeMap<i32, GroupPartition>, String> {
+    testcontainers::describe_group(cluster.bootstrap(), group, topic)
+        .map(|described| described.partitions)
+        .map_err(|e| e.to_string())
 }
 
 /// Waits until Kafka reports the group's committed offset at the log end on
@@ -532,7 +456,9 @@ async fn wait_for_commits_at_end(
         move || {
             let rows = committed_by_kafka(cluster, &g, &t)?;
             let done = rows.len() == partitions as usize
-                && rows.values().all(|(c, e)| c.is_some() && c == e);
+                && rows
+                    .values()
+                    .all(|r| r.committed.is_some() && r.committed == r.log_end);
             if done {
                 Ok(true)
             } else {
@@ -625,16 +551,7 @@ async fn assert_log_matches(
     context: &str,
 ) {
     let client = connect(cluster.bootstrap()).await;
-    let records = client
-        .reader()
-        .topic(topic)
-        .start(StartOffset::Earliest)
-        .build()
-        .await
-        .expect("reader builds")
-        .read_to_end()
-        .await
-        .expect("the topic reads back");
+    let records = read_all(&client, topic).await;
     let t = topic.to_string();
     let ends = blocking(move || end_offsets_by_kafka(cluster, &t)).await;
     let stored: usize = ends.values().map(|e| *e as usize).sum();
@@ -689,6 +606,93 @@ async fn assert_log_matches(
 }
 
 // ---------------------------------------------------------------------------
+// What the tests run.
+
+/// Connects, creates a fresh topic of three partitions named after `name`,
+/// and starts the background producer on it.
+async fn start_load(cluster: &'static Cluster, name: &str) -> (Client, String, Load) {
+    let client = connect(cluster.bootstrap()).await;
+    let topic = new_topic(&client, name, 3).await;
+    let producer = client.producer().build().expect("producer builds");
+    let load = Load::start(producer, &topic, 3);
+    (client, topic, load)
+}
+
+/// What the log must show at the end: every acknowledged record stored
+/// once where its acknowledgement put it ([`assert_log_matches`]), all of
+/// it written with one producer id ([`assert_one_producer_id`]).
+async fn assert_stored(cluster: &'static Cluster, topic: &str, log: &ProduceLog, context: &str) {
+    assert_log_matches(cluster, topic, log, context).await;
+    assert_one_producer_id(cluster, topic, 3, context).await;
+}
+
+/// The background producer and a group consumer on one fresh topic.
+struct Scenario {
+    cluster: &'static Cluster,
+    /// Kept for the whole test, as an application keeps its client.
+    _client: Client,
+    topic: String,
+    group: String,
+    load: Load,
+    consumer: Consumer,
+}
+
+impl Scenario {
+    /// Starts the load and the consumer (topic and group named after
+    /// `name`), and waits until the handler has seen 200 records, `when`
+    /// ("before the kill").
+    async fn start(cluster: &'static Cluster, name: &str, when: &str) -> Scenario {
+        let (client, topic, load) = start_load(cluster, name).await;
+        let group = unique_topic(&format!("{name}-group"));
+        let consumer = Consumer::start(&client, &group, &topic);
+        wait_for(&format!("200 records handled {when}"), RECOVERY, || {
+            consumer.handled_count() >= 200
+        })
+        .await;
+        Scenario {
+            cluster,
+            _client: client,
+            topic,
+            group,
+            load,
+            consumer,
+        }
+    }
+
+    /// Waits until Kafka reports a first commit of the group.
+    async fn wait_for_first_commit(&self) {
+        let (cluster, g, t) = (self.cluster, self.group.clone(), self.topic.clone());
+        wait_until_blocking("a first commit of the group", RECOVERY, move || {
+            let rows = committed_by_kafka(cluster, &g, &t)?;
+            Ok(rows.values().any(|r| r.committed.is_some_and(|c| c > 0)))
+        })
+        .await;
+    }
+
+    /// Stops the load and shows what happened to `report`, then checks the
+    /// outcome: no record failed, every acknowledged one reached the
+    /// handler, the group's commits reach the end of the log, the consumer
+    /// still runs and stops cleanly, and [`assert_stored`].
+    async fn finish(self, context: &str, report: impl FnOnce(&ProduceLog)) {
+        let log = self.load.finish().await;
+        report(&log);
+        log.assert_no_failures(context);
+        self.consumer.wait_for_all(&log, context).await;
+        wait_for_commits_at_end(self.cluster, &self.group, &self.topic, 3).await;
+        self.consumer.assert_running(context);
+        let errors = self.consumer.errors.lock().unwrap().clone();
+        let handled = self.consumer.shut_down().await;
+        eprintln!(
+            "[{context}] {} records acknowledged, {} handlings (redeliveries included); \
+             errors reported by the consumer: {errors:?}",
+            log.acked.len(),
+            handled.len()
+        );
+        assert_stored(self.cluster, &self.topic, &log, context).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The tests.
 
 /// acks=all produce while the leader of a partition is SIGKILLed and
@@ -697,11 +701,8 @@ async fn assert_log_matches(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_produce_survives_the_partition_leader_being_killed_and_restarted() {
     let (_turn, cluster) = cluster_turn().await;
-    let client = connect(cluster.bootstrap()).await;
-    let topic = new_topic(&client, "leader-kill", 3).await;
-    let producer = client.producer().build().expect("producer builds");
-    let load = Load::start(producer, &topic, 3);
-    wait_until("300 acknowledgements before the kill", RECOVERY, || {
+    let (_client, topic, load) = start_load(cluster, "leader-kill").await;
+    wait_for("300 acknowledgements before the kill", RECOVERY, || {
         load.acked_count() >= 300
     })
     .await;
@@ -715,7 +716,7 @@ async fn acks_all_produce_survives_the_partition_leader_being_killed_and_restart
     blocking(move || cluster.node(leader).kill()).await;
     eprintln!("[leader kill] node {leader}, leader of {topic}-0, SIGKILLed");
 
-    wait_until(
+    wait_for(
         "an acknowledgement on partition 0 of a record sent after the kill",
         RECOVERY,
         || load.first_ack_sent_after(Some(0), killed_at).is_some(),
@@ -746,7 +747,7 @@ async fn acks_all_produce_survives_the_partition_leader_being_killed_and_restart
         .await
         .unwrap_or_else(|e| panic!("node {leader} rejoins the ISR: {e}"));
     let seq_after_restart = load.next_seq();
-    wait_until(
+    wait_for(
         "300 more acknowledgements after the restart",
         RECOVERY,
         || {
@@ -772,8 +773,7 @@ async fn acks_all_produce_survives_the_partition_leader_being_killed_and_restart
         secs(gap)
     );
     log.assert_no_failures("leader kill");
-    assert_log_matches(cluster, &topic, &log, "leader kill").await;
-    assert_one_producer_id(cluster, &topic, 3, "leader kill").await;
+    assert_stored(cluster, &topic, &log, "leader kill").await;
 }
 
 /// A group consumer while the broker coordinating its group is SIGKILLed:
@@ -782,23 +782,9 @@ async fn acks_all_produce_survives_the_partition_leader_being_killed_and_restart
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_consumer_survives_the_coordinator_being_killed() {
     let (_turn, cluster) = cluster_turn().await;
-    let client = connect(cluster.bootstrap()).await;
-    let topic = new_topic(&client, "coordinator-kill", 3).await;
-    let group = unique_topic("coordinator-kill-group");
-    let producer = client.producer().build().expect("producer builds");
-    let load = Load::start(producer, &topic, 3);
-    let consumer = Consumer::start(&client, &group, &topic);
-
-    wait_until("200 records handled before the kill", RECOVERY, || {
-        consumer.handled_count() >= 200
-    })
-    .await;
-    let (g, t) = (group.clone(), topic.clone());
-    wait_until_blocking("a first commit of the group", RECOVERY, move || {
-        let rows = committed_by_kafka(cluster, &g, &t)?;
-        Ok(rows.values().any(|(c, _)| c.is_some_and(|c| c > 0)))
-    })
-    .await;
+    let s = Scenario::start(cluster, "coordinator-kill", "before the kill").await;
+    let (topic, group, load, consumer) = (&s.topic, &s.group, &s.load, &s.consumer);
+    s.wait_for_first_commit().await;
     let g = group.clone();
     let coordinator = blocking(move || cluster.group_coordinator(&g))
         .await
@@ -809,7 +795,7 @@ async fn group_consumer_survives_the_coordinator_being_killed() {
         .await
         .expect("kafka-consumer-groups --describe")
         .values()
-        .filter_map(|(c, _)| *c)
+        .filter_map(|r| r.committed)
         .sum();
 
     let seq_at_kill = load.next_seq();
@@ -817,7 +803,7 @@ async fn group_consumer_survives_the_coordinator_being_killed() {
     blocking(move || cluster.node(coordinator).kill()).await;
     eprintln!("[coordinator kill] node {coordinator}, coordinator of {group}, SIGKILLed");
 
-    wait_until(
+    wait_for(
         "the handler to see a record produced after the kill",
         RECOVERY,
         || consumer.first_handled_from(seq_at_kill).is_some(),
@@ -837,7 +823,7 @@ async fn group_consumer_survives_the_coordinator_being_killed() {
         RECOVERY,
         move || {
             let rows = committed_by_kafka(cluster, &g, &t)?;
-            let now: i64 = rows.values().filter_map(|(c, _)| *c).sum();
+            let now: i64 = rows.values().filter_map(|r| r.committed).sum();
             if now > committed_before {
                 Ok(true)
             } else {
@@ -864,21 +850,7 @@ async fn group_consumer_survives_the_coordinator_being_killed() {
         "a dead node coordinates"
     );
 
-    let log = load.finish().await;
-    log.assert_no_failures("coordinator kill");
-    consumer.wait_for_all(&log, "coordinator kill").await;
-    wait_for_commits_at_end(cluster, &group, &topic, 3).await;
-    consumer.assert_running("coordinator kill");
-    let errors = consumer.errors.lock().unwrap().clone();
-    let handled = consumer.shut_down().await;
-    eprintln!(
-        "[coordinator kill] {} records acknowledged, {} handlings (redeliveries included); \
-         errors reported by the consumer: {errors:?}",
-        log.acked.len(),
-        handled.len()
-    );
-    assert_log_matches(cluster, &topic, &log, "coordinator kill").await;
-    assert_one_producer_id(cluster, &topic, 3, "coordinator kill").await;
+    s.finish("coordinator kill", |_| {}).await;
 }
 
 /// Leaders moved by Kafka's own tools while a producer and a group consumer
@@ -889,16 +861,8 @@ async fn group_consumer_survives_the_coordinator_being_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_moves_by_reassignment_and_preferred_election_lose_nothing() {
     let (_turn, cluster) = cluster_turn().await;
-    let client = connect(cluster.bootstrap()).await;
-    let topic = new_topic(&client, "leader-moves", 3).await;
-    let group = unique_topic("leader-moves-group");
-    let producer = client.producer().build().expect("producer builds");
-    let load = Load::start(producer, &topic, 3);
-    let consumer = Consumer::start(&client, &group, &topic);
-    wait_until("200 records handled before the moves", RECOVERY, || {
-        consumer.handled_count() >= 200
-    })
-    .await;
+    let s = Scenario::start(cluster, "leader-moves", "before the moves").await;
+    let (topic, load, consumer) = (&s.topic, &s.load, &s.consumer);
 
     let t = topic.clone();
     let before = blocking(move || cluster.describe_topic(&t))
@@ -983,7 +947,7 @@ async fn leader_moves_by_reassignment_and_preferred_election_lose_nothing() {
     );
 
     // Records sent after the election are acknowledged by the new leaders.
-    wait_until(
+    wait_for(
         "acknowledgements on partitions 0 and 1 of records sent after the election",
         RECOVERY,
         || {
@@ -993,7 +957,7 @@ async fn leader_moves_by_reassignment_and_preferred_election_lose_nothing() {
     )
     .await;
     let seq_after = load.next_seq();
-    wait_until(
+    wait_for(
         "the handler to see records produced after the election",
         RECOVERY,
         || consumer.first_handled_from(seq_after).is_some(),
@@ -1001,30 +965,21 @@ async fn leader_moves_by_reassignment_and_preferred_election_lose_nothing() {
     .await;
     consumer.assert_running("leader moves");
 
-    let log = load.finish().await;
-    let end = Instant::now();
-    for (partition, from, to, what) in [
-        (0, step1, step1_done, "reassignment off the leader"),
-        (0, step2, elected, "reassignment back and election"),
-        (1, step2, elected, "reassignment and election"),
-    ] {
-        eprintln!(
-            "[leader moves] longest pause between acknowledgements on partition {partition} \
-             during the {what}: {}",
-            secs(log.longest_ack_gap(partition, from, to.min(end)))
-        );
-    }
-    log.assert_no_failures("leader moves");
-    consumer.wait_for_all(&log, "leader moves").await;
-    wait_for_commits_at_end(cluster, &group, &topic, 3).await;
-    let handled = consumer.shut_down().await;
-    eprintln!(
-        "[leader moves] {} records acknowledged, {} handlings",
-        log.acked.len(),
-        handled.len()
-    );
-    assert_log_matches(cluster, &topic, &log, "leader moves").await;
-    assert_one_producer_id(cluster, &topic, 3, "leader moves").await;
+    s.finish("leader moves", |log| {
+        let end = Instant::now();
+        for (partition, from, to, what) in [
+            (0, step1, step1_done, "reassignment off the leader"),
+            (0, step2, elected, "reassignment back and election"),
+            (1, step2, elected, "reassignment and election"),
+        ] {
+            eprintln!(
+                "[leader moves] longest pause between acknowledgements on partition \
+                 {partition} during the {what}: {}",
+                secs(log.longest_ack_gap(partition, from, to.min(end)))
+            );
+        }
+    })
+    .await;
 }
 
 /// `Client::connect` with a bootstrap list whose first address is a dead
@@ -1130,22 +1085,9 @@ async fn a_dead_first_bootstrap_address_does_not_stop_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
     let (_turn, cluster) = cluster_turn().await;
-    let client = connect(cluster.bootstrap()).await;
-    let topic = new_topic(&client, "cluster-restart", 3).await;
-    let group = unique_topic("cluster-restart-group");
-    let producer = client.producer().build().expect("producer builds");
-    let load = Load::start(producer, &topic, 3);
-    let consumer = Consumer::start(&client, &group, &topic);
-    wait_until("200 records handled before the restart", RECOVERY, || {
-        consumer.handled_count() >= 200
-    })
-    .await;
-    let (g, t) = (group.clone(), topic.clone());
-    wait_until_blocking("a first commit of the group", RECOVERY, move || {
-        let rows = committed_by_kafka(cluster, &g, &t)?;
-        Ok(rows.values().any(|(c, _)| c.is_some_and(|c| c > 0)))
-    })
-    .await;
+    let s = Scenario::start(cluster, "cluster-restart", "before the restart").await;
+    let (load, consumer) = (&s.load, &s.consumer);
+    s.wait_for_first_commit().await;
 
     let seq_at_kill = load.next_seq();
     let killed_at = Instant::now();
@@ -1160,7 +1102,7 @@ async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
         secs(restarted_at - killed_at)
     );
 
-    wait_until(
+    wait_for(
         "an acknowledgement of a record sent after the kill",
         RECOVERY,
         || load.first_ack_sent_after(None, killed_at).is_some(),
@@ -1173,7 +1115,7 @@ async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
         secs(first_ack.acked - killed_at),
         secs(first_ack.acked.saturating_duration_since(restarted_at))
     );
-    wait_until(
+    wait_for(
         "the handler to see a record produced after the kill",
         RECOVERY,
         || {
@@ -1190,7 +1132,7 @@ async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
         secs(first_handled.at.saturating_duration_since(restarted_at))
     );
     let seq_now = load.next_seq();
-    wait_until(
+    wait_for(
         "300 more records handled after the recovery",
         RECOVERY,
         || {
@@ -1206,17 +1148,5 @@ async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
     )
     .await;
 
-    let log = load.finish().await;
-    log.assert_no_failures("cluster restart");
-    consumer.wait_for_all(&log, "cluster restart").await;
-    wait_for_commits_at_end(cluster, &group, &topic, 3).await;
-    consumer.assert_running("cluster restart");
-    let handled = consumer.shut_down().await;
-    eprintln!(
-        "[cluster restart] {} records acknowledged, {} handlings (redeliveries included)",
-        log.acked.len(),
-        handled.len()
-    );
-    assert_log_matches(cluster, &topic, &log, "cluster restart").await;
-    assert_one_producer_id(cluster, &topic, 3, "cluster restart").await;
+    s.finish("cluster restart", |_| {}).await;
 }

@@ -6,76 +6,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, new_topic, testcontainers, unique_topic};
-use kastellan::group::{
-    AckHandle, ConsumerError, ConsumerRecord, GroupState, HandlerError, PauseReason,
-    ShutdownHandle, StatusHandle,
+use common::{
+    client, group_member, new_topic, recording, testcontainers, unique_topic, wait_for,
+    RunningConsumer,
 };
-use kastellan::{Client, Error, TopicPartition};
-use tokio::task::JoinHandle;
+use kastellan::group::{
+    AckHandle, ConsumerError, ConsumerErrors, ConsumerRecord, GroupConsumer, GroupConsumerBuilder,
+    GroupState, HandlerError, PauseReason,
+};
+use kastellan::{Client, Error};
 
 type Seen = Arc<Mutex<Vec<(String, i32, i64)>>>;
 
-/// A running member: its task, a way to stop it and its status.
-struct Member {
-    name: String,
-    task: JoinHandle<kastellan::Result<()>>,
-    stop: ShutdownHandle,
-    status: StatusHandle,
-}
-
-impl Member {
-    async fn stop(self, deadline: Duration) {
-        self.stop.shutdown(deadline);
-        let result = tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("member stops in time")
-            .expect("member task did not panic");
-        result.expect("member stopped cleanly");
-    }
-
-    fn partitions(&self) -> Vec<TopicPartition> {
-        self.status.get().assignment
-    }
-}
-
+/// A member named `name` with the shared group settings (changed by
+/// `configure`), recording every record it handles into `seen`.
 fn start(
     client: &Client,
     group: &str,
     topic: &str,
     name: &str,
     seen: &Seen,
-    configure: impl FnOnce(
-        kastellan::group::GroupConsumerBuilder,
-    ) -> kastellan::group::GroupConsumerBuilder,
-) -> Member {
-    let builder = client
-        .group_consumer(group)
-        .topic(topic)
-        .start_with_earliest()
-        .session_timeout(Duration::from_secs(10))
-        .heartbeat_interval(Duration::from_millis(500))
-        .commit_interval(Duration::from_millis(300))
-        .max_wait(Duration::from_millis(100));
-    let consumer = configure(builder).build().expect("consumer builds");
-    let stop = consumer.shutdown_handle();
-    let status = consumer.status_handle();
+    configure: impl FnOnce(GroupConsumerBuilder) -> GroupConsumerBuilder,
+) -> RunningConsumer {
+    let consumer = configure(group_member(client, group, topic))
+        .build()
+        .expect("consumer builds");
     let seen = Arc::clone(seen);
     let me = name.to_string();
-    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
-        let seen = Arc::clone(&seen);
-        let me = me.clone();
-        async move {
-            seen.lock().unwrap().push((me, r.partition, r.offset));
-            Ok::<(), HandlerError>(())
-        }
-    }));
-    Member {
-        name: name.to_string(),
-        task,
-        stop,
-        status,
-    }
+    RunningConsumer::spawn(
+        consumer,
+        recording(move |r| {
+            seen.lock()
+                .unwrap()
+                .push((me.clone(), r.partition, r.offset))
+        }),
+    )
 }
 
 async fn fill(client: &Client, topic: &str, partitions: i32, per_partition: usize) {
@@ -96,14 +61,6 @@ async fn fill(client: &Client, topic: &str, partitions: i32, per_partition: usiz
     producer.flush().await;
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Distinct (partition, offset) pairs seen.
 fn distinct(seen: &Seen) -> BTreeSet<(i32, i64)> {
     seen.lock()
@@ -113,32 +70,25 @@ fn distinct(seen: &Seen) -> BTreeSet<(i32, i64)> {
         .collect()
 }
 
-/// Committed offsets of a group, as Kafka's own kafka-consumer-groups tool reports them.
-fn committed_by_kafka_tool(group: &str) -> BTreeMap<i32, i64> {
-    let bootstrap = testcontainers::bootstrap();
-    let out = testcontainers::run_kafka_class_checked(
-        testcontainers::CONSUMER_GROUPS,
-        &[
-            "--bootstrap-server",
-            &bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .expect("kafka-consumer-groups runs");
-    let mut offsets = BTreeMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
-        if cols.len() >= 4 && cols[0] == group {
-            if let (Ok(p), Ok(o)) = (cols[2].parse::<i32>(), cols[3].parse::<i64>()) {
-                offsets.insert(p, o);
-            }
-        }
-    }
-    offsets
+/// Committed offsets of a group on `topic`, as Kafka's own
+/// kafka-consumer-groups tool reports them.
+fn committed_by_kafka_tool(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    testcontainers::describe_group(&testcontainers::bootstrap(), group, topic)
+        .expect("kafka-consumer-groups runs")
+        .partitions
+        .into_iter()
+        .filter_map(|(p, row)| Some((p, row.committed?)))
+        .collect()
+}
+
+/// Runs `consumer` until `run` ends by itself, which it must do fast
+/// (within 30 s). Returns how it ended, and its error stream.
+async fn run_until_it_ends(mut consumer: GroupConsumer) -> (kastellan::Result<()>, ConsumerErrors) {
+    let errors = consumer.errors().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(30), consumer.run(recording(|_| {})))
+        .await
+        .expect("run fails fast");
+    (result, errors)
 }
 
 #[tokio::test]
@@ -155,12 +105,12 @@ async fn two_members_split_partitions_and_process_everything() {
         "both members to own partitions",
         Duration::from_secs(60),
         || {
-            let (pa, pb) = (a.partitions(), b.partitions());
+            let (pa, pb) = (a.assignment(), b.assignment());
             !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
         },
     )
     .await;
-    let (pa, pb) = (a.partitions(), b.partitions());
+    let (pa, pb) = (a.assignment(), b.assignment());
     assert!(
         pa.iter().all(|p| !pb.contains(p)),
         "no overlap: {pa:?} vs {pb:?}"
@@ -179,7 +129,7 @@ async fn two_members_split_partitions_and_process_everything() {
         distinct(&seen),
         (0..6).flat_map(|p| (0..100).map(move |o| (p, o))).collect()
     );
-    let committed = committed_by_kafka_tool(&group);
+    let committed = committed_by_kafka_tool(&group, &topic);
     assert_eq!(
         committed,
         (0..6).map(|p| (p, 100)).collect(),
@@ -196,7 +146,7 @@ async fn graceful_leave_and_crash_hand_partitions_over_without_loss() {
     let a = start(&client, &group, &topic, "a", &seen, |b| b);
     let b = start(&client, &group, &topic, "b", &seen, |b| b);
     wait_for("assignment", Duration::from_secs(60), || {
-        a.partitions().len() + b.partitions().len() == 4 && !a.partitions().is_empty()
+        a.assignment().len() + b.assignment().len() == 4 && !a.assignment().is_empty()
     })
     .await;
     fill(&client, &topic, 4, 50).await;
@@ -209,7 +159,7 @@ async fn graceful_leave_and_crash_hand_partitions_over_without_loss() {
     let left = Instant::now();
     a.stop(Duration::from_secs(10)).await;
     wait_for("b to own all partitions", Duration::from_secs(8), || {
-        b.partitions().len() == 4
+        b.assignment().len() == 4
     })
     .await;
     assert!(
@@ -226,16 +176,15 @@ async fn graceful_leave_and_crash_hand_partitions_over_without_loss() {
     // more heartbeats). After the session timeout b owns everything again.
     let c = start(&client, &group, &topic, "c", &seen, |b| b);
     wait_for("c to own partitions", Duration::from_secs(60), || {
-        !c.partitions().is_empty()
+        !c.assignment().is_empty()
     })
     .await;
     c.task.abort();
-    let _ = c.name;
     fill(&client, &topic, 4, 50).await;
     wait_for(
         "b to take over after c's session timeout",
         Duration::from_secs(60),
-        || b.partitions().len() == 4,
+        || b.assignment().len() == 4,
     )
     .await;
     wait_for("all 600", Duration::from_secs(60), || {
@@ -266,17 +215,11 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
         .max_wait(Duration::from_millis(100))
         .build()
         .unwrap();
-    let stop = consumer.shutdown_handle();
-    let status = consumer.status_handle();
     let held = Arc::clone(&deferred);
-    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
-        let held = Arc::clone(&held);
-        async move {
-            let handle = r.defer();
-            held.lock().unwrap().push(handle);
-            Ok::<(), HandlerError>(())
-        }
-    }));
+    let member = RunningConsumer::spawn(
+        consumer,
+        recording(move |r| held.lock().unwrap().push(r.defer())),
+    );
     wait_for("20 deferred", Duration::from_secs(60), || {
         deferred.lock().unwrap().len() == 20
     })
@@ -294,11 +237,11 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
     }
     // The commit point is the lowest incomplete offset: 7.
     wait_for("commit of offset 7", Duration::from_secs(30), || {
-        committed_by_kafka_tool(&group).get(&0) == Some(&7)
+        committed_by_kafka_tool(&group, &topic).get(&0) == Some(&7)
     })
     .await;
     let stalled = {
-        let s = status.get();
+        let s = member.status.get();
         s.stalled.clone()
     };
     let _ = stalled; // reported only after the stall threshold; see the status test below
@@ -309,18 +252,18 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
         .unwrap();
     kept.remove(at).ack();
     wait_for("commit of offset 12", Duration::from_secs(30), || {
-        committed_by_kafka_tool(&group).get(&0) == Some(&12)
+        committed_by_kafka_tool(&group, &topic).get(&0) == Some(&12)
     })
     .await;
     // Shut down with 12 never completed: it is not committed past.
-    stop.shutdown(Duration::from_millis(500));
+    member.shutdown.shutdown(Duration::from_millis(500));
     drop(kept); // dropping an AckHandle marks the record failed
-    tokio::time::timeout(Duration::from_secs(30), task)
+    tokio::time::timeout(Duration::from_secs(30), member.task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(committed_by_kafka_tool(&group).get(&0), Some(&12));
+    assert_eq!(committed_by_kafka_tool(&group, &topic).get(&0), Some(&12));
 
     // A restarted member resumes at 12: records 12..20 are redelivered, nothing earlier.
     let seen: Seen = Arc::default();
@@ -331,7 +274,7 @@ async fn restart_resumes_from_committed_offsets_and_commits_stop_at_the_lowest_i
     .await;
     again.stop(Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen), (12..20).map(|o| (0, o)).collect());
-    assert_eq!(committed_by_kafka_tool(&group).get(&0), Some(&20));
+    assert_eq!(committed_by_kafka_tool(&group, &topic).get(&0), Some(&20));
 }
 
 #[tokio::test]
@@ -348,20 +291,19 @@ async fn failed_records_stall_the_partition_visibly() {
         .stall_threshold(Duration::from_millis(500))
         .build()
         .unwrap();
-    let stop = consumer.shutdown_handle();
-    let status = consumer.status_handle();
-    let task = tokio::spawn(consumer.run(|r: ConsumerRecord| async move {
+    let member = RunningConsumer::spawn(consumer, |r: ConsumerRecord| async move {
         if r.offset == 4 {
             Err::<(), HandlerError>("cannot handle record 4".into())
         } else {
             Ok(())
         }
-    }));
+    });
     wait_for("stall report", Duration::from_secs(30), || {
-        status.get().stalled.iter().any(|s| s.offset == 4)
+        member.status.get().stalled.iter().any(|s| s.offset == 4)
     })
     .await;
-    let report = status
+    let report = member
+        .status
         .get()
         .stalled
         .into_iter()
@@ -373,13 +315,13 @@ async fn failed_records_stall_the_partition_visibly() {
     );
     assert_eq!(report.failed.as_deref(), Some("cannot handle record 4"));
     wait_for("commit up to 4", Duration::from_secs(30), || {
-        committed_by_kafka_tool(&group).get(&0) == Some(&4)
+        committed_by_kafka_tool(&group, &topic).get(&0) == Some(&4)
     })
     .await;
-    stop.shutdown(Duration::from_millis(200));
-    task.await.unwrap().unwrap();
+    member.shutdown.shutdown(Duration::from_millis(200));
+    member.task.await.unwrap().unwrap();
     assert_eq!(
-        committed_by_kafka_tool(&group).get(&0),
+        committed_by_kafka_tool(&group, &topic).get(&0),
         Some(&4),
         "never commits past a failed record"
     );
@@ -398,10 +340,10 @@ async fn static_member_restart_keeps_its_assignment_without_a_rebalance() {
         b.instance_id("instance-b")
     });
     wait_for("assignment", Duration::from_secs(60), || {
-        a.partitions().len() == 2 && b.partitions().len() == 2
+        a.assignment().len() == 2 && b.assignment().len() == 2
     })
     .await;
-    let before = a.partitions();
+    let before = a.assignment();
     let b_status = b.status.get();
 
     // a restarts (static members do not leave on shutdown).
@@ -410,10 +352,10 @@ async fn static_member_restart_keeps_its_assignment_without_a_rebalance() {
         b.instance_id("instance-a")
     });
     wait_for("a2 assignment", Duration::from_secs(30), || {
-        !a2.partitions().is_empty()
+        !a2.assignment().is_empty()
     })
     .await;
-    assert_eq!(a2.partitions(), before, "same partitions after the restart");
+    assert_eq!(a2.assignment(), before, "same partitions after the restart");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let b_after = b.status.get();
     assert_eq!(
@@ -443,20 +385,14 @@ async fn bad_configuration_is_refused_before_joining() {
     ));
     // The broker refuses a session timeout below group.min.session.timeout.ms (6 s): fatal, clear.
     let topic = new_topic(&client, "grp-badsession", 1).await;
-    let mut consumer = client
+    let consumer = client
         .group_consumer(unique_topic("group-bad"))
         .topic(&topic)
         .session_timeout(Duration::from_secs(2))
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .unwrap();
-    let mut errors = consumer.errors().unwrap();
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }),
-    )
-    .await
-    .expect("fails fast");
+    let (result, mut errors) = run_until_it_ends(consumer).await;
     match result {
         Err(Error::Broker(b)) => assert_eq!(b.name(), "INVALID_SESSION_TIMEOUT"),
         other => panic!("expected INVALID_SESSION_TIMEOUT, got {other:?}"),
@@ -479,7 +415,7 @@ async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generatio
     };
     let a = start(&client, &group, &topic, "a", &seen, coop);
     wait_for("a owns everything", Duration::from_secs(60), || {
-        a.partitions().len() == 4
+        a.assignment().len() == 4
     })
     .await;
     wait_for("first 100", Duration::from_secs(60), || {
@@ -501,7 +437,7 @@ async fn cooperative_rebalance_keeps_retained_partitions_and_takes_two_generatio
             a_now.generation >= before.generation + 2
                 && a_now.state == GroupState::Stable
                 && a_now.assignment.len() == 2
-                && b.partitions().len() == 2
+                && b.assignment().len() == 2
         },
     )
     .await;
@@ -570,10 +506,7 @@ async fn a_missing_topic_is_reported_in_status_and_on_the_error_stream() {
         .build()
         .unwrap();
     let mut errors = consumer.errors().unwrap();
-    let status = consumer.status_handle();
-    let stop = consumer.shutdown_handle();
-    let task =
-        tokio::spawn(consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }));
+    let member = RunningConsumer::spawn(consumer, recording(|_| {}));
     let first = tokio::time::timeout(Duration::from_secs(30), errors.recv())
         .await
         .expect("a report within 30 s")
@@ -586,11 +519,11 @@ async fn a_missing_topic_is_reported_in_status_and_on_the_error_stream() {
     wait_for(
         "the status to list the topic",
         Duration::from_secs(30),
-        || status.get().missing_topics == [topic.clone()],
+        || member.status.get().missing_topics == [topic.clone()],
     )
     .await;
     wait_for("a to join anyway", Duration::from_secs(60), || {
-        status.get().state == GroupState::Stable
+        member.status.get().state == GroupState::Stable
     })
     .await;
     // Reported once, not on every refresh (every second or so).
@@ -601,8 +534,8 @@ async fn a_missing_topic_is_reported_in_status_and_on_the_error_stream() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.shutdown(Duration::from_secs(5));
-    task.await.unwrap().unwrap();
+    member.shutdown.shutdown(Duration::from_secs(5));
+    member.task.await.unwrap().unwrap();
     assert!(errors.recv().await.is_none(), "the stream ends with run()");
 }
 
@@ -610,19 +543,13 @@ async fn a_missing_topic_is_reported_in_status_and_on_the_error_stream() {
 async fn strict_mode_ends_run_when_a_topic_is_missing() {
     let client = client().await;
     let topic = unique_topic("grp-strict");
-    let mut consumer = client
+    let consumer = client
         .group_consumer(unique_topic("group-strict"))
         .topic(&topic)
         .require_topics()
         .build()
         .unwrap();
-    let mut errors = consumer.errors().unwrap();
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        consumer.run(|_r: ConsumerRecord| async { Ok::<(), HandlerError>(()) }),
-    )
-    .await
-    .expect("strict mode fails fast");
+    let (result, mut errors) = run_until_it_ends(consumer).await;
     match result {
         Err(Error::UnknownTopic(t)) => assert_eq!(t, topic),
         other => panic!("expected UnknownTopic, got {other:?}"),
@@ -639,12 +566,15 @@ async fn strict_mode_ends_run_when_a_topic_is_missing() {
 
 /// Runs a consumer on a one-partition topic of `records` records whose
 /// handler fails every 25th record (4%), with the given limits, until the
-/// partition pauses. Returns the pause reported on the error stream, the
-/// status then, and how many records the handler saw.
+/// partition pauses, and checks the pause: reported on the error stream
+/// with the commit point at offset 0 and `reason`, and the only one the
+/// status shows. Returns the pause reported, the status then, and how many
+/// records the handler saw.
 async fn run_until_paused(
     max_pending: usize,
     max_window: usize,
     records: usize,
+    reason: PauseReason,
 ) -> (ConsumerError, kastellan::group::ConsumerStatus, usize) {
     let client = client().await;
     let topic = new_topic(&client, "grp-blocked", 1).await;
@@ -660,9 +590,7 @@ async fn run_until_paused(
         .build()
         .unwrap();
     let mut errors = consumer.errors().unwrap();
-    let status = consumer.status_handle();
-    let stop = consumer.shutdown_handle();
-    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
+    let member = RunningConsumer::spawn(consumer, move |r: ConsumerRecord| {
         let count = Arc::clone(&count);
         async move {
             count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -672,7 +600,7 @@ async fn run_until_paused(
                 Ok(())
             }
         }
-    }));
+    });
     let paused = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match errors.recv().await {
@@ -687,10 +615,10 @@ async fn run_until_paused(
     wait_for(
         "the status to show the pause",
         Duration::from_secs(10),
-        || !status.get().paused.is_empty(),
+        || !member.status.get().paused.is_empty(),
     )
     .await;
-    let now = status.get();
+    let now = member.status.get();
     // Nothing more is dispatched while paused (checked over a few commit
     // intervals of the handler's view).
     let at_pause = handled.load(std::sync::atomic::Ordering::Acquire);
@@ -700,51 +628,46 @@ async fn run_until_paused(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        !task.is_finished(),
+        !member.task.is_finished(),
         "a paused partition does not stop the consumer"
     );
-    stop.shutdown(Duration::from_secs(5));
-    tokio::time::timeout(Duration::from_secs(30), task)
+    member.shutdown.shutdown(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(30), member.task)
         .await
         .expect("shutdown does not wait for failed records")
         .unwrap()
         .unwrap();
+    match &paused {
+        ConsumerError::PartitionPaused {
+            partition,
+            offset,
+            reason: reported,
+            ..
+        } => {
+            assert_eq!(partition.partition(), 0);
+            assert_eq!(*offset, 0, "the commit point");
+            assert_eq!(reported, &reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(now.paused.len(), 1);
+    assert_eq!(now.paused[0].reason, reason);
     (paused, now, at_pause)
 }
 
 #[tokio::test]
 async fn a_partition_whose_in_flight_records_all_failed_pauses_visibly() {
     // 20 in flight, all failed: offsets 0, 25, .., 475; 476 waits.
-    let (paused, status, handled) = run_until_paused(20, 10_000, 1000).await;
-    match &paused {
-        ConsumerError::PartitionPaused {
-            partition,
-            offset,
-            failed,
-            reason,
-        } => {
-            assert_eq!(partition.partition(), 0);
-            assert_eq!(*offset, 0, "the commit point");
-            assert_eq!(failed.as_deref(), Some("cannot handle 0"));
-            assert_eq!(
-                *reason,
-                PauseReason::FailedRecords {
-                    failed: 20,
-                    limit: 20
-                }
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let reason = PauseReason::FailedRecords {
+        failed: 20,
+        limit: 20,
+    };
+    let (paused, _, handled) = run_until_paused(20, 10_000, 1000, reason).await;
+    let ConsumerError::PartitionPaused { failed, .. } = &paused else {
+        panic!("{paused:?}")
+    };
+    assert_eq!(failed.as_deref(), Some("cannot handle 0"));
     assert_eq!(handled, 476, "records 0..=475 were handled, then it paused");
-    assert_eq!(status.paused.len(), 1);
-    assert_eq!(
-        status.paused[0].reason,
-        PauseReason::FailedRecords {
-            failed: 20,
-            limit: 20
-        }
-    );
     assert!(paused.to_string().contains("no more progress"), "{paused}");
 }
 
@@ -752,22 +675,12 @@ async fn a_partition_whose_in_flight_records_all_failed_pauses_visibly() {
 async fn a_failed_record_at_the_head_bounds_the_window() {
     // The head (offset 0) failed; later records complete, so the window
     // grows until its limit of 200 records, then the partition pauses.
-    let (paused, status, handled) = run_until_paused(100, 200, 1000).await;
-    match &paused {
-        ConsumerError::PartitionPaused { offset, reason, .. } => {
-            assert_eq!(*offset, 0);
-            assert_eq!(
-                *reason,
-                PauseReason::Window {
-                    window: 200,
-                    limit: 200
-                }
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let reason = PauseReason::Window {
+        window: 200,
+        limit: 200,
+    };
+    let (_, status, handled) = run_until_paused(100, 200, 1000, reason).await;
     assert_eq!(handled, 200, "dispatching stops at the window limit");
-    assert_eq!(status.paused.len(), 1);
     assert_eq!(status.stalled.len(), 0, "not yet past the stall threshold");
 }
 

@@ -87,6 +87,8 @@ impl RawMember {
         response
     }
 
+    /// One JoinGroup offering `protocol` with `metadata`, with the member id
+    /// it has.
     async fn join_once(&mut self, protocol: &str, metadata: Bytes) -> JoinGroupResponse {
         let request = JoinGroupRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
@@ -96,7 +98,7 @@ impl RawMember {
             .with_protocol_type(StrBytes::from_static_str("consumer"))
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_string(protocol.to_string()))
-                .with_metadata(metadata.clone())]);
+                .with_metadata(metadata)]);
         self.call(&request, JOIN_VERSION).await
     }
 
@@ -104,16 +106,7 @@ impl RawMember {
     /// the member id the coordinator asks for (KIP-394).
     async fn join(&mut self, protocol: &str, metadata: Bytes) -> JoinGroupResponse {
         loop {
-            let request = JoinGroupRequest::default()
-                .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
-                .with_session_timeout_ms(10_000)
-                .with_rebalance_timeout_ms(30_000)
-                .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(vec![JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_string(protocol.to_string()))
-                    .with_metadata(metadata.clone())]);
-            let response = self.call(&request, JOIN_VERSION).await;
+            let response = self.join_once(protocol, metadata.clone()).await;
             if response.error_code == 79 {
                 self.member_id = response.member_id.to_string();
                 continue;
@@ -212,10 +205,47 @@ fn poisonous_subscription() -> Bytes {
 }
 
 /// A raw member that leads the group: it joins first, heartbeats, and on
-/// every rebalance assigns with `assign` (member id -> assignment bytes).
-/// Ends, leaving the group, when `stop` turns true. Returns how many
-/// rebalances it led.
-fn spawn_raw_leader(
+/// every rebalance assigns with `assign` (member id -> assignment bytes),
+/// until told to leave.
+struct RawLeader {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Ends with how many rebalances it led.
+    task: tokio::task::JoinHandle<u32>,
+}
+
+impl RawLeader {
+    /// Starts it, and waits until it is a member of `group`: it leads the
+    /// group the members started after it join.
+    async fn start(
+        group: &str,
+        topic: &str,
+        assign: impl Fn(&str) -> Bytes + Send + 'static,
+    ) -> RawLeader {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = raw_leader(
+            testcontainers::bootstrap(),
+            group.to_string(),
+            topic.to_string(),
+            assign,
+            stop_rx,
+        );
+        wait_for_group_member(group).await;
+        RawLeader { stop, task }
+    }
+
+    /// Tells it to leave the group, and waits up to 30 s for it to end:
+    /// how many rebalances it led, if it ended in time and did not panic.
+    async fn leave(
+        self,
+    ) -> Result<Result<u32, tokio::task::JoinError>, tokio::time::error::Elapsed> {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await
+    }
+}
+
+/// The task of a [`RawLeader`]: ends, leaving the group, when `stop` turns
+/// true, and returns how many rebalances it led.
+fn raw_leader(
     bootstrap: String,
     group: String,
     topic: String,
@@ -269,56 +299,47 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{client, new_topic, testcontainers, unique_topic};
+use common::{
+    client, group_member, new_topic, recording, testcontainers, unique_topic, wait_for,
+    RunningConsumer,
+};
 use kastellan::group::{
     ConsumerError, ConsumerErrors, ConsumerRecord, GroupConsumerBuilder, GroupStep, HandlerError,
-    StatusHandle,
 };
 use kastellan::{Client, TopicPartition};
 
 type Seen = Arc<Mutex<BTreeSet<(i32, i64)>>>;
 
 struct Member {
-    task: tokio::task::JoinHandle<kastellan::Result<()>>,
-    stop: kastellan::group::ShutdownHandle,
-    status: StatusHandle,
+    run: RunningConsumer,
     seen: Seen,
     errors: ConsumerErrors,
     /// Problems read from `errors` so far.
     problems: Vec<ConsumerError>,
 }
 
+/// A member with the shared group settings (changed by `configure`) that
+/// records every record it handles and keeps its error stream.
 fn start(
     client: &Client,
     group: &str,
     topic: &str,
     configure: impl FnOnce(GroupConsumerBuilder) -> GroupConsumerBuilder,
 ) -> Member {
-    let builder = client
-        .group_consumer(group)
-        .topic(topic)
-        .start_with_earliest()
-        .session_timeout(Duration::from_secs(10))
-        .heartbeat_interval(Duration::from_millis(500))
-        .commit_interval(Duration::from_millis(300))
-        .max_wait(Duration::from_millis(100));
-    let mut consumer = configure(builder).build().expect("consumer builds");
-    let stop = consumer.shutdown_handle();
-    let status = consumer.status_handle();
+    let mut consumer = configure(group_member(client, group, topic))
+        .build()
+        .expect("consumer builds");
     let errors = consumer.errors().expect("error stream");
     let seen: Seen = Arc::default();
     let sink = Arc::clone(&seen);
-    let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
-        let sink = Arc::clone(&sink);
-        async move {
+    let run = RunningConsumer::spawn(
+        consumer,
+        recording(move |r| {
             sink.lock().unwrap().insert((r.partition, r.offset));
-            Ok::<(), HandlerError>(())
-        }
-    }));
+        }),
+    );
     Member {
-        task,
-        stop,
-        status,
+        run,
         seen,
         errors,
         problems: Vec::new(),
@@ -331,9 +352,8 @@ impl Member {
     }
 
     fn owned(&self) -> Vec<i32> {
-        self.status
-            .get()
-            .assignment
+        self.run
+            .assignment()
             .iter()
             .map(TopicPartition::partition)
             .collect()
@@ -366,12 +386,7 @@ impl Member {
     }
 
     async fn stop(self) {
-        self.stop.shutdown(Duration::from_secs(5));
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("member stops in time")
-            .expect("member task did not panic")
-            .expect("member stopped cleanly");
+        self.run.stop(Duration::from_secs(5)).await;
     }
 }
 
@@ -397,18 +412,20 @@ fn records(partitions: &[i32], offsets: std::ops::Range<i64>) -> BTreeSet<(i32, 
         .collect()
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn cooperative(b: GroupConsumerBuilder) -> GroupConsumerBuilder {
     b.assignors(vec![Arc::new(
         kastellan::group::assignor::CooperativeStickyAssignor,
     )])
+}
+
+/// A client, a fresh topic of two partitions holding offsets 0..5 on
+/// each, and a fresh group name: `grp-<name>-…` and `group-<name>-…`.
+async fn filled_topic(name: &str) -> (Client, String, String) {
+    let client = client().await;
+    let topic = new_topic(&client, &format!("grp-{name}"), 2).await;
+    let group = unique_topic(&format!("group-{name}"));
+    produce(&client, &topic, &[0, 1], 0..5).await;
+    (client, topic, group)
 }
 
 fn broker_code(problem: &ConsumerError) -> Option<i16> {
@@ -417,10 +434,7 @@ fn broker_code(problem: &ConsumerError) -> Option<i16> {
 
 #[tokio::test]
 async fn unknown_server_error_on_join_is_retried_and_the_member_recovers() {
-    let client = client().await;
-    let topic = new_topic(&client, "grp-use", 2).await;
-    let group = unique_topic("group-use");
-    produce(&client, &topic, &[0, 1], 0..5).await;
+    let (client, topic, group) = filled_topic("use").await;
     let mut member = start(&client, &group, &topic, cooperative);
     wait_for("the first records", Duration::from_secs(60), || {
         member.seen() == records(&[0, 1], 0..5)
@@ -472,7 +486,7 @@ async fn unknown_server_error_on_join_is_retried_and_the_member_recovers() {
     // For longer than the session timeout (10 s): the coordinator does not
     // evict a member whose joins it fails.
     while poisoned.elapsed() < Duration::from_secs(15) {
-        assert!(!member.task.is_finished(), "the member keeps running");
+        assert!(!member.run.task.is_finished(), "the member keeps running");
         assert_eq!(member.owned(), [0, 1], "and keeps its partitions");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -488,9 +502,9 @@ async fn unknown_server_error_on_join_is_retried_and_the_member_recovers() {
     other.member_id = raw_id;
     assert_eq!(other.leave().await, 0);
     let _ = tokio::time::timeout(Duration::from_secs(30), pending).await;
-    let joins = member.status.get().joins;
+    let joins = member.run.status.get().joins;
     wait_for("a new generation", Duration::from_secs(60), || {
-        let s = member.status.get();
+        let s = member.run.status.get();
         s.joins > joins && s.state == kastellan::group::GroupState::Stable
     })
     .await;
@@ -505,19 +519,8 @@ async fn unknown_server_error_on_join_is_retried_and_the_member_recovers() {
 
 #[tokio::test]
 async fn undecodable_assignment_from_the_leader_is_a_rejoin_not_the_end() {
-    let client = client().await;
-    let topic = new_topic(&client, "grp-badasg", 2).await;
-    let group = unique_topic("group-badasg");
-    produce(&client, &topic, &[0, 1], 0..5).await;
-    let (stop_raw, stop_rx) = tokio::sync::watch::channel(false);
-    let raw = spawn_raw_leader(
-        testcontainers::bootstrap(),
-        group.clone(),
-        topic.clone(),
-        |_member| undecodable_assignment(),
-        stop_rx,
-    );
-    wait_for_group_member(&group).await;
+    let (client, topic, group) = filled_topic("badasg").await;
+    let raw = RawLeader::start(&group, &topic, |_member| undecodable_assignment()).await;
     let mut member = start(&client, &group, &topic, |b| b);
     // The raw leader hands out garbage: our member reports it and rejoins,
     // round after round.
@@ -554,10 +557,10 @@ async fn undecodable_assignment_from_the_leader_is_a_rejoin_not_the_end() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!member.task.is_finished(), "the member keeps running");
+    assert!(!member.run.task.is_finished(), "the member keeps running");
     assert!(member.owned().is_empty(), "nothing owned from garbage");
-    stop_raw.send(true).unwrap();
-    let led = tokio::time::timeout(Duration::from_secs(30), raw)
+    let led = raw
+        .leave()
         .await
         .expect("raw leader leaves")
         .expect("raw leader ran");
@@ -574,20 +577,12 @@ async fn undecodable_assignment_from_the_leader_is_a_rejoin_not_the_end() {
 
 #[tokio::test]
 async fn assigned_partitions_that_do_not_exist_are_ignored() {
-    let client = client().await;
-    let topic = new_topic(&client, "grp-ghost", 2).await;
-    let group = unique_topic("group-ghost");
-    produce(&client, &topic, &[0, 1], 0..5).await;
-    let (stop_raw, stop_rx) = tokio::sync::watch::channel(false);
+    let (client, topic, group) = filled_topic("ghost").await;
     let t = topic.clone();
-    let raw = spawn_raw_leader(
-        testcontainers::bootstrap(),
-        group.clone(),
-        topic.clone(),
-        move |_member| assignment(&t, &[0, 1, 999, -1]),
-        stop_rx,
-    );
-    wait_for_group_member(&group).await;
+    let raw = RawLeader::start(&group, &topic, move |_member| {
+        assignment(&t, &[0, 1, 999, -1])
+    })
+    .await;
     let mut member = start(&client, &group, &topic, |b| b);
     wait_for(
         "records of the real partitions",
@@ -595,7 +590,7 @@ async fn assigned_partitions_that_do_not_exist_are_ignored() {
         || member.seen() == records(&[0, 1], 0..5),
     )
     .await;
-    let status = member.status.get();
+    let status = member.run.status.get();
     assert_eq!(
         member.owned(),
         [0, 1],
@@ -616,8 +611,7 @@ async fn assigned_partitions_that_do_not_exist_are_ignored() {
         member.seen() == records(&[0, 1], 0..10)
     })
     .await;
-    stop_raw.send(true).unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(30), raw).await;
+    let _ = raw.leave().await;
     member.stop().await;
 }
 
@@ -668,9 +662,7 @@ async fn a_revocation_longer_than_the_session_timeout_keeps_the_membership() {
         .max_wait(Duration::from_millis(100))
         .build()
         .unwrap();
-    let a_status = consumer.status_handle();
-    let a_stop = consumer.shutdown_handle();
-    let a_task = tokio::spawn(consumer.run(move |_r: ConsumerRecord| {
+    let a = RunningConsumer::spawn(consumer, move |_r: ConsumerRecord| {
         let flag = Arc::clone(&flag);
         let slow_entries = Arc::clone(&slow_entries);
         async move {
@@ -681,12 +673,12 @@ async fn a_revocation_longer_than_the_session_timeout_keeps_the_membership() {
             }
             Ok::<(), HandlerError>(())
         }
-    }));
+    });
     wait_for("a owns both partitions", Duration::from_secs(60), || {
-        a_status.get().assignment.len() == 2
+        a.status.get().assignment.len() == 2
     })
     .await;
-    let before = a_status.get();
+    let before = a.status.get();
     // Both partitions get a record whose handling outlasts the session.
     slow.store(true, std::sync::atomic::Ordering::Release);
     produce(&client, &topic, &[0, 1], 0..1).await;
@@ -698,10 +690,10 @@ async fn a_revocation_longer_than_the_session_timeout_keeps_the_membership() {
     .await;
     let b = start(&client, &group, &topic, cooperative);
     wait_for("1/1 split", Duration::from_secs(90), || {
-        a_status.get().assignment.len() == 1 && b.status.get().assignment.len() == 1
+        a.status.get().assignment.len() == 1 && b.run.status.get().assignment.len() == 1
     })
     .await;
-    let after = a_status.get();
+    let after = a.status.get();
     assert_eq!(
         after.member_id, before.member_id,
         "a kept its membership through the slow revocation: {before:?} -> {after:?}"
@@ -712,12 +704,7 @@ async fn a_revocation_longer_than_the_session_timeout_keeps_the_membership() {
         "{before:?} -> {after:?}"
     );
     slow.store(false, std::sync::atomic::Ordering::Release);
-    a_stop.shutdown(Duration::from_secs(20));
-    tokio::time::timeout(Duration::from_secs(60), a_task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    a.stop(Duration::from_secs(20)).await;
     b.stop().await;
 }
 

@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{client, new_topic, testcontainers, unique_topic};
+use common::testcontainers::{self, GroupPartition};
+use common::{client, group_member, new_topic, recording, unique_topic, RunningConsumer};
 use kastellan::group::assignor::{
     Assignor, CooperativeStickyAssignor, RangeAssignor, RoundRobinAssignor,
 };
-use kastellan::group::{
-    ConsumerRecord, ConsumerStatus, HandlerError, ShutdownHandle, StatusHandle,
-};
+use kastellan::group::{ConsumerStatus, ShutdownHandle, StatusHandle};
 use kastellan::Client;
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -438,32 +437,24 @@ struct RustMember {
 
 impl RustMember {
     fn start(client: &Client, group: &str, topic: &str, strategy: Strategy) -> RustMember {
-        let consumer = client
-            .group_consumer(group)
-            .topic(topic)
+        let consumer = group_member(client, group, topic)
             .assignors(vec![strategy.assignor()])
-            .start_with_earliest()
-            .session_timeout(Duration::from_secs(10))
-            .heartbeat_interval(Duration::from_millis(500))
-            .commit_interval(Duration::from_millis(300))
-            .max_wait(Duration::from_millis(100))
             .build()
             .expect("consumer builds");
-        let stop = consumer.shutdown_handle();
-        let status = consumer.status_handle();
         let seen: Arc<Mutex<Vec<(i32, i64)>>> = Arc::default();
         let sink = Arc::clone(&seen);
-        let task = tokio::spawn(consumer.run(move |r: ConsumerRecord| {
-            let sink = Arc::clone(&sink);
-            async move {
-                sink.lock().unwrap().push((r.partition, r.offset));
-                Ok::<(), HandlerError>(())
-            }
-        }));
+        let RunningConsumer {
+            task,
+            shutdown,
+            status,
+        } = RunningConsumer::spawn(
+            consumer,
+            recording(move |r| sink.lock().unwrap().push((r.partition, r.offset))),
+        );
         RustMember {
             topic: topic.to_string(),
             task: Some(task),
-            stop,
+            stop: shutdown,
             status,
             seen,
         }
@@ -540,68 +531,17 @@ fn split_complete(rust: &RustMember, java: &JavaMember) -> bool {
 // ---------------------------------------------------------------------------
 // kafka-consumer-groups.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PartitionRow {
-    committed: Option<i64>,
-    end: Option<i64>,
-    consumer: Option<String>,
-}
-
 /// `kafka-consumer-groups --describe`: the coordinator's view of each
 /// partition of `topic` (committed offset, log end, owning member id).
-fn describe_group(group: &str, topic: &str) -> BTreeMap<i32, PartitionRow> {
-    let bootstrap = testcontainers::bootstrap();
-    let out = testcontainers::run_kafka_class_checked(
-        testcontainers::CONSUMER_GROUPS,
-        &[
-            "--bootstrap-server",
-            &bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("kafka-consumer-groups --describe --group {group}: {e}"));
-    let mut header: Option<Vec<&str>> = None;
-    let mut rows = BTreeMap::new();
-    for line in out.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() == Some(&"GROUP") {
-            header = Some(cols);
-            continue;
-        }
-        let Some(names) = &header else { continue };
-        if cols.len() != names.len() || cols[0] != group {
-            continue;
-        }
-        let col = |name: &str| {
-            names
-                .iter()
-                .position(|n| *n == name)
-                .map(|i| cols[i])
-                .filter(|v| *v != "-")
-        };
-        if col("TOPIC") != Some(topic) {
-            continue;
-        }
-        let Some(partition) = col("PARTITION").and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        rows.insert(
-            partition,
-            PartitionRow {
-                committed: col("CURRENT-OFFSET").and_then(|o| o.parse().ok()),
-                end: col("LOG-END-OFFSET").and_then(|o| o.parse().ok()),
-                consumer: col("CONSUMER-ID").map(str::to_string),
-            },
-        );
-    }
+fn describe_group(group: &str, topic: &str) -> BTreeMap<i32, GroupPartition> {
+    let described = testcontainers::describe_group(&testcontainers::bootstrap(), group, topic)
+        .unwrap_or_else(|e| panic!("kafka-consumer-groups --describe --group {group}: {e}"));
     assert!(
-        !rows.is_empty(),
-        "kafka-consumer-groups lists no partition of {topic} for {group}:\n{out}"
+        !described.partitions.is_empty(),
+        "kafka-consumer-groups lists no partition of {topic} for {group}:\n{}",
+        described.output
     );
-    rows
+    described.partitions
 }
 
 // ---------------------------------------------------------------------------
@@ -883,7 +823,7 @@ async fn kastellan_leaves_with_its_work_committed(mut m: Mixed) {
             "committed offset of kastellan's partition {p} after it stopped ({} protocol): {rows:?}",
             m.strategy.protocol()
         );
-        assert_eq!(rows.get(p).and_then(|r| r.end), Some(end), "{rows:?}");
+        assert_eq!(rows.get(p).and_then(|r| r.log_end), Some(end), "{rows:?}");
     }
 
     wait_until(

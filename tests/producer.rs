@@ -5,25 +5,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{client, new_topic, testcontainers, unique_topic};
+use common::{client, new_topic, read_all, testcontainers, unique_topic};
 use kastellan::admin::NewTopic;
 use kastellan::producer::java_partition;
-use kastellan::{
-    Client, ClientConfig, Compression, Error, Partitioner, ProducerRecord, StartOffset,
-};
-
-async fn read_all(client: &Client, topic: &str) -> Vec<kastellan::Record> {
-    client
-        .reader()
-        .topic(topic)
-        .start(StartOffset::Earliest)
-        .build()
-        .await
-        .expect("reader")
-        .read_to_end()
-        .await
-        .expect("read to end")
-}
+use kastellan::{Client, ClientConfig, Compression, Error, Partitioner, ProducerRecord};
 
 #[tokio::test]
 async fn send_waits_for_ack_and_reports_offsets() {

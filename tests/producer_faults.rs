@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::testcontainers::{self, start_broker, Broker, BrokerOptions};
-use kastellan::admin::NewTopic;
-use kastellan::{Client, ClientConfig, Producer, StartOffset};
+use common::{init_logging, new_topic, read_all, wait_for};
+use kastellan::{Client, ClientConfig, Producer};
 
 const TASKS: usize = 64;
 /// Records per second over all tasks.
@@ -58,18 +58,6 @@ impl Acks {
             .copied()
             .filter(|&t| t >= from)
             .min()
-    }
-}
-
-/// Wait until `cond` holds, polling; panics with `what` after `deadline`.
-async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -153,22 +141,14 @@ fn producers_on(bootstrap: &str, topic: &str, partition: i32) -> Vec<(String, St
 /// sequence state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_recovers_after_broker_restarts() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_logging();
     let test_start = Instant::now();
     let mut broker = start_broker(BrokerOptions::default()).expect("dedicated broker");
     let bootstrap = broker.bootstrap().to_string();
     let client = Client::connect(ClientConfig::new(&bootstrap))
         .await
         .expect("connect");
-    let topic = common::unique_topic("prod-faults");
-    client
-        .admin()
-        .create_topic(NewTopic::new(&topic, PARTITIONS, 1))
-        .await
-        .expect("create topic");
+    let topic = new_topic(&client, "prod-faults", PARTITIONS).await;
     let producer = client.producer().build().expect("producer");
 
     let start = Instant::now();
@@ -272,16 +252,7 @@ async fn idempotent_producer_recovers_after_broker_restarts() {
 
     // Every acknowledged record is stored exactly once, at its offset, and
     // each task's records are stored in the order it sent them.
-    let records = client
-        .reader()
-        .topic(&topic)
-        .start(StartOffset::Earliest)
-        .build()
-        .await
-        .expect("reader")
-        .read_to_end()
-        .await
-        .expect("read back");
+    let records = read_all(&client, &topic).await;
     let mut seen: HashSet<String> = HashSet::new();
     let mut last_per_key: HashMap<String, String> = HashMap::new();
     for r in &records {

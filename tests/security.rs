@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::testcontainers::{secure_broker, SaslUser, SecureBroker};
-use common::unique_topic;
-use kastellan::admin::NewTopic;
-use kastellan::group::{ConsumerRecord, HandlerError};
-use kastellan::{Client, ClientConfig, Error, SaslConfig, SaslMechanism, StartOffset};
+use common::{init_logging, new_topic, read_all, recording, unique_topic, RunningConsumer};
+use kastellan::{Client, ClientConfig, Error, SaslConfig, SaslMechanism};
 
 /// Generous against a loaded machine, yet far below the retry deadline: a
 /// security failure must end the connect, not be retried until the deadline.
@@ -31,10 +29,7 @@ fn sasl(mechanism: SaslMechanism, user: &SaslUser) -> SaslConfig {
 }
 
 fn broker() -> &'static SecureBroker {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_logging();
     secure_broker()
 }
 
@@ -42,12 +37,7 @@ fn broker() -> &'static SecureBroker {
 /// points at: every record arrives, the group commits the end offset.
 async fn round_trip(config: ClientConfig) {
     let client = Client::connect(config).await.expect("connect");
-    let topic = unique_topic("secure");
-    client
-        .admin()
-        .create_topic(NewTopic::new(&topic, 2, 1))
-        .await
-        .expect("create topic");
+    let topic = new_topic(&client, "secure", 2).await;
     let producer = client.producer().build().expect("producer");
     for i in 0..20 {
         producer
@@ -58,16 +48,7 @@ async fn round_trip(config: ClientConfig) {
             .await
             .expect("acknowledged");
     }
-    let records = client
-        .reader()
-        .topic(&topic)
-        .start(StartOffset::Earliest)
-        .build()
-        .await
-        .expect("reader")
-        .read_to_end()
-        .await
-        .expect("read");
+    let records = read_all(&client, &topic).await;
     assert_eq!(records.len(), 20, "every record read back");
 
     let seen = Arc::new(AtomicUsize::new(0));
@@ -80,15 +61,13 @@ async fn round_trip(config: ClientConfig) {
         .max_wait(Duration::from_millis(100))
         .build()
         .expect("consumer");
-    let stop = consumer.shutdown_handle();
     let counter = Arc::clone(&seen);
-    let task = tokio::spawn(consumer.run(move |_r: ConsumerRecord| {
-        let counter = Arc::clone(&counter);
-        async move {
+    let member = RunningConsumer::spawn(
+        consumer,
+        recording(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok::<(), HandlerError>(())
-        }
-    }));
+        }),
+    );
     let started = Instant::now();
     while seen.load(Ordering::SeqCst) < 20 {
         assert!(
@@ -98,8 +77,8 @@ async fn round_trip(config: ClientConfig) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.shutdown(Duration::from_secs(10));
-    tokio::time::timeout(Duration::from_secs(30), task)
+    member.shutdown.shutdown(Duration::from_secs(10));
+    tokio::time::timeout(Duration::from_secs(30), member.task)
         .await
         .expect("consumer stops")
         .expect("no panic")
