@@ -293,7 +293,7 @@ async fn failed_records_stall_the_partition_visibly() {
         .unwrap();
     let member = RunningConsumer::spawn(consumer, |r: ConsumerRecord| async move {
         if r.offset == 4 {
-            Err::<(), HandlerError>("cannot handle record 4".into())
+            Err::<(), HandlerError>(HandlerError::retry("cannot handle record 4"))
         } else {
             Ok(())
         }
@@ -595,7 +595,7 @@ async fn run_until_paused(
         async move {
             count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             if r.offset % 25 == 0 {
-                Err::<(), HandlerError>(format!("cannot handle {}", r.offset).into())
+                Err::<(), HandlerError>(HandlerError::retry(format!("cannot handle {}", r.offset)))
             } else {
                 Ok(())
             }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::assignor::{Assignor, CooperativeStickyAssignor, RangeAssignor};
 use super::events::{ConsumerError, ConsumerErrors, Reporter};
-use super::handler::Handler;
+use super::handler::{DynHandler, Handler};
 use super::session::Session;
 use super::status::{self, ConsumerStatus, GroupState, StatusHandle};
 use super::tracking::Tracking;
@@ -448,7 +448,7 @@ impl GroupConsumer {
     /// backoff, and the member keeps what it may keep. The error that ends
     /// `run` is also the last item of that stream.
     pub async fn run<H: Handler>(self, handler: H) -> Result<()> {
-        let handler: Arc<dyn Handler> = Arc::new(handler);
+        let handler: Arc<dyn DynHandler> = Arc::new(handler);
         let session = Session::new(
             self.client.clone(),
             Arc::clone(&self.settings),

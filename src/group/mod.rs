@@ -123,7 +123,9 @@ mod ack_tracker;
 
 pub use consumer::{GroupConsumer, GroupConsumerBuilder, ShutdownHandle};
 pub use events::{ConsumerError, ConsumerErrors, GroupStep};
-pub use handler::{AckHandle, ConsumerRecord, Handler, HandlerError};
+pub use handler::{
+    with_state, AckHandle, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome, WithState,
+};
 pub use status::{
     ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,
 };

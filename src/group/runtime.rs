@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::events::{ConsumerError, Reporter};
-use super::handler::{Completion, ConsumerRecord, Handler};
+use super::handler::{Completion, ConsumerRecord, DynHandler};
 use super::tracking::{Room, Tracking};
 use crate::backoff::Backoff;
 use crate::client::Client;
@@ -84,7 +84,7 @@ impl Drop for PartitionTask {
 pub(crate) struct PartitionRuntime {
     client: Client,
     settings: RuntimeSettings,
-    handler: Arc<dyn Handler>,
+    handler: Arc<dyn DynHandler>,
     /// Shared with workers, completions, the committer and status readers.
     tracking: Arc<Tracking>,
     /// Shared with workers and fetch tasks.
@@ -108,7 +108,7 @@ impl PartitionRuntime {
     pub(super) fn new(
         client: Client,
         settings: RuntimeSettings,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn DynHandler>,
         tracking: Arc<Tracking>,
         reporter: Reporter,
         metadata_hint: Arc<Notify>,
@@ -276,7 +276,7 @@ struct Worker {
     epoch: u64,
     /// Batches from the partition's fetch task.
     rx: mpsc::Receiver<Result<Vec<Record>>>,
-    handler: Arc<dyn Handler>,
+    handler: Arc<dyn DynHandler>,
     /// Shared (see `Tracking`); the worker records dispatches and waits on
     /// its `completed` notification for room.
     tracking: Arc<Tracking>,
@@ -349,7 +349,7 @@ impl Worker {
         };
         let outcome = std::panic::AssertUnwindSafe(
             self.handler
-                .handle(ConsumerRecord::new(record, completion.clone())),
+                .handle_boxed(ConsumerRecord::new(record, completion.clone())),
         )
         .catch_unwind()
         .await;
@@ -360,12 +360,22 @@ impl Worker {
             Ok(Ok(())) => completion.ack(),
             Ok(Err(e)) => {
                 tracing::warn!(partition = %self.key, offset, error = %e, "handler failed; the record holds the partition's commits");
-                completion.fail(e.to_string());
+                completion.fail(e.reason());
             }
-            Err(_) => {
-                tracing::error!(partition = %self.key, offset, "handler panicked; the record holds the partition's commits");
-                completion.fail("handler panicked".into());
+            Err(panic) => {
+                let reason = format!("handler panicked: {}", panic_message(&*panic));
+                tracing::error!(partition = %self.key, offset, %reason, "the record holds the partition's commits");
+                completion.fail(reason);
             }
         }
     }
+}
+
+/// The message of a panic payload (`panic!` with a string or a format).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }

@@ -54,7 +54,7 @@ use super::commit::{CommitReason, Committer};
 use super::consumer::ConsumerSettings;
 use super::coordinator::{is_fatal, Coordinator, GroupError, MemberSettings};
 use super::events::{ConsumerError, GroupStep, Reporter};
-use super::handler::Handler;
+use super::handler::DynHandler;
 use super::heartbeat::{Beat, Heartbeat};
 use super::runtime::{PartitionRuntime, RuntimeSettings};
 use super::status::{self, ConsumerStatus, GroupState};
@@ -133,7 +133,7 @@ impl Session {
     pub(super) fn new(
         client: Client,
         settings: Arc<ConsumerSettings>,
-        handler: Arc<dyn Handler>,
+        handler: Arc<dyn DynHandler>,
         tracking: Arc<Tracking>,
         status: Arc<Mutex<ConsumerStatus>>,
         reporter: Reporter,
