@@ -296,6 +296,36 @@ impl ConsumerRecord {
         self.record
     }
 
+    /// Resolves when this record's partition is revoked or lost, or the
+    /// consumer shuts down: a handler or middleware that waits (a backoff,
+    /// a slow call) can stop early, since the record will be redelivered to
+    /// the partition's next owner. Resolves at once if that happened already.
+    ///
+    /// ```no_run
+    /// # async fn demo(record: kastellan::group::ConsumerRecord) -> kastellan::group::Outcome {
+    /// use std::time::Duration;
+    /// use kastellan::group::HandlerError;
+    ///
+    /// tokio::select! {
+    ///     _ = tokio::time::sleep(Duration::from_secs(5)) => Ok(()),
+    ///     _ = record.revoked() => Err(HandlerError::retry("partition revoked while waiting")),
+    /// }
+    /// # }
+    /// ```
+    pub fn revoked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut signal = self.completion.revoked.clone();
+        async move {
+            // A closed channel means the partition's runtime is gone.
+            let _ = signal.wait_for(|revoked| *revoked).await;
+        }
+    }
+
+    /// Whether this record's partition was revoked or lost, or the
+    /// consumer is shutting down.
+    pub fn is_revoked(&self) -> bool {
+        *self.completion.revoked.borrow() || self.completion.revoked.has_changed().is_err()
+    }
+
     /// Take over completion: what the handler returns no longer completes
     /// the record; call [`AckHandle::ack`] or [`AckHandle::fail`] when the
     /// work is done (MiKa's `Ack`/`Fail`, Kaffe's async ack). Until then the
@@ -316,26 +346,50 @@ impl Deref for ConsumerRecord {
     }
 }
 
-/// Where a record's completion goes.
+/// Where a record's completion goes: the consumer's ack tracker, or a
+/// test probe ([`testing`](super::testing)).
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    Tracked {
+        tracking: Arc<Tracking>,
+        /// Which assignment of the partition dispatched the record: a late
+        /// ack from before a revocation must not complete a redelivered
+        /// record.
+        epoch: u64,
+    },
+    Probe(Arc<std::sync::Mutex<super::testing::Completed>>),
+}
+
+/// Where a record's completion goes, and the signal that its partition was
+/// taken away. Cloned into every copy of the record and its `AckHandle`.
 #[derive(Debug, Clone)]
 pub(crate) struct Completion {
-    pub tracking: Arc<Tracking>,
+    pub sink: Sink,
     pub key: TopicPartition,
     pub offset: i64,
-    /// Which assignment of the partition dispatched the record: a late ack
-    /// from before a revocation must not complete a redelivered record.
-    pub epoch: u64,
     pub deferred: Arc<AtomicBool>,
+    /// Becomes `true` (or closes) when the partition is revoked or lost, or
+    /// the consumer shuts down. Written by the partition runtime.
+    pub revoked: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Completion {
     pub(crate) fn ack(&self) {
-        self.tracking.ack(&self.key, self.offset, self.epoch);
+        match &self.sink {
+            Sink::Tracked { tracking, epoch } => tracking.ack(&self.key, self.offset, *epoch),
+            Sink::Probe(state) => super::testing::complete(state, super::testing::Completed::Acked),
+        }
     }
 
     pub(crate) fn fail(&self, reason: String) {
-        self.tracking
-            .fail(&self.key, self.offset, self.epoch, reason);
+        match &self.sink {
+            Sink::Tracked { tracking, epoch } => {
+                tracking.fail(&self.key, self.offset, *epoch, reason)
+            }
+            Sink::Probe(state) => {
+                super::testing::complete(state, super::testing::Completed::Failed(reason))
+            }
+        }
     }
 
     pub(crate) fn is_deferred(&self) -> bool {

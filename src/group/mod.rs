@@ -116,6 +116,7 @@ mod status;
 // with the `unstable-fuzz` feature.
 #[cfg_attr(not(feature = "unstable-fuzz"), allow(unreachable_pub))]
 mod subscription;
+pub mod testing;
 mod topics;
 mod tracking;
 

@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::events::{ConsumerError, Reporter};
-use super::handler::{Completion, ConsumerRecord, DynHandler};
+use super::handler::{Completion, ConsumerRecord, DynHandler, Sink};
 use super::tracking::{Room, Tracking};
 use crate::backoff::Backoff;
 use crate::client::Client;
@@ -67,6 +67,9 @@ struct PartitionTask {
     /// Set by the runtime to stop dispatching; read by the worker before
     /// each record.
     stop: Arc<AtomicBool>,
+    /// Set when the partition is revoked or lost; every record dispatched
+    /// for this assignment holds a receiver (`ConsumerRecord::revoked`).
+    revoked: tokio::sync::watch::Sender<bool>,
     worker: JoinHandle<()>,
     fetcher: JoinHandle<()>,
 }
@@ -151,9 +154,11 @@ impl PartitionRuntime {
             tx,
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let (revoked, revoked_rx) = tokio::sync::watch::channel(false);
         let worker = Worker {
             key: tp.clone(),
             epoch,
+            revoked: revoked_rx,
             rx,
             handler: Arc::clone(&self.handler),
             tracking: Arc::clone(&self.tracking),
@@ -170,6 +175,7 @@ impl PartitionRuntime {
         );
         let task = PartitionTask {
             stop,
+            revoked,
             worker: tokio::spawn(worker.run()),
             fetcher: tokio::spawn(fetch),
         };
@@ -190,6 +196,7 @@ impl PartitionRuntime {
         for tp in which {
             if let Some(task) = self.partitions.remove(tp) {
                 task.stop.store(true, Ordering::Release);
+                task.revoked.send_replace(true);
                 task.fetcher.abort();
                 tasks.push((tp.clone(), task));
             }
@@ -226,6 +233,7 @@ impl PartitionRuntime {
         for tp in which {
             if let Some(task) = self.partitions.remove(tp) {
                 task.stop.store(true, Ordering::Release);
+                task.revoked.send_replace(true);
                 drop(task); // aborts both tasks
                 self.tracking.revoke(tp);
             }
@@ -274,6 +282,8 @@ struct Worker {
     key: TopicPartition,
     /// The assignment of the partition this worker dispatches for.
     epoch: u64,
+    /// Handed to every record (`ConsumerRecord::revoked`).
+    revoked: tokio::sync::watch::Receiver<bool>,
     /// Batches from the partition's fetch task.
     rx: mpsc::Receiver<Result<Vec<Record>>>,
     handler: Arc<dyn DynHandler>,
@@ -341,11 +351,14 @@ impl Worker {
 
     async fn dispatch(&self, record: Record, offset: i64) {
         let completion = Completion {
-            tracking: Arc::clone(&self.tracking),
+            sink: Sink::Tracked {
+                tracking: Arc::clone(&self.tracking),
+                epoch: self.epoch,
+            },
             key: self.key.clone(),
             offset,
-            epoch: self.epoch,
             deferred: Arc::new(AtomicBool::new(false)),
+            revoked: self.revoked.clone(),
         };
         let outcome = std::panic::AssertUnwindSafe(
             self.handler

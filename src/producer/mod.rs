@@ -133,7 +133,42 @@ pub struct ProducerRecord {
     timestamp: Option<i64>,
 }
 
+impl From<&crate::Record> for ProducerRecord {
+    fn from(record: &crate::Record) -> Self {
+        Self::from_record(record)
+    }
+}
+
 impl ProducerRecord {
+    /// A copy of a consumed record to produce again: same topic, key, value,
+    /// headers and timestamp, no fixed partition (the partitioner picks one
+    /// from the key, as for the original). Change the topic with
+    /// [`topic_name`](Self::topic_name), add headers with
+    /// [`header`](Self::header): for retry and dead-letter topics, or for
+    /// moving records between topics.
+    ///
+    /// ```
+    /// use kastellan::{ProducerRecord, Record};
+    ///
+    /// let consumed = Record::new("orders", 3, 41).with_key("k").with_value("v").with_header("trace", "t1");
+    /// let copy = ProducerRecord::from_record(&consumed).topic_name("orders.audit").header("seen", "1");
+    /// assert_eq!(copy.topic(), Some("orders.audit"));
+    /// ```
+    pub fn from_record(record: &crate::Record) -> Self {
+        Self {
+            topic: Some(record.topic.to_string()),
+            partition: None,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect(),
+            timestamp: (record.timestamp >= 0).then_some(record.timestamp),
+        }
+    }
+
     /// A record for `topic`.
     pub fn to(topic: impl Into<String>) -> Self {
         Self {
