@@ -68,6 +68,15 @@ pub(crate) struct ConsumerSettings {
     pub rack: Option<String>,
     pub metadata_max_age: Duration,
     pub require_topics: bool,
+    /// Glob patterns of topic names to subscribe to, besides `topics`.
+    pub patterns: Vec<String>,
+    /// Records of one partition handled at once when their keys differ.
+    pub key_concurrency: usize,
+    /// Records handled at once across all partitions (`None`: no bound
+    /// beyond the per-partition ones).
+    pub max_in_flight: Option<usize>,
+    /// Told of assignments, revocations and losses.
+    pub rebalance_listener: Option<Arc<dyn super::rebalance::DynRebalanceListener>>,
 }
 
 impl GroupConsumerBuilder {
@@ -93,6 +102,10 @@ impl GroupConsumerBuilder {
                 rack: None,
                 metadata_max_age: Duration::from_secs(300),
                 require_topics: false,
+                patterns: Vec::new(),
+                key_concurrency: 1,
+                max_in_flight: None,
+                rebalance_listener: None,
             },
         }
     }
@@ -112,6 +125,42 @@ impl GroupConsumerBuilder {
         self.settings
             .topics
             .extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Subscribe to every topic whose name matches a glob pattern: `*`
+    /// matches any run of characters, `?` one character (kafkaesk's
+    /// `content.*`). Topics created later that match are consumed without
+    /// a restart, once a metadata refresh sees them (see
+    /// [`metadata_max_age`](Self::metadata_max_age)). Internal topics
+    /// (`__consumer_offsets`) never match.
+    pub fn topic_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.settings.patterns.push(pattern.into());
+        self
+    }
+
+    /// How many records of one partition are handled at once when their
+    /// keys differ (default 1: one at a time, in offset order). Records
+    /// with the same key, and records without a key, stay in offset order;
+    /// commits never pass an incomplete record.
+    pub fn key_concurrency(mut self, n: usize) -> Self {
+        self.settings.key_concurrency = n.max(1);
+        self
+    }
+
+    /// Most records handled at once across all partitions of this consumer
+    /// (KaufmannEx's `max_demand`; default: no bound beyond the
+    /// per-partition ones). A slow handler then slows fetching; memory does
+    /// not grow with the backlog.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.settings.max_in_flight = Some(n.max(1));
+        self
+    }
+
+    /// Be told when partitions are assigned, revoked (before their final
+    /// commit) and lost.
+    pub fn on_rebalance(mut self, listener: impl super::RebalanceListener) -> Self {
+        self.settings.rebalance_listener = Some(Arc::new(listener));
         self
     }
 
@@ -279,8 +328,23 @@ impl GroupConsumerBuilder {
         if s.group_id.is_empty() {
             return refuse("group id must not be empty".into());
         }
-        if s.topics.is_empty() {
-            return refuse("the consumer subscribes to no topic; call .topic(..)".into());
+        if s.topics.is_empty() && s.patterns.is_empty() {
+            return refuse(
+                "the consumer subscribes to no topic; call .topic(..) or .topic_pattern(..)".into(),
+            );
+        }
+        // Declared ahead of their implementation; refused until it lands
+        // rather than silently ignored.
+        if !s.patterns.is_empty()
+            || s.key_concurrency > 1
+            || s.max_in_flight.is_some()
+            || s.rebalance_listener.is_some()
+        {
+            return refuse(
+                "topic_pattern, key_concurrency, max_in_flight and on_rebalance are not \
+                 available in this build yet"
+                    .into(),
+            );
         }
         if s.assignors.is_empty() {
             return refuse("at least one assignor is needed".into());

@@ -109,6 +109,7 @@ mod coordinator;
 mod events;
 mod handler;
 mod heartbeat;
+mod rebalance;
 mod runtime;
 mod session;
 mod status;
@@ -127,6 +128,7 @@ pub use events::{ConsumerError, ConsumerErrors, GroupStep};
 pub use handler::{
     with_state, AckHandle, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome, WithState,
 };
+pub use rebalance::RebalanceListener;
 pub use status::{
     ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,
 };
