@@ -296,6 +296,17 @@ impl ConsumerRecord {
         self.record
     }
 
+    /// The same completion and revocation signal with another record: the
+    /// service hands a record from its retry topic to the origin topic's
+    /// handler as the origin record (topic, partition, offset), while its
+    /// completion still commits the retry-topic record.
+    pub(crate) fn with_record(self, record: Record) -> Self {
+        Self {
+            record,
+            completion: self.completion,
+        }
+    }
+
     /// Resolves when this record's partition is revoked or lost, or the
     /// consumer shuts down: a handler or middleware that waits (a backoff,
     /// a slow call) can stop early, since the record will be redelivered to
