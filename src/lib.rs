@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 mod fetch;
 pub mod group;
+pub mod middleware;
 mod offsets;
 pub mod producer;
 pub mod protocol;
@@ -41,6 +42,7 @@ pub mod reader;
 mod record;
 mod retry;
 pub mod security;
+pub mod service;
 mod topic_partition;
 
 /// Entry points for the fuzz targets; not part of the API (feature

@@ -1,0 +1,463 @@
+//! What the service does with each record: route it, run its handler
+//! chain, and on failure hand it to the retry topic, the dead-letter topic,
+//! or hold it — for records of the origin topics (first attempts) and of
+//! the retry topic (later attempts).
+//!
+//! The commit rule lives here: a handler returns `Ok` to the group
+//! consumer — and so lets its offset be committed — only when the chain
+//! returned `Ok`, or when the record's copy in the retry or dead-letter
+//! topic was acknowledged by the broker (`handoff.rs`). Everything else
+//! returns the failure, and the record stays incomplete.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::config::ServiceConfig;
+use super::events::{Counters, Reporter, ServiceError};
+use super::guard::{OrderGuard, Upsert};
+use super::handoff::send_until_acked;
+use super::headers::{now_ms, FailureInfo};
+use super::router::{Lookup, ResolvedRoute, RouteTable};
+use crate::group::{ConsumerRecord, FailureKind, Handler, HandlerError, Outcome};
+use crate::middleware::unless_revoked;
+use crate::producer::{Producer, ProducerRecord};
+use crate::TopicPartition;
+
+/// Reason written on a record the order guard sends to the retry topic.
+const FOLLOWS: &str = "follows an earlier record with its key waiting in the retry topic";
+
+/// The state both consumers' handlers share. Read-only except the
+/// counters, the guard and the once-only report sets (each behind its own
+/// lock or atomics).
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub group: String,
+    pub routes: RouteTable,
+    pub producer: Producer,
+    pub config: ServiceConfig,
+    pub guard: OrderGuard,
+    pub counters: Arc<Counters>,
+    pub reporter: Reporter,
+    /// Topics already reported as unroutable (once each).
+    reported: Mutex<HashSet<String>>,
+}
+
+/// Where a record was consumed: what its failure holds, for reports.
+#[derive(Debug, Clone)]
+struct Held {
+    partition: TopicPartition,
+    offset: i64,
+}
+
+impl Held {
+    fn of(record: &ConsumerRecord) -> Self {
+        Held {
+            partition: TopicPartition::new(std::sync::Arc::clone(&record.topic), record.partition),
+            offset: record.offset,
+        }
+    }
+}
+
+/// The origin consumer's handler.
+#[derive(Debug, Clone)]
+pub(crate) struct OriginHandler(pub Arc<Core>);
+
+impl Handler for OriginHandler {
+    fn handle(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send {
+        let core = Arc::clone(&self.0);
+        async move { core.origin(record).await }
+    }
+}
+
+/// The retry consumer's handler.
+#[derive(Debug, Clone)]
+pub(crate) struct RetryHandler(pub Arc<Core>);
+
+impl Handler for RetryHandler {
+    fn handle(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send {
+        let core = Arc::clone(&self.0);
+        async move { core.retry(record).await }
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        routes: RouteTable,
+        producer: Producer,
+        config: ServiceConfig,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            group: config.group_id.clone(),
+            routes,
+            producer,
+            guard: OrderGuard::new(config.order_guard_capacity),
+            config,
+            counters: Arc::new(Counters::default()),
+            reporter,
+            reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A record of an origin topic, on its first attempt.
+    async fn origin(&self, record: ConsumerRecord) -> Outcome {
+        let held = Held::of(&record);
+        let Some(route) = self.route_for(&record.topic) else {
+            return Err(HandlerError::retry(format!(
+                "no single route for topic `{}`",
+                record.topic
+            )));
+        };
+        if route.order_guard {
+            if let Some(key) = &record.key {
+                if let Some(due) = self.guard.waiting(&held.partition, key, now_ms()) {
+                    let info = FailureInfo::for_failure(
+                        &record,
+                        Some(&self.group),
+                        0,
+                        FOLLOWS,
+                        FailureKind::Retry,
+                        due.max(now_ms()),
+                    );
+                    return self.follow(&route, &record, info, &held).await;
+                }
+            }
+        }
+        self.run(&route, record, 1, &held).await
+    }
+
+    /// A record of the retry topic: skip it if another group's, wait until
+    /// it is due, then hand it to its origin topic's route as the origin
+    /// record.
+    async fn retry(&self, record: ConsumerRecord) -> Outcome {
+        let held = Held::of(&record);
+        let info = match FailureInfo::parse(&record) {
+            Ok(Some(info)) => info,
+            other => {
+                let reason = match other {
+                    Err(reason) => reason,
+                    _ => format!("no {} header", super::headers::ORIGIN_TOPIC),
+                };
+                self.reporter.report(ServiceError::MalformedRetryRecord {
+                    partition: held.partition,
+                    offset: held.offset,
+                    reason,
+                });
+                Counters::bump(&self.counters.skipped);
+                return Ok(());
+            }
+        };
+        if info.group.as_deref() != Some(self.group.as_str()) {
+            // Another service's record: it retries it itself.
+            Counters::bump(&self.counters.skipped);
+            return Ok(());
+        }
+        // Not due yet: wait, holding only this retry partition (the retry
+        // topic has its own consumer, so no origin record waits for it).
+        let wait = info.not_before_ms.saturating_sub(now_ms());
+        if wait > 0 {
+            let sleep = tokio::time::sleep(Duration::from_millis(wait as u64));
+            if unless_revoked(&record, sleep).await.is_none() {
+                return Err(HandlerError::retry(
+                    "partition revoked before the record was due; its next owner retries it",
+                ));
+            }
+        }
+        let origin = record.clone().with_record(info.as_origin(&record));
+        let Some(route) = self.route_for(&info.origin_topic) else {
+            return self.unroutable(origin, &info, &held).await;
+        };
+        if route.order_guard {
+            if let Some(key) = &origin.key {
+                let tp = TopicPartition::new(info.origin_topic.as_str(), info.origin_partition);
+                if let Some(due) = self
+                    .guard
+                    .predecessor(&tp, key, info.origin_offset, now_ms())
+                {
+                    // An earlier record of the key was retried again and now
+                    // waits behind this one: go behind it once more.
+                    let mut again = info.clone();
+                    again.not_before_ms = due.max(now_ms());
+                    return self.follow(&route, &origin, again, &held).await;
+                }
+            }
+        }
+        self.run(&route, origin, info.attempt.saturating_add(1), &held)
+            .await
+    }
+
+    /// Run the route's chain for `record`, its `attempt`-th attempt.
+    async fn run(
+        &self,
+        route: &ResolvedRoute,
+        record: ConsumerRecord,
+        attempt: u32,
+        held: &Held,
+    ) -> Outcome {
+        match route.chain.handle(record.clone()).await {
+            Ok(()) => {
+                Counters::bump(&self.counters.handled);
+                self.unguard(route, &record);
+                Ok(())
+            }
+            Err(error) => self.failed(route, record, error, attempt, held).await,
+        }
+    }
+
+    /// The chain failed: retry topic, dead-letter topic, or hold.
+    async fn failed(
+        &self,
+        route: &ResolvedRoute,
+        record: ConsumerRecord,
+        error: HandlerError,
+        attempt: u32,
+        held: &Held,
+    ) -> Outcome {
+        if record.is_revoked() {
+            // The partition's next owner gets the record again.
+            return Err(error);
+        }
+        let reason = error.reason();
+        let retry_topic = self
+            .config
+            .retry_topic
+            .as_deref()
+            .filter(|_| error.kind() == FailureKind::Retry && attempt <= route.retries);
+        if let Some(topic) = retry_topic {
+            let delay = self.config.delay(attempt);
+            let not_before =
+                now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+            let info = FailureInfo::for_failure(
+                &record,
+                Some(&self.group),
+                attempt,
+                &reason,
+                error.kind(),
+                not_before,
+            );
+            let first = FailureInfo::of(&record).is_none();
+            self.guard(route, &record, not_before, held).await?;
+            return match self
+                .hand_off(topic, info.copy_of(&record, topic), &record, held)
+                .await
+            {
+                Ok(()) => {
+                    Counters::bump(&self.counters.retried);
+                    tracing::debug!(
+                        partition = %held.partition, offset = held.offset, attempt, ?delay,
+                        %reason, "record handed to the retry topic"
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    if first {
+                        self.unguard(route, &record);
+                    }
+                    Err(e)
+                }
+            };
+        }
+        if route.dead_letter {
+            if let Some(topic) = self.config.dead_letter_topic.as_deref() {
+                let info = FailureInfo::for_failure(
+                    &record,
+                    Some(&self.group),
+                    attempt,
+                    &reason,
+                    error.kind(),
+                    now_ms(),
+                );
+                self.hand_off(topic, info.copy_of(&record, topic), &record, held)
+                    .await?;
+                Counters::bump(&self.counters.dead_lettered);
+                tracing::info!(
+                    partition = %held.partition, offset = held.offset, attempt, %reason,
+                    "record dead-lettered"
+                );
+                self.unguard(route, &record);
+                return Ok(());
+            }
+        }
+        Counters::bump(&self.counters.failed);
+        self.reporter.report(ServiceError::Failed {
+            partition: held.partition.clone(),
+            offset: held.offset,
+            reason,
+        });
+        Err(error)
+    }
+
+    /// Send `record` to the retry topic without handling it, to follow an
+    /// earlier record with its key (`info` says when it is due).
+    async fn follow(
+        &self,
+        route: &ResolvedRoute,
+        record: &ConsumerRecord,
+        info: FailureInfo,
+        held: &Held,
+    ) -> Outcome {
+        let Some(topic) = self.config.retry_topic.as_deref() else {
+            // Routes with a guard need a retry topic (checked at start-up).
+            return Err(HandlerError::retry("order guard without a retry topic"));
+        };
+        let first = FailureInfo::of(record).is_none();
+        self.guard(route, record, info.not_before_ms, held).await?;
+        match self
+            .hand_off(topic, info.copy_of(record, topic), record, held)
+            .await
+        {
+            Ok(()) => {
+                Counters::bump(&self.counters.followed);
+                Ok(())
+            }
+            Err(e) => {
+                if first {
+                    self.unguard(route, record);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A retry-topic record whose origin topic no route covers: dead-letter
+    /// it if the service can, else hold it.
+    async fn unroutable(&self, origin: ConsumerRecord, info: &FailureInfo, held: &Held) -> Outcome {
+        let reason = format!("no route for its topic `{}`", info.origin_topic);
+        if let Some(topic) = self.config.dead_letter_topic.as_deref() {
+            let dead = FailureInfo::for_failure(
+                &origin,
+                Some(&self.group),
+                info.attempt,
+                &reason,
+                FailureKind::DeadLetter,
+                now_ms(),
+            );
+            self.hand_off(topic, dead.copy_of(&origin, topic), &origin, held)
+                .await?;
+            Counters::bump(&self.counters.dead_lettered);
+            return Ok(());
+        }
+        Counters::bump(&self.counters.failed);
+        self.reporter.report(ServiceError::Failed {
+            partition: held.partition.clone(),
+            offset: held.offset,
+            reason: reason.clone(),
+        });
+        Err(HandlerError::dead_letter(reason))
+    }
+
+    /// Produce a copy until acknowledged; `Err` (the record stays
+    /// incomplete) only when the partition was revoked first.
+    async fn hand_off(
+        &self,
+        destination: &str,
+        copy: ProducerRecord,
+        record: &ConsumerRecord,
+        held: &Held,
+    ) -> Result<(), HandlerError> {
+        let stored = send_until_acked(&self.producer, copy, record, |error, pause| {
+            self.reporter.report(ServiceError::HandOff {
+                destination: destination.to_string(),
+                partition: held.partition.clone(),
+                offset: held.offset,
+                error: error.duplicate(),
+                retry_in: pause,
+            });
+        })
+        .await;
+        match stored {
+            Ok(_) => Ok(()),
+            Err(revoked) => Err(HandlerError::retry(format!(
+                "partition revoked before `{destination}` acknowledged the record's copy{}",
+                revoked
+                    .last
+                    .map(|e| format!(" (last attempt: {e})"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Note in the order guard that `record` (the origin view) waits in the
+    /// retry topic until `not_before`; waits for room when the partition's
+    /// guard is full.
+    async fn guard(
+        &self,
+        route: &ResolvedRoute,
+        record: &ConsumerRecord,
+        not_before: i64,
+        held: &Held,
+    ) -> Result<(), HandlerError> {
+        if !route.order_guard {
+            return Ok(());
+        }
+        let Some(key) = &record.key else {
+            return Ok(());
+        };
+        let tp = TopicPartition::new(std::sync::Arc::clone(&record.topic), record.partition);
+        let mut reported = false;
+        loop {
+            let freed = self.guard.freed();
+            if self
+                .guard
+                .upsert(&tp, key, record.offset, not_before, now_ms())
+                == Upsert::Done
+            {
+                return Ok(());
+            }
+            if !reported {
+                reported = true;
+                self.reporter.report(ServiceError::OrderGuardFull {
+                    partition: tp.clone(),
+                    capacity: self.guard.capacity(),
+                });
+            }
+            // Entries leave when records finish here, or expire (when
+            // another instance handles their retry): look again at least
+            // every second.
+            let wait = tokio::time::timeout(Duration::from_secs(1), freed);
+            if unless_revoked(record, wait).await.is_none() {
+                return Err(HandlerError::retry(format!(
+                    "partition revoked while waiting for room in the order guard of {}",
+                    held.partition
+                )));
+            }
+        }
+    }
+
+    /// `record` (the origin view) is done with the retry topic.
+    fn unguard(&self, route: &ResolvedRoute, record: &ConsumerRecord) {
+        if !route.order_guard {
+            return;
+        }
+        if let Some(key) = &record.key {
+            let tp = TopicPartition::new(std::sync::Arc::clone(&record.topic), record.partition);
+            self.guard.remove(&tp, key, record.offset);
+        }
+    }
+
+    /// The one route for `topic`; reports (once per topic) when there is
+    /// none or more than one.
+    fn route_for(&self, topic: &str) -> Option<Arc<ResolvedRoute>> {
+        let problem = match self.routes.lookup(topic) {
+            Lookup::Found(route) => return Some(Arc::clone(route)),
+            Lookup::Ambiguous(patterns) => ServiceError::AmbiguousRoute {
+                topic: topic.to_string(),
+                patterns: patterns.into_iter().map(str::to_string).collect(),
+            },
+            Lookup::None => ServiceError::NoRoute {
+                topic: topic.to_string(),
+            },
+        };
+        let first = self
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string());
+        if first {
+            self.reporter.report(problem);
+        }
+        None
+    }
+}
