@@ -156,8 +156,13 @@ impl Core {
         }
         // Not due yet: wait, holding only this retry partition (the retry
         // topic has its own consumer, so no origin record waits for it).
-        let wait = info.not_before_ms.saturating_sub(now_ms());
-        if wait > 0 {
+        // (A loop: the due time is wall-clock time, timers run on the
+        // monotonic clock.)
+        loop {
+            let wait = info.not_before_ms.saturating_sub(now_ms());
+            if wait <= 0 {
+                break;
+            }
             let sleep = tokio::time::sleep(Duration::from_millis(wait as u64));
             if unless_revoked(&record, sleep).await.is_none() {
                 return Err(HandlerError::retry(
