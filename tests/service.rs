@@ -584,7 +584,7 @@ async fn two_services_share_a_retry_topic_and_a_dead_letter_topic() {
                         return Err(HandlerError::dead_letter("poison"));
                     }
                     let number: u32 = value.trim_start_matches('v').parse().unwrap();
-                    if n == 1 && (number % 2 == 0) == even {
+                    if n == 1 && number.is_multiple_of(2) == even {
                         return Err(HandlerError::retry(format!("{name} is busy")));
                     }
                     Ok(())
