@@ -907,3 +907,248 @@ async fn shutdown_lets_records_in_flight_finish_commits_and_leaves() {
     );
     eprintln!("shutdown with two records in flight and a retry waiting took {took:?}");
 }
+
+// ---------------------------------------------------------------------------
+// The order guard.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_guard_keeps_per_key_order_across_retries() {
+    let client = client().await;
+    let topic = new_topic(&client, "svc-order", 1).await;
+    let retry = new_topic(&client, "svc-order-retry", 2).await;
+    // a0 fails twice; a1 and a2 must still come after it. b0 and b1 are
+    // not held up by key a.
+    let producer = client.producer().build().unwrap();
+    for (key, value) in [
+        ("a", "a0"),
+        ("a", "a1"),
+        ("b", "b0"),
+        ("a", "a2"),
+        ("b", "b1"),
+    ] {
+        producer
+            .to(&topic)
+            .key(key)
+            .value(value)
+            .send()
+            .await
+            .unwrap();
+    }
+    let done: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = with_state(
+        Arc::clone(&done),
+        |done: Arc<Mutex<Vec<String>>>, r: ConsumerRecord| async move {
+            let value = r.value_str().unwrap_or_default().to_string();
+            if value == "a0" && attempt(&r) <= 2 {
+                return Err(HandlerError::retry("a0 is not ready"));
+            }
+            done.lock().unwrap().push(value);
+            Ok(())
+        },
+    );
+    let group = unique_topic("svc-order-group");
+    let handle = Service::new(
+        client.clone(),
+        config(&group)
+            .retry_topic(&retry)
+            .retry_delay(Duration::from_millis(300), Duration::from_secs(1)),
+        Router::new().route(&topic, Route::new(handler).retries(3).order_guard(true)),
+    )
+    .unwrap()
+    .start()
+    .await
+    .expect("starts");
+    wait_for("all five records", Duration::from_secs(60), || {
+        done.lock().unwrap().len() >= 5
+    })
+    .await;
+    let done = done.lock().unwrap().clone();
+    let of = |k: char| -> Vec<&str> {
+        done.iter()
+            .filter(|v| v.starts_with(k))
+            .map(String::as_str)
+            .collect()
+    };
+    assert_eq!(
+        of('a'),
+        ["a0", "a1", "a2"],
+        "key a kept its order: {done:?}"
+    );
+    assert_eq!(of('b'), ["b0", "b1"]);
+    let pos = |v: &str| done.iter().position(|d| d == v).unwrap();
+    assert!(
+        pos("b1") < pos("a0"),
+        "key b did not wait for key a: {done:?}"
+    );
+    let status = handle.status();
+    assert_eq!(status.retried, 2, "a0 failed twice");
+    assert!(status.followed >= 2, "a1 and a2 followed a0: {status:?}");
+    stop(handle).await;
+}
+
+// ---------------------------------------------------------------------------
+// The commit rule when the dead-letter topic cannot be written.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_dead_letter_copy_fails_holds_its_partition_until_it_is_stored() {
+    use kastellan::service::ServiceError;
+    let client = client().await;
+    let topic = new_topic(&client, "svc-holdup", 1).await;
+    let dlq = new_topic(&client, "svc-holdup-dlq", 1).await;
+    let group = unique_topic("svc-holdup-group");
+    let mut handle = Service::new(
+        client.clone(),
+        config(&group).dead_letter_topic(&dlq),
+        Router::new().route(&topic, |_r: ConsumerRecord| async {
+            Err::<(), _>(HandlerError::dead_letter("poison"))
+        }),
+    )
+    .unwrap()
+    .start()
+    .await
+    .expect("starts");
+    let mut errors = handle.errors().expect("errors");
+    // The dead-letter topic goes away while the service runs.
+    client.admin().delete_topic(&dlq).await.unwrap();
+    wait_until("the topic to be gone", Duration::from_secs(60), || {
+        let client = client.clone();
+        let dlq = dlq.clone();
+        async move {
+            !client
+                .admin()
+                .list_topics()
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.name == dlq)
+        }
+    })
+    .await;
+    produce(&client, &topic, ["poison".to_string()]).await;
+    let reported = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match errors.recv().await.expect("stream open") {
+                e @ ServiceError::HandOff { .. } => return e,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the failed produce is reported");
+    assert!(reported.to_string().contains(&dlq), "{reported}");
+    let status = handle.status();
+    assert_eq!(status.dead_lettered, 0);
+    assert!(
+        committed(&group, &topic)
+            .await
+            .values()
+            .all(Option::is_none),
+        "the record is not committed while its copy is not stored"
+    );
+    // The topic comes back: the copy is stored, the record completes.
+    wait_until(
+        "the topic to be created again",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            let dlq = dlq.clone();
+            async move {
+                client
+                    .admin()
+                    .create_topic(NewTopic::new(&dlq, 1, 1))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    let status_handle = handle.status_handle();
+    wait_for("the copy to be stored", Duration::from_secs(60), || {
+        status_handle.get().dead_lettered == 1
+    })
+    .await;
+    wait_committed_to_end(&client, &group, &topic, Duration::from_secs(60)).await;
+    let dead = read_all(&client, &dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value_str(), Some("poison"));
+    stop(handle).await;
+}
+
+// ---------------------------------------------------------------------------
+// Replaying the dead-letter topic.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_moves_dead_letters_back_once() {
+    use kastellan::service::Replay;
+    let client = client().await;
+    let orders = new_topic(&client, "svc-replay-orders", 2).await;
+    let refunds = new_topic(&client, "svc-replay-refunds", 1).await;
+    let dlq = new_topic(&client, "svc-replay-dlq", 2).await;
+    produce(&client, &orders, (0..10).map(|i| format!("order-{i}"))).await;
+    produce(&client, &refunds, (0..4).map(|i| format!("refund-{i}"))).await;
+    // A bug dead-letters every third order and every refund.
+    let buggy = |r: ConsumerRecord| async move {
+        let value = r.value_str().unwrap_or_default().to_string();
+        let n: u32 = value.rsplit('-').next().unwrap().parse().unwrap();
+        if value.starts_with("refund") || n.is_multiple_of(3) {
+            return Err(HandlerError::dead_letter(format!("bug on {value}")));
+        }
+        Ok(())
+    };
+    let group = unique_topic("svc-replay-group");
+    let handle = Service::new(
+        client.clone(),
+        config(&group).dead_letter_topic(&dlq),
+        Router::new().route(&orders, buggy).route(&refunds, buggy),
+    )
+    .unwrap()
+    .start()
+    .await
+    .expect("starts");
+    let status = handle.status_handle();
+    wait_for("the dead letters", Duration::from_secs(60), || {
+        status.get().dead_lettered >= 4 + 4
+    })
+    .await;
+    stop(handle).await;
+
+    // The bug is fixed: replay the orders (not the refunds).
+    let replay = Replay::new(&client, &dlq)
+        .origin_topic(&orders)
+        .origin_group(&group);
+    let first = replay.clone().run().await.expect("replay runs");
+    assert_eq!((first.replayed, first.skipped, first.unreadable), (4, 4, 0));
+    assert_eq!(first.ends.values().sum::<i64>(), 8);
+    let again = replay.run().await.expect("replay runs again");
+    assert_eq!(again.replayed, 0, "nothing is replayed twice");
+    assert_eq!(again.ends, first.ends);
+
+    let back: Vec<Record> = read_all(&client, &orders)
+        .await
+        .into_iter()
+        .filter(|r| r.header(headers::REPLAYED_FROM).is_some())
+        .collect();
+    let mut values: Vec<&str> = back.iter().map(|r| r.value_str().unwrap()).collect();
+    values.sort();
+    assert_eq!(values, ["order-0", "order-3", "order-6", "order-9"]);
+    let originals = read_all(&client, &orders).await;
+    for r in &back {
+        assert!(FailureInfo::of(r).is_none(), "failure headers dropped");
+        let original = originals
+            .iter()
+            .find(|o| o.value == r.value && o.header(headers::REPLAYED_FROM).is_none())
+            .unwrap();
+        assert_eq!(
+            r.partition, original.partition,
+            "back in its origin partition"
+        );
+        assert_eq!(r.key, original.key);
+    }
+    // The refunds are still there for a replay of their own.
+    let refunds_replay = Replay::new(&client, &dlq)
+        .origin_topic(&refunds)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(refunds_replay.replayed, 4);
+}
