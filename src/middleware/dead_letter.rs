@@ -6,7 +6,7 @@ use super::{Middleware, Next};
 use crate::group::{ConsumerRecord, HandlerError, Outcome};
 use crate::producer::Producer;
 use crate::service::handoff::send_until_acked;
-use crate::service::headers::{now_ms, FailureInfo};
+use crate::service::headers::FailureInfo;
 
 /// Produces every record the rest of the chain fails — either
 /// [`FailureKind`](crate::group::FailureKind) — to a dead-letter topic,
@@ -93,7 +93,7 @@ impl Middleware for DeadLetter {
                 attempt,
                 &error.reason(),
                 error.kind(),
-                now_ms(),
+                std::time::Duration::ZERO,
             );
             let copy = info.copy_of(&record, &this.topic);
             let stored = send_until_acked(&this.producer, copy, &record, |e, pause| {

@@ -119,7 +119,7 @@ impl Core {
                         0,
                         FOLLOWS,
                         FailureKind::Retry,
-                        due.max(now_ms()),
+                        Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
                     );
                     return self.follow(&route, &record, info, &held).await;
                 }
@@ -232,18 +232,16 @@ impl Core {
             .filter(|_| error.kind() == FailureKind::Retry && attempt <= route.retries);
         if let Some(topic) = retry_topic {
             let delay = self.config.delay(attempt);
-            let not_before =
-                now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
             let info = FailureInfo::for_failure(
                 &record,
                 Some(&self.group),
                 attempt,
                 &reason,
                 error.kind(),
-                not_before,
+                delay,
             );
             let first = FailureInfo::of(&record).is_none();
-            self.guard(route, &record, not_before, held).await?;
+            self.guard(route, &record, info.not_before_ms, held).await?;
             return match self
                 .hand_off(topic, info.copy_of(&record, topic), &record, held)
                 .await
@@ -272,7 +270,7 @@ impl Core {
                     attempt,
                     &reason,
                     error.kind(),
-                    now_ms(),
+                    Duration::ZERO,
                 );
                 self.hand_off(topic, info.copy_of(&record, topic), &record, held)
                     .await?;
@@ -337,7 +335,7 @@ impl Core {
                 info.attempt,
                 &reason,
                 FailureKind::DeadLetter,
-                now_ms(),
+                Duration::ZERO,
             );
             self.hand_off(topic, dead.copy_of(&origin, topic), &origin, held)
                 .await?;

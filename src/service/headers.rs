@@ -177,18 +177,21 @@ impl FailureInfo {
         }))
     }
 
-    /// The failure of a record handled `attempt` times: its origin is where
-    /// it was consumed, unless it carries failure headers already (it came
-    /// through a retry topic), whose origin and first failure it keeps.
+    /// The failure of a record handled `attempt` times, due again after
+    /// `delay`: its origin is where it was consumed, unless it carries
+    /// failure headers already (it came through a retry topic), whose
+    /// origin and first failure it keeps.
     pub(crate) fn for_failure(
         record: &Record,
         group: Option<&str>,
         attempt: u32,
         reason: &str,
         kind: FailureKind,
-        not_before_ms: i64,
+        delay: Duration,
     ) -> FailureInfo {
         let now = now_ms();
+        let not_before_ms =
+            now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         let earlier = Self::of(record);
         let (origin_topic, origin_partition, origin_offset, origin_timestamp, first_failure_ms) =
             match &earlier {
@@ -327,11 +330,17 @@ mod tests {
             .with_key("k")
             .with_value("v")
             .with_header("trace", "t1");
-        let info =
-            FailureInfo::for_failure(&record, Some("billing"), 1, "busy", FailureKind::Retry, 123);
+        let info = FailureInfo::for_failure(
+            &record,
+            Some("billing"),
+            1,
+            "busy",
+            FailureKind::Retry,
+            Duration::from_secs(2),
+        );
         assert_eq!(info.origin_topic, "orders");
         assert_eq!((info.origin_partition, info.origin_offset), (3, 41));
-        assert_eq!(info.not_before_ms, 123);
+        assert_eq!(info.not_before_ms, info.first_failure_ms + 2_000);
         assert!(info.first_failure_ms > 1_600_000_000_000);
     }
 
@@ -349,7 +358,7 @@ mod tests {
             1,
             "busy",
             FailureKind::Retry,
-            5_000,
+            Duration::from_secs(5),
         );
         let copy = first.copy_of(&record, "billing.retry");
         assert_eq!(copy.topic(), Some("billing.retry"));
@@ -372,7 +381,7 @@ mod tests {
             2,
             "still busy",
             FailureKind::DeadLetter,
-            9_000,
+            Duration::ZERO,
         );
         assert_eq!(second.first_failure_ms, first.first_failure_ms);
         assert_eq!(second.origin_offset, 41);
