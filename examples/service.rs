@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kastellan::admin::{IfExists, NewTopic};
 use kastellan::group::{with_state, ConsumerRecord, HandlerError, Outcome};
 use kastellan::middleware::{Middleware, Next, Timeout};
-use kastellan::service::headers::{self, FailureInfo};
+use kastellan::service::headers;
 use kastellan::service::{Route, Router, Service, ServiceConfig};
 use kastellan::{Client, ClientConfig, StartOffset};
 use serde::Deserialize;
@@ -54,7 +54,7 @@ async fn handle_payment(calls: Arc<AtomicU32>, record: ConsumerRecord) -> Outcom
     calls.fetch_add(1, Ordering::Relaxed);
     let payment: Payment = record.json()?;
     // 1 on the first delivery, 2 on the first retry, ...
-    let attempt = FailureInfo::of(&record).map_or(1, |f| f.attempt + 1);
+    let attempt = kastellan::service::attempt(&record);
     if attempt <= payment.busy_for {
         println!(
             "  payment {}: gateway busy (attempt {attempt})",

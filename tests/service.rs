@@ -14,7 +14,7 @@ use common::{client, new_topic, read_all, testcontainers, unique_topic, wait_for
 use kastellan::admin::NewTopic;
 use kastellan::group::{with_state, ConsumerRecord, GroupState, Handler, HandlerError};
 use kastellan::service::headers::{self, FailureInfo};
-use kastellan::service::{Route, Router, Service, ServiceConfig, ServiceHandle};
+use kastellan::service::{attempt, Route, Router, Service, ServiceConfig, ServiceHandle};
 use kastellan::{Client, Record, StartOffset};
 
 // ---------------------------------------------------------------------------
@@ -122,11 +122,6 @@ async fn wait_committed_to_end(client: &Client, group: &str, topic: &str, timeou
 /// A header as text.
 fn header(r: &Record, name: &str) -> String {
     String::from_utf8_lossy(r.header(name).unwrap_or_default()).into_owned()
-}
-
-/// The attempt a handler is on: 1 for a first delivery.
-fn attempt(r: &ConsumerRecord) -> u32 {
-    FailureInfo::of(r).map_or(1, |i| i.attempt + 1)
 }
 
 async fn stop(handle: ServiceHandle) {

@@ -287,6 +287,29 @@ impl FailureInfo {
     }
 }
 
+/// Which attempt at handling `record` this is: 1 on its first delivery,
+/// `n + 1` when it comes back from a retry topic after `n` failures (its
+/// [`ATTEMPT`] header says `n`). Records that only followed their key
+/// through the retry topic (attempt header `0`) are on their first attempt.
+///
+/// ```
+/// use kastellan::service::headers::{self, attempt};
+/// use kastellan::Record;
+///
+/// assert_eq!(attempt(&Record::new("orders", 0, 5)), 1);
+/// let retried = Record::new("orders", 0, 5)
+///     .with_header(headers::ORIGIN_TOPIC, "orders")
+///     .with_header(headers::ORIGIN_PARTITION, "0")
+///     .with_header(headers::ORIGIN_OFFSET, "5")
+///     .with_header(headers::ATTEMPT, "2")
+///     .with_header(headers::FIRST_FAILURE, "1700000000000")
+///     .with_header(headers::NOT_BEFORE, "1700000002000");
+/// assert_eq!(attempt(&retried), 3);
+/// ```
+pub fn attempt(record: &Record) -> u32 {
+    FailureInfo::of(record).map_or(1, |i| i.attempt.saturating_add(1))
+}
+
 /// `record` without the headers kastellan writes.
 pub(crate) fn without_ours(record: &Record) -> Record {
     let mut r = record.clone();

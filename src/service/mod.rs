@@ -59,7 +59,8 @@
 //!    delay (`initial`, doubling up to `max`: [`ServiceConfig::retry_delay`]).
 //!    The service's retry consumer takes it back when it is due and hands
 //!    it to the same route, as the origin record (origin topic, partition,
-//!    offset, timestamp; the failure headers tell the attempt number).
+//!    offset, timestamp; [`attempt`] reads the attempt number from the
+//!    failure headers).
 //! 3. A [`FailureKind::DeadLetter`](crate::group::FailureKind::DeadLetter)
 //!    failure (at once, no retries), or a `Retry` failure with no retries
 //!    left — the record is copied to the **dead-letter topic** with the same
@@ -166,6 +167,7 @@ mod router;
 
 pub use config::ServiceConfig;
 pub use events::{ConsumerRole, ServiceError, ServiceErrors, ServiceStatus, ServiceStatusHandle};
+pub use headers::attempt;
 pub use replay::{Replay, ReplayReport};
 pub use router::{Route, Router};
 
