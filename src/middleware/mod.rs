@@ -161,6 +161,23 @@ impl<M: Middleware> DynMiddleware for M {
 /// The rest of a handler chain: the middleware after the current one, then
 /// the handler. Cheap to clone; [`run`](Self::run) may be called any number
 /// of times (a retrying middleware calls it once per attempt).
+///
+/// ```
+/// use kastellan::group::{ConsumerRecord, Outcome};
+/// use kastellan::middleware::{Middleware, Next};
+///
+/// /// Tries once more, at once, whatever the failure.
+/// struct OnceMore;
+///
+/// impl Middleware for OnceMore {
+///     async fn call(&self, record: ConsumerRecord, next: Next) -> Outcome {
+///         match next.run(record.clone()).await {
+///             Ok(()) => Ok(()),
+///             Err(_) => next.run(record).await,
+///         }
+///     }
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Next {
     chain: Arc<Chain>,
@@ -344,6 +361,21 @@ impl Stack {
 
 /// A handler behind a stack of middleware; made by [`Stack::handler`]. It is
 /// a [`Handler`] itself. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
+/// use kastellan::group::{ConsumerRecord, HandlerError};
+/// use kastellan::middleware::{Layered, Retry, Stack};
+///
+/// let handler: Layered = Stack::new()
+///     .layer(Retry::new(3))
+///     .handler(|_r: ConsumerRecord| async move { Ok::<(), HandlerError>(()) });
+/// // One handler for two consumers.
+/// let a = client.group_consumer("a").topic("orders").build()?;
+/// let b = client.group_consumer("b").topic("orders").build()?;
+/// tokio::try_join!(a.run(handler.clone()), b.run(handler))?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Layered {
     next: Next,
@@ -380,7 +412,7 @@ where
     FromFn { f }
 }
 
-/// A middleware made from a closure; see [`from_fn`].
+/// A middleware made from a closure; see [`from_fn`] (an example there).
 #[derive(Clone)]
 pub struct FromFn<F> {
     f: F,

@@ -62,6 +62,17 @@ impl Middleware for Timeout {
 
 /// The failure of a record whose handler took longer than a [`Timeout`]
 /// allows.
+///
+/// ```
+/// use std::time::Duration;
+/// use kastellan::group::HandlerError;
+/// use kastellan::middleware::TimedOut;
+///
+/// fn was_slow(failure: &HandlerError) -> Option<Duration> {
+///     failure.error().downcast_ref::<TimedOut>().map(TimedOut::limit)
+/// }
+/// assert_eq!(was_slow(&HandlerError::retry("busy")), None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut {
     limit: Duration,

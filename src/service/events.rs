@@ -22,6 +22,11 @@ use crate::TopicPartition;
 const CAPACITY: usize = 256;
 
 /// Which of the service's two consumers reported a problem.
+///
+/// ```
+/// use kastellan::service::ConsumerRole;
+/// assert_eq!(ConsumerRole::Retry.to_string(), "retry consumer");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConsumerRole {
@@ -44,7 +49,27 @@ impl fmt::Display for ConsumerRole {
 ///
 /// Only a fatal [`ServiceError::Consumer`] ends the service (see
 /// [`is_fatal`](Self::is_fatal)); everything else is reported while the
-/// service goes on.
+/// service goes on. Each is logged too.
+///
+/// ```no_run
+/// # async fn demo(mut running: kastellan::service::ServiceHandle) {
+/// use kastellan::service::ServiceError;
+///
+/// let mut problems = running.errors().expect("taken once");
+/// while let Some(problem) = problems.recv().await {
+///     match &problem {
+///         ServiceError::Failed { partition, offset, .. } => {
+///             eprintln!("alert: {partition}@{offset} holds its partition: {problem}")
+///         }
+///         ServiceError::HandOff { destination, .. } => {
+///             eprintln!("cannot write to {destination}, retrying: {problem}")
+///         }
+///         _ if problem.is_fatal() => eprintln!("service stopped: {problem}"),
+///         _ => eprintln!("{problem}"),
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ServiceError {
@@ -263,7 +288,17 @@ impl Reporter {
 ///
 /// Bounded: at most 256 unread problems wait, older ones are dropped
 /// (counted by [`dropped`](Self::dropped)). It ends once the service has
-/// stopped and everything queued was read.
+/// stopped and everything queued was read. It is also a
+/// [`Stream`](futures::Stream).
+///
+/// ```no_run
+/// # async fn demo(mut running: kastellan::service::ServiceHandle) {
+/// use futures::StreamExt;
+///
+/// let problems = running.errors().expect("taken once");
+/// tokio::spawn(problems.for_each(|problem| async move { eprintln!("{problem}") }));
+/// # }
+/// ```
 pub struct ServiceErrors {
     shared: Arc<Shared>,
     waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -385,6 +420,20 @@ pub struct ServiceStatus {
 
 /// Reads a running service's [`ServiceStatus`]; cheap to clone (for a
 /// health endpoint on another task).
+///
+/// ```no_run
+/// # async fn demo(running: kastellan::service::ServiceHandle) {
+/// let status = running.status_handle();
+/// tokio::spawn(async move {
+///     loop {
+///         let now = status.get();
+///         let healthy = now.origin.stalled.is_empty() && now.failed == 0;
+///         println!("healthy: {healthy}");
+///         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+///     }
+/// });
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServiceStatusHandle {
     pub(crate) origin: StatusHandle,

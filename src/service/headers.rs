@@ -94,6 +94,16 @@ pub const ALL: [&str; 11] = [
 const MAX_REASON: usize = 4096;
 
 /// What the failure headers of a retry or dead-letter record say.
+///
+/// ```
+/// use kastellan::service::headers::FailureInfo;
+/// use kastellan::Record;
+///
+/// // A record on its first delivery carries none.
+/// assert!(FailureInfo::of(&Record::new("orders", 0, 1)).is_none());
+/// ```
+///
+/// See the [module docs](self) for a record that carries them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FailureInfo {

@@ -494,6 +494,19 @@ async fn supervise(s: Supervised) -> Result<()> {
 }
 
 /// Stops a running service gracefully; cheap to clone.
+///
+/// ```no_run
+/// # async fn demo(running: kastellan::service::ServiceHandle) -> kastellan::Result<()> {
+/// use std::time::Duration;
+///
+/// let stop = running.shutdown_handle();
+/// tokio::spawn(async move {
+///     tokio::signal::ctrl_c().await.ok();
+///     stop.shutdown(Duration::from_secs(30));
+/// });
+/// running.wait().await // returns once the shutdown is done
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServiceShutdown {
     origin: ShutdownHandle,
@@ -522,6 +535,17 @@ impl ServiceShutdown {
 /// Dropping the handle shuts the service down (with the configured
 /// [`shutdown_timeout`](ServiceConfig::shutdown_timeout)) without waiting
 /// for it; call [`shutdown`](Self::shutdown) to wait.
+///
+/// ```no_run
+/// # async fn demo(service: kastellan::service::Service) -> kastellan::Result<()> {
+/// use std::time::Duration;
+///
+/// let mut running = service.start().await?;
+/// let _problems = running.errors();
+/// println!("{:?}", running.status().origin.state);
+/// running.shutdown(Duration::from_secs(10)).await
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ServiceHandle {
     shutdown: ServiceShutdown,

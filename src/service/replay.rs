@@ -84,6 +84,16 @@ pub struct Replay {
 }
 
 /// What a [`Replay`] did.
+///
+/// ```no_run
+/// # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
+/// let report = kastellan::service::Replay::new(&client, "dlq").run().await?;
+/// println!(
+///     "{} replayed, {} filtered out, {} without failure headers; progress in group {}",
+///     report.replayed, report.skipped, report.unreadable, report.replay_group
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplayReport {
