@@ -14,6 +14,9 @@ use crate::group::{ConsumerRecord, HandlerError, Outcome};
 /// [`Router::layer`](crate::service::Router::layer)) to bound them
 /// together, for example to protect a database pool.
 ///
+/// In a [`Service`](crate::service::Service), a record waiting for its
+/// retry delay holds no slot: the wait comes before the chain.
+///
 /// A record waiting for a slot is in flight and holds its partition. The
 /// wait ends early when the record's partition is revoked or the consumer
 /// shuts down: the record then fails (kind
