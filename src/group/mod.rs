@@ -120,6 +120,7 @@ mod subscription;
 pub mod testing;
 mod topics;
 mod tracking;
+mod watchdog;
 
 mod ack_tracker;
 
@@ -128,9 +129,10 @@ pub use events::{ConsumerError, ConsumerErrors, GroupStep};
 pub use handler::{
     with_state, AckHandle, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome, WithState,
 };
-pub use rebalance::RebalanceListener;
+pub use rebalance::{RebalanceEvent, RebalanceListener};
 pub use status::{
     ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,
+    StuckPartition, StuckReason,
 };
 
 /// Entry points for the fuzz targets in `fuzz/` (the consumer-protocol
