@@ -3,7 +3,8 @@
 //! session in `session.rs`).
 //!
 //! Delivery is at least once. Per partition, records reach the handler in
-//! offset order, one at a time; partitions are processed concurrently. The
+//! offset order, one at a time (or, with `key_concurrency`, in order per
+//! key); partitions are processed concurrently. The
 //! committed offset of a partition is the lowest offset not yet completed,
 //! so a record that fails (or is deferred and never acknowledged) holds the
 //! partition's commits back instead of being skipped, and is redelivered to

@@ -673,3 +673,150 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::HandlerError;
+    use std::sync::Mutex;
+
+    type Calls = Arc<Mutex<Vec<(&'static str, i64)>>>;
+
+    /// A keyed worker for partition t/0 from offset 0, fed through the
+    /// returned sender, with a handler that logs the start and end of each
+    /// call; records whose value is "hold" wait for the revocation.
+    fn worker(
+        tracking: &Arc<Tracking>,
+        permits: Option<Arc<Semaphore>>,
+        calls: &Calls,
+    ) -> (
+        Worker,
+        mpsc::Sender<Result<Vec<Record>>>,
+        tokio::sync::watch::Sender<bool>,
+        Arc<AtomicBool>,
+    ) {
+        let tp = TopicPartition::new("t", 0);
+        let epoch = tracking.assign(tp.clone(), 0);
+        let (tx, rx) = mpsc::channel(2);
+        let (revoke, revoked) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::clone(calls);
+        let handler = move |r: ConsumerRecord| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.lock().unwrap().push(("start", r.offset));
+                if r.value.as_deref() == Some(&b"hold"[..]) {
+                    r.revoked().await;
+                }
+                tokio::task::yield_now().await;
+                calls.lock().unwrap().push(("end", r.offset));
+                Ok::<(), HandlerError>(())
+            }
+        };
+        let worker = Worker {
+            key: tp,
+            epoch,
+            revoked,
+            rx,
+            handler: Arc::new(handler),
+            tracking: Arc::clone(tracking),
+            stop: Arc::clone(&stop),
+            max_pending: 100,
+            max_window: 1000,
+            reporter: Reporter::default(),
+            progress: Arc::new(FetchProgress::new(0)),
+            key_concurrency: 4,
+            in_flight: permits,
+        };
+        (worker, tx, revoke, stop)
+    }
+
+    fn record(offset: i64, key: Option<&'static str>, value: &'static str) -> Record {
+        let mut r = Record::new("t", 0, offset);
+        r.key = key.map(|k| Bytes::from_static(k.as_bytes()));
+        r.value = Some(Bytes::from_static(value.as_bytes()));
+        r
+    }
+
+    #[tokio::test]
+    async fn records_behind_a_busy_key_wait_and_other_keys_go_ahead() {
+        let tracking = Arc::new(Tracking::default());
+        let calls: Calls = Arc::default();
+        let (worker, tx, revoke, stop) = worker(&tracking, None, &calls);
+        let task = tokio::spawn(worker.run());
+        let batch = vec![
+            record(0, Some("a"), "hold"),
+            record(1, Some("a"), "x"),
+            record(2, Some("b"), "x"),
+            record(3, None, "x"),
+            record(4, None, "x"),
+        ];
+        tx.send(Ok(batch)).await.unwrap();
+        let tp = TopicPartition::new("t", 0);
+        // Everything but the held record and the one behind it completes.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while tracking.progress(&tp) != Some((0, 2)) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the other records complete");
+        {
+            let calls = calls.lock().unwrap();
+            assert!(
+                !calls.contains(&("start", 1)),
+                "a@1 waits behind a@0: {calls:?}"
+            );
+            let end3 = calls.iter().position(|c| *c == ("end", 3));
+            let start4 = calls.iter().position(|c| *c == ("start", 4));
+            assert!(end3 < start4, "keyless records are one key: {calls:?}");
+        }
+        // Revoked: the held call returns, the record behind it never
+        // reaches the handler and is not waited for.
+        stop.store(true, Ordering::Release);
+        revoke.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the worker stops")
+            .unwrap();
+        assert!(!calls.lock().unwrap().contains(&("start", 1)));
+        assert_eq!(tracking.pending(&tp), 0, "nothing left to wait for");
+        assert_eq!(tracking.progress(&tp), Some((1, 1)), "commit point at a@1");
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_for_a_permit_stops_on_revocation() {
+        for keyed in [false, true] {
+            let tracking = Arc::new(Tracking::default());
+            let calls: Calls = Arc::default();
+            let permits = Arc::new(Semaphore::new(1));
+            let taken = Arc::clone(&permits).acquire_owned().await.unwrap();
+            let (mut worker, tx, revoke, stop) =
+                worker(&tracking, Some(Arc::clone(&permits)), &calls);
+            if !keyed {
+                worker.key_concurrency = 1;
+            }
+            let task = tokio::spawn(worker.run());
+            tx.send(Ok(vec![
+                record(0, Some("a"), "x"),
+                record(1, Some("b"), "x"),
+            ]))
+            .await
+            .unwrap();
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            assert!(calls.lock().unwrap().is_empty(), "no permit, no call");
+            stop.store(true, Ordering::Release);
+            revoke.send_replace(true);
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("the worker stops without a permit")
+                .unwrap();
+            let tp = TopicPartition::new("t", 0);
+            assert_eq!(tracking.pending(&tp), 0, "keyed: {keyed}");
+            assert_eq!(tracking.progress(&tp).map(|p| p.0), Some(0));
+            drop(taken);
+        }
+    }
+}
