@@ -682,19 +682,18 @@ mod tests {
 
     type Calls = Arc<Mutex<Vec<(&'static str, i64)>>>;
 
+    /// A worker and the means to feed and stop it.
+    struct Harness {
+        worker: Worker,
+        tx: mpsc::Sender<Result<Vec<Record>>>,
+        revoke: tokio::sync::watch::Sender<bool>,
+        stop: Arc<AtomicBool>,
+    }
+
     /// A keyed worker for partition t/0 from offset 0, fed through the
     /// returned sender, with a handler that logs the start and end of each
     /// call; records whose value is "hold" wait for the revocation.
-    fn worker(
-        tracking: &Arc<Tracking>,
-        permits: Option<Arc<Semaphore>>,
-        calls: &Calls,
-    ) -> (
-        Worker,
-        mpsc::Sender<Result<Vec<Record>>>,
-        tokio::sync::watch::Sender<bool>,
-        Arc<AtomicBool>,
-    ) {
+    fn worker(tracking: &Arc<Tracking>, permits: Option<Arc<Semaphore>>, calls: &Calls) -> Harness {
         let tp = TopicPartition::new("t", 0);
         let epoch = tracking.assign(tp.clone(), 0);
         let (tx, rx) = mpsc::channel(2);
@@ -728,7 +727,12 @@ mod tests {
             key_concurrency: 4,
             in_flight: permits,
         };
-        (worker, tx, revoke, stop)
+        Harness {
+            worker,
+            tx,
+            revoke,
+            stop,
+        }
     }
 
     fn record(offset: i64, key: Option<&'static str>, value: &'static str) -> Record {
@@ -742,7 +746,12 @@ mod tests {
     async fn records_behind_a_busy_key_wait_and_other_keys_go_ahead() {
         let tracking = Arc::new(Tracking::default());
         let calls: Calls = Arc::default();
-        let (worker, tx, revoke, stop) = worker(&tracking, None, &calls);
+        let Harness {
+            worker,
+            tx,
+            revoke,
+            stop,
+        } = worker(&tracking, None, &calls);
         let task = tokio::spawn(worker.run());
         let batch = vec![
             record(0, Some("a"), "hold"),
@@ -791,8 +800,12 @@ mod tests {
             let calls: Calls = Arc::default();
             let permits = Arc::new(Semaphore::new(1));
             let taken = Arc::clone(&permits).acquire_owned().await.unwrap();
-            let (mut worker, tx, revoke, stop) =
-                worker(&tracking, Some(Arc::clone(&permits)), &calls);
+            let Harness {
+                mut worker,
+                tx,
+                revoke,
+                stop,
+            } = worker(&tracking, Some(Arc::clone(&permits)), &calls);
             if !keyed {
                 worker.key_concurrency = 1;
             }
