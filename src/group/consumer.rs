@@ -184,7 +184,9 @@ impl GroupConsumerBuilder {
     ///
     /// Records waiting behind a busy key count against
     /// [`max_pending_per_partition`](Self::max_pending_per_partition) (which
-    /// must be at least `n`) and the window, so memory stays bounded.
+    /// must be at least `n`) and the window, so memory stays bounded; they
+    /// are held in memory until handed over, so with large records and one
+    /// hot key, a lower `max_pending_per_partition` keeps that small.
     ///
     /// ```no_run
     /// # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
