@@ -505,6 +505,13 @@ impl Worker {
             let want_batch = batch.is_empty();
             tokio::select! {
                 Some(done) = running.next(), if !running.is_empty() => {
+                    if !done.handled {
+                        // Revoked while it waited for a permit.
+                        self.tracking
+                            .fail(&self.key, done.offset, self.epoch, NOT_HANDED.into());
+                        stopping = true;
+                        continue;
+                    }
                     // The key is free: its next record (if any) takes the slot.
                     if let Some(waiting) = busy.get_mut(&done.key) {
                         match waiting.pop_front() {
