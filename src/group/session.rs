@@ -62,7 +62,7 @@ use super::status::{self, ConsumerStatus, GroupState};
 use super::subscription::MemberAssignment;
 use super::topics::TopicWatch;
 use super::tracking::Tracking;
-use super::watchdog::Watchdog;
+use super::watchdog::{Sample, Watchdog};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -108,9 +108,9 @@ pub(crate) struct Session {
     heartbeat_retry: Option<Instant>,
     /// Running partitions.
     runtime: PartitionRuntime,
-    /// Assigned partitions whose start position is not known yet; started
-    /// as soon as a lookup succeeds.
-    unstarted: BTreeSet<TopicPartition>,
+    /// Assigned partitions whose start position is not known yet, with when
+    /// they were assigned; started as soon as a lookup succeeds.
+    unstarted: BTreeMap<TopicPartition, Instant>,
     /// When to look start positions up again.
     position_retry: Option<Instant>,
     committer: Committer,
@@ -186,7 +186,7 @@ impl Session {
             heartbeat: None,
             heartbeat_retry: None,
             runtime,
-            unstarted: BTreeSet::new(),
+            unstarted: BTreeMap::new(),
             position_retry: None,
             committer: Committer::new(Arc::clone(&tracking), client.config().request_timeout),
             topics: TopicWatch::new(
@@ -240,7 +240,7 @@ impl Session {
     /// position.
     fn held(&self) -> Vec<TopicPartition> {
         let mut held: BTreeSet<TopicPartition> = self.runtime.owned().cloned().collect();
-        held.extend(self.unstarted.iter().cloned());
+        held.extend(self.unstarted.keys().cloned());
         held.into_iter().collect()
     }
 
@@ -435,7 +435,7 @@ impl Session {
         }
         for tp in assigned {
             if !self.runtime.contains(&tp) {
-                self.unstarted.insert(tp);
+                self.unstarted.insert(tp, Instant::now());
             }
         }
         self.position_retry = None;
@@ -536,7 +536,7 @@ impl Session {
         if self.unstarted.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<TopicPartition> = self.unstarted.iter().cloned().collect();
+        let wanted: Vec<TopicPartition> = self.unstarted.keys().cloned().collect();
         match self.positions(&wanted).await {
             Ok(positions) => {
                 // The application hears of them once their start positions
@@ -748,7 +748,16 @@ impl Session {
     /// The watchdog's check: report partitions that started making no
     /// progress, note those that recovered, and publish the current list.
     fn check_progress(&mut self) {
-        let samples = self.runtime.progress();
+        let mut samples = self.runtime.progress();
+        // Assigned, but not fetching yet: the start position is unknown.
+        let now = Instant::now();
+        samples.extend(self.unstarted.iter().map(|(tp, since)| Sample {
+            partition: tp.clone(),
+            fetch_failing_for: Some(now.saturating_duration_since(*since)),
+            next_fetch: -1,
+            commit_point: -1,
+            waiting: 0,
+        }));
         let check = self.watchdog.check(Instant::now(), samples);
         for stuck in &check.started {
             tracing::warn!(partition = %stuck.partition, "{stuck}");

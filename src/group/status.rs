@@ -232,7 +232,8 @@ impl fmt::Display for PausedPartition {
 #[non_exhaustive]
 pub enum StuckReason {
     /// The partition is assigned but has not fetched successfully (the
-    /// broker may be unreachable, the leader unavailable, the fetch refused).
+    /// broker may be unreachable, the leader unavailable, the fetch refused,
+    /// or its start position could not be looked up yet).
     /// A fetch that finds nothing new is a success, and time spent waiting
     /// for the handler to catch up does not count.
     NotFetching,
@@ -258,7 +259,8 @@ pub struct StuckPartition {
     pub partition: TopicPartition,
     /// What does not move.
     pub reason: StuckReason,
-    /// For [`StuckReason::NotFetching`], the next offset to fetch; for
+    /// For [`StuckReason::NotFetching`], the next offset to fetch (-1 while
+    /// the partition's start position could not be looked up yet); for
     /// [`StuckReason::CommitNotMoving`], the commit point.
     pub offset: i64,
     /// For how long (as of the watchdog's last check, which runs a few
@@ -270,6 +272,11 @@ impl fmt::Display for StuckPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.duration.as_secs_f64();
         match self.reason {
+            StuckReason::NotFetching if self.offset < 0 => write!(
+                f,
+                "partition {} has not fetched for {secs:.1}s: its start position is not known yet",
+                self.partition
+            ),
             StuckReason::NotFetching => write!(
                 f,
                 "partition {} has not fetched successfully for {secs:.1}s (next offset {})",

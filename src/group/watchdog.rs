@@ -1,13 +1,14 @@
 //! The watchdog: which assigned partitions make no progress.
 //!
-//! The session samples every running partition a few times per threshold
+//! The session samples every assigned partition a few times per threshold
 //! (`watchdog_threshold`, 60 s by default) and reports a partition, once
 //! per episode, when
 //!
-//! - it has not fetched successfully for longer than the threshold. A fetch
-//!   that finds nothing new is a success (nothing to fetch is not "not
-//!   fetching"), and time the fetch loop spends waiting for the handler to
-//!   catch up does not count: that is backpressure, not a failure; or
+//! - it has not fetched successfully for longer than the threshold (also
+//!   when its start position cannot be looked up). A fetch that finds
+//!   nothing new is a success (nothing to fetch is not "not fetching"), and
+//!   time the fetch loop spends waiting for the handler to catch up does
+//!   not count: that is backpressure, not a failure; or
 //! - its commit point has not moved for longer than the threshold while
 //!   records wait: incomplete ones (with the handler, deferred, failed) or
 //!   fetched ones not yet handed to the handler. An idle partition has
@@ -185,6 +186,21 @@ mod tests {
         let c = w.check(t0, vec![sample(0, None, 0, 0)]);
         assert!(c.stuck.is_empty());
         assert_eq!(c.recovered, vec![TopicPartition::new("t", 0)]);
+        // Not started: no start position yet.
+        let c = w.check(
+            t0,
+            vec![Sample {
+                next_fetch: -1,
+                ..sample(1, Some(11), -1, 0)
+            }],
+        );
+        assert!(
+            c.started[0]
+                .to_string()
+                .contains("start position is not known"),
+            "{}",
+            c.started[0]
+        );
     }
 
     #[test]
