@@ -268,6 +268,7 @@ impl Reader {
                 max_bytes: self.max_partition_bytes,
                 out_of_range: StartOffset::Earliest,
                 tx: tx.clone(),
+                progress: None,
             };
             tasks.push(tokio::spawn(fetcher.run()));
         }

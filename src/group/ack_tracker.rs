@@ -344,7 +344,6 @@ impl AckTracker {
     /// dispatched. `None` if the partition is not tracked. O(1).
     ///
     /// Within one assignment the commit point never decreases.
-    #[cfg(test)]
     pub(super) fn commit_point(&self, key: &TopicPartition) -> Option<i64> {
         self.partitions.get(key).map(Partition::commit_point)
     }

@@ -3,7 +3,8 @@
 //! session in `session.rs`).
 //!
 //! Delivery is at least once. Per partition, records reach the handler in
-//! offset order, one at a time; partitions are processed concurrently. The
+//! offset order, one at a time (or, with `key_concurrency`, in order per
+//! key); partitions are processed concurrently. The
 //! committed offset of a partition is the lowest offset not yet completed,
 //! so a record that fails (or is deferred and never acknowledged) holds the
 //! partition's commits back instead of being skipped, and is redelivered to
@@ -77,6 +78,9 @@ pub(crate) struct ConsumerSettings {
     pub max_in_flight: Option<usize>,
     /// Told of assignments, revocations and losses.
     pub rebalance_listener: Option<Arc<dyn super::rebalance::DynRebalanceListener>>,
+    /// How long a partition may make no progress before the watchdog
+    /// reports it.
+    pub watchdog_threshold: Duration,
 }
 
 impl GroupConsumerBuilder {
@@ -106,6 +110,7 @@ impl GroupConsumerBuilder {
                 key_concurrency: 1,
                 max_in_flight: None,
                 rebalance_listener: None,
+                watchdog_threshold: Duration::from_secs(60),
             },
         }
     }
@@ -134,6 +139,28 @@ impl GroupConsumerBuilder {
     /// a restart, once a metadata refresh sees them (see
     /// [`metadata_max_age`](Self::metadata_max_age)). Internal topics
     /// (`__consumer_offsets`) never match.
+    ///
+    /// The member's subscription is the topics named with
+    /// [`topic`](Self::topic) plus every existing topic a pattern matches
+    /// ([`ConsumerStatus::subscribed`]). Each metadata refresh lists all
+    /// topics; when the matching set changes (a topic created, deleted), the
+    /// member rejoins the group with its new subscription and the leader
+    /// assigns accordingly. So a new matching topic is consumed within
+    /// `metadata_max_age` (5 minutes by default; lower it for faster
+    /// pick-up, at the cost of one all-topics Metadata request per refresh).
+    /// With [`offset_reset`](Self::offset_reset) at `Latest` (the default),
+    /// records written to a new topic before the member picked it up are
+    /// skipped, as in the Java client: use `Earliest` to read them.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
+    /// let consumer = client
+    ///     .group_consumer("indexer")
+    ///     .topic_pattern("content.*")
+    ///     .start_with_earliest()
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn topic_pattern(mut self, pattern: impl Into<String>) -> Self {
         self.settings.patterns.push(pattern.into());
         self
@@ -143,6 +170,34 @@ impl GroupConsumerBuilder {
     /// keys differ (default 1: one at a time, in offset order). Records
     /// with the same key, and records without a key, stay in offset order;
     /// commits never pass an incomplete record.
+    ///
+    /// Per key, a record is handed to the handler only once the handler
+    /// call of the previous record of that key has *returned*; records of
+    /// other keys go ahead meanwhile. A deferred record
+    /// ([`ConsumerRecord::defer`](super::ConsumerRecord::defer)) frees its
+    /// key when its handler returns, not when it is acked (waiting for acks
+    /// would deadlock handlers that ack in batches). A failed record frees
+    /// its key too, as one-at-a-time dispatch goes on past a failed record:
+    /// it holds the partition's commit point and is redelivered after a
+    /// rebalance or restart. Retry inside the handler call (in-process
+    /// retry) when a later record of the key must not overtake a failure.
+    ///
+    /// Records waiting behind a busy key count against
+    /// [`max_pending_per_partition`](Self::max_pending_per_partition) (which
+    /// must be at least `n`) and the window, so memory stays bounded; they
+    /// are held in memory until handed over, so with large records and one
+    /// hot key, a lower `max_pending_per_partition` keeps that small.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kastellan::Client) -> kastellan::Result<()> {
+    /// // Up to 8 accounts of a partition at once; each account's records in order.
+    /// let consumer = client
+    ///     .group_consumer("ledger")
+    ///     .topic("transfers")
+    ///     .key_concurrency(8)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn key_concurrency(mut self, n: usize) -> Self {
         self.settings.key_concurrency = n.max(1);
         self
@@ -152,13 +207,23 @@ impl GroupConsumerBuilder {
     /// (KaufmannEx's `max_demand`; default: no bound beyond the
     /// per-partition ones). A slow handler then slows fetching; memory does
     /// not grow with the backlog.
+    ///
+    /// Each handler call holds one of `n` permits shared by all partitions
+    /// (first come, first served, so no partition starves). A partition
+    /// waiting for a permit takes no more records: its two fetched batches
+    /// fill and its fetching pauses. A deferred record stops counting when
+    /// its handler returns (its pending ack counts against
+    /// [`max_pending_per_partition`](Self::max_pending_per_partition)).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.settings.max_in_flight = Some(n.max(1));
         self
     }
 
     /// Be told when partitions are assigned, revoked (before their final
-    /// commit) and lost.
+    /// commit) and lost. See [`RebalanceListener`](super::RebalanceListener)
+    /// for when each hook runs and how long it may take (at most
+    /// [`revoke_timeout`](Self::revoke_timeout) per call; a hook that panics
+    /// or hangs is reported and the consumer goes on).
     pub fn on_rebalance(mut self, listener: impl super::RebalanceListener) -> Self {
         self.settings.rebalance_listener = Some(Arc::new(listener));
         self
@@ -267,6 +332,18 @@ impl GroupConsumerBuilder {
         self
     }
 
+    /// How long an assigned partition may make no progress before the
+    /// watchdog reports it (default 60 s): it has not fetched successfully
+    /// for that long, or its commit point has not moved for that long while
+    /// records wait. An idle partition (nothing new to fetch, nothing
+    /// waiting) is never reported. Reports go to the log,
+    /// [`ConsumerError::PartitionStuck`] and [`ConsumerStatus::stuck`]; the
+    /// watchdog checks four times per threshold (at most every 5 s).
+    pub fn watchdog_threshold(mut self, t: Duration) -> Self {
+        self.settings.watchdog_threshold = t;
+        self
+    }
+
     /// Rack id sent in subscriptions (KIP-881).
     pub fn rack(mut self, rack: impl Into<String>) -> Self {
         self.settings.rack = Some(rack.into());
@@ -303,12 +380,13 @@ impl GroupConsumerBuilder {
 
     /// Check the settings and build the consumer (it joins when it runs).
     ///
-    /// Refused with [`Error::Config`]: no group id, no topic, no assignor;
-    /// a zero commit interval, heartbeat interval or metadata age; a
-    /// heartbeat interval not below the session timeout; a `revoke_timeout`
-    /// not below the rebalance timeout (see
-    /// [`revoke_timeout`](Self::revoke_timeout)); a window limit below the
-    /// in-flight limit.
+    /// Refused with [`Error::Config`]: no group id, no topic or pattern, an
+    /// empty topic name or pattern, no assignor; a zero commit interval,
+    /// heartbeat interval, metadata age or watchdog threshold; a heartbeat
+    /// interval not below the session timeout; a `revoke_timeout` not below
+    /// the rebalance timeout (see [`revoke_timeout`](Self::revoke_timeout));
+    /// a window limit below the in-flight limit; a `key_concurrency` above
+    /// `max_pending_per_partition`.
     ///
     /// ```
     /// # async fn demo(client: kastellan::Client) {
@@ -333,18 +411,17 @@ impl GroupConsumerBuilder {
                 "the consumer subscribes to no topic; call .topic(..) or .topic_pattern(..)".into(),
             );
         }
-        // Declared ahead of their implementation; refused until it lands
-        // rather than silently ignored.
-        if !s.patterns.is_empty()
-            || s.key_concurrency > 1
-            || s.max_in_flight.is_some()
-            || s.rebalance_listener.is_some()
-        {
-            return refuse(
-                "topic_pattern, key_concurrency, max_in_flight and on_rebalance are not \
-                 available in this build yet"
-                    .into(),
-            );
+        if s.patterns.iter().any(String::is_empty) || s.topics.iter().any(String::is_empty) {
+            return refuse("topic names and topic patterns must not be empty".into());
+        }
+        if s.key_concurrency > s.max_pending_per_partition {
+            return refuse(format!(
+                "key_concurrency {} must not exceed max_pending_per_partition {}",
+                s.key_concurrency, s.max_pending_per_partition
+            ));
+        }
+        if s.watchdog_threshold.is_zero() {
+            return refuse("watchdog_threshold must be above zero".into());
         }
         if s.assignors.is_empty() {
             return refuse("at least one assignor is needed".into());

@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::sync::Notify;
 
-use super::status::PauseReason;
+use super::rebalance::RebalanceEvent;
+use super::status::{PauseReason, StuckPartition};
 use crate::error::Error;
 use crate::TopicPartition;
 
@@ -152,6 +153,23 @@ pub enum ConsumerError {
         /// Which limit was reached.
         reason: PauseReason,
     },
+    /// The watchdog found a partition making no progress for longer than
+    /// the watchdog threshold: it has not fetched successfully, or its
+    /// commit point has not moved while records wait. Reported once when it
+    /// starts; also in [`ConsumerStatus::stuck`](super::ConsumerStatus::stuck)
+    /// while it lasts.
+    PartitionStuck(StuckPartition),
+    /// A rebalance hook ([`RebalanceListener`](super::RebalanceListener))
+    /// panicked, or did not return within its bound and was abandoned. The
+    /// consumer went on as if it had returned.
+    RebalanceHook {
+        /// Which hook.
+        event: RebalanceEvent,
+        /// The partitions it was called with.
+        partitions: Vec<TopicPartition>,
+        /// What went wrong: the panic message, or the bound it exceeded.
+        reason: String,
+    },
 }
 
 impl ConsumerError {
@@ -209,6 +227,16 @@ impl fmt::Display for ConsumerError {
                     reason: *reason,
                 };
                 fmt::Display::fmt(&paused, f)
+            }
+            ConsumerError::PartitionStuck(stuck) => fmt::Display::fmt(stuck, f),
+            ConsumerError::RebalanceHook {
+                event,
+                partitions,
+                reason,
+            } => {
+                write!(f, "rebalance hook `{event}` for ")?;
+                write_list(f, partitions)?;
+                write!(f, " {reason} (the consumer went on)")
             }
         }
     }

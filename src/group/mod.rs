@@ -31,7 +31,17 @@
 //! # Delivery
 //!
 //! At least once. Per partition, records reach the handler in offset order,
-//! one at a time; partitions are processed concurrently. A record is
+//! one at a time; partitions are processed concurrently. With
+//! [`key_concurrency(n)`](GroupConsumerBuilder::key_concurrency), up to `n`
+//! records of a partition are in the handler at once when their keys
+//! differ, and order holds per key: a record is handed over once the
+//! handler call of the previous record of its key has returned (records
+//! without a key count as one key; a deferred or failed record frees its
+//! key when its handler returns, as one-at-a-time dispatch goes on past
+//! it). [`max_in_flight(n)`](GroupConsumerBuilder::max_in_flight) bounds
+//! the handler calls of all partitions together; when it is reached,
+//! partitions wait, their fetched batches fill and fetching pauses. A
+//! record is
 //! *completed* when its handler returns `Ok`, or later through an
 //! [`AckHandle`] ([`ConsumerRecord::defer`]). The committed offset of a
 //! partition is its lowest incomplete offset, so a failed record holds the
@@ -58,7 +68,9 @@
 //! rebalance completes (as the Java client does). Offsets are committed on an interval, when
 //! partitions are revoked, and on shutdown; never for partitions that were
 //! lost. The code: `session.rs` (how we join), `commit.rs` (when we commit),
-//! `runtime.rs` (fetching and dispatching), `coordinator.rs` (the requests).
+//! `runtime.rs` (fetching and dispatching), `coordinator.rs` (the requests),
+//! `topics.rs` (what we subscribe to), `rebalance.rs` (the hooks),
+//! `watchdog.rs` (partitions that make no progress).
 //!
 //! Every member refreshes metadata of its topics every `metadata_max_age`
 //! (5 minutes by default) and every few seconds while one is missing. A
@@ -66,6 +78,41 @@
 //! [`ConsumerStatus::missing_topics`], a warning) and consumed once it is
 //! created; the leader rebalances the group when any subscribed topic
 //! appears or gets more partitions.
+//!
+//! # Topic patterns
+//!
+//! [`topic_pattern`](GroupConsumerBuilder::topic_pattern) subscribes to
+//! every existing, non-internal topic whose name matches a glob (`*`, `?`),
+//! besides the topics named with [`topic`](GroupConsumerBuilder::topic).
+//! With a pattern, each metadata refresh lists all topics; when the
+//! matching set changes the member rejoins with its new subscription (its
+//! JoinGroup metadata carries the topic list, and the leader assigns the
+//! union of the group's subscriptions). A matching topic created later is
+//! consumed within `metadata_max_age`, without a restart.
+//! [`ConsumerStatus::subscribed`] shows the current subscription.
+//!
+//! # Rebalance hooks
+//!
+//! A [`RebalanceListener`] ([`on_rebalance`](GroupConsumerBuilder::on_rebalance))
+//! hears of partitions `assigned` (start positions known, before the first
+//! record), `revoked` (in-flight records finished or timed out, before the
+//! final commit; also at shutdown) and `lost` (given up without a commit).
+//! Each call is bounded by `revoke_timeout` (see the trait for the exact
+//! bounds); a hook that panics or hangs is reported
+//! ([`ConsumerError::RebalanceHook`]) and the session goes on. Records in
+//! flight learn of a revocation themselves through
+//! [`ConsumerRecord::revoked`].
+//!
+//! # Watchdog
+//!
+//! The consumer reports a partition that is assigned but makes no progress
+//! for longer than [`watchdog_threshold`](GroupConsumerBuilder::watchdog_threshold)
+//! (60 s by default): it has not fetched successfully (a fetch that finds
+//! nothing is a success; waiting for the handler to catch up does not
+//! count), or its commit point has not moved while records wait. An idle
+//! partition is never reported. Reports name topic and partition in the
+//! log, on the error stream ([`ConsumerError::PartitionStuck`]) and in
+//! [`ConsumerStatus::stuck`].
 //!
 //! # When `run()` ends
 //!
@@ -120,6 +167,7 @@ mod subscription;
 pub mod testing;
 mod topics;
 mod tracking;
+mod watchdog;
 
 mod ack_tracker;
 
@@ -128,9 +176,10 @@ pub use events::{ConsumerError, ConsumerErrors, GroupStep};
 pub use handler::{
     with_state, AckHandle, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome, WithState,
 };
-pub use rebalance::RebalanceListener;
+pub use rebalance::{RebalanceEvent, RebalanceListener};
 pub use status::{
     ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,
+    StuckPartition, StuckReason,
 };
 
 /// Entry points for the fuzz targets in `fuzz/` (the consumer-protocol

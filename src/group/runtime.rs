@@ -2,7 +2,9 @@
 //! worker that hands records to the handler in offset order.
 //!
 //! The fetch task fills a channel of two batches; the worker dispatches
-//! records one at a time, tracking each in the ack tracker. Memory per
+//! records one at a time (or, with `key_concurrency(n)`, up to `n` at once
+//! when their keys differ: see below), tracking each in the ack tracker.
+//! Memory per
 //! partition is bounded by the channel (two fetched batches) and by the ack
 //! tracker's window (`max_window_per_partition` records, 32 bytes each):
 //!
@@ -18,32 +20,70 @@
 //! While a worker waits, the channel fills and the fetch task waits on it:
 //! fetching for that partition pauses as well.
 //!
+//! # Per-key concurrency
+//!
+//! With `key_concurrency(n)`, `n > 1`, a worker runs up to `n` handler calls
+//! of its partition at once, for records with different keys (records
+//! without a key count as one key). It takes records in offset order; a
+//! record whose key has a record in the handler waits behind it, in offset
+//! order, while later records of other keys go ahead. Such a waiting record
+//! is tracked (dispatched) already, so it counts against
+//! `max_pending_per_partition` and the window: memory stays bounded however
+//! hot one key is. A key is free again when the handler call of its record
+//! *returns*:
+//!
+//! - a deferred record ([`ConsumerRecord::defer`]) frees its key when its
+//!   handler returns, not when it is acked: the handler took over
+//!   completion, and a key that waited for acks would deadlock handlers
+//!   that ack in batches;
+//! - a failed record (or one whose handler panicked) frees its key too, as
+//!   one-at-a-time dispatch goes on past a failed record: the failure holds
+//!   the partition's commit point (so the record is redelivered after a
+//!   rebalance or restart), not the later records. Handlers that must not
+//!   let a later record of a key overtake a failed one retry inside the
+//!   call (in-process retry keeps the key busy).
+//!
+//! The ack tracker takes completions in any order; commits stay gap-free.
+//!
+//! # Consumer-wide bound
+//!
+//! With `max_in_flight(n)`, every handler call holds one of `n` permits
+//! shared by all partitions (FIFO, so no partition starves). A worker that
+//! waits for a permit takes no more records: its channel fills and its
+//! fetching pauses, so memory stays flat whatever the backlog. Deferred
+//! records hold no permit once their handler returned.
+//!
 //! A fetch that keeps failing (after the fetch loop's own retries until the
 //! retry deadline) is reported ([`ConsumerError::Fetch`]) and restarted
 //! from the same offset after a backoff; the partition is never dropped
 //! silently.
 //!
+//! [`ConsumerRecord::defer`]: super::ConsumerRecord::defer
 //! [`ConsumerError::PartitionPaused`]: super::ConsumerError::PartitionPaused
 //! [`ConsumerError::Fetch`]: super::ConsumerError::Fetch
 //! [`ConsumerStatus::paused`]: super::ConsumerStatus::paused
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use tokio::sync::{mpsc, Notify};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::events::{ConsumerError, Reporter};
-use super::handler::{Completion, ConsumerRecord, DynHandler, Sink};
+use super::handler::{Completion, ConsumerRecord, DynHandler, Outcome, Sink};
 use super::tracking::{Room, Tracking};
+use super::watchdog::Sample;
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchProgress, Fetcher};
 use crate::protocol::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
 use crate::record::Record;
 use crate::{StartOffset, TopicPartition};
@@ -51,6 +91,9 @@ use crate::{StartOffset, TopicPartition};
 /// Pauses before restarting a fetch that failed for good.
 const FETCH_RESTART_FIRST: Duration = Duration::from_secs(1);
 const FETCH_RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// Why a record tracked as dispatched never reached the handler.
+const NOT_HANDED: &str = "not handed to the handler: the partition was revoked";
 
 /// Settings of the partition runtime (fixed for a consumer).
 #[derive(Debug, Clone)]
@@ -60,6 +103,10 @@ pub(crate) struct RuntimeSettings {
     pub max_pending: usize,
     pub max_window: usize,
     pub offset_reset: StartOffset,
+    /// Handler calls of one partition at once, for different keys.
+    pub key_concurrency: usize,
+    /// Permits for handler calls, shared by every partition (`max_in_flight`).
+    pub max_in_flight: Option<Arc<Semaphore>>,
 }
 
 /// One running partition.
@@ -70,6 +117,8 @@ struct PartitionTask {
     /// Set when the partition is revoked or lost; every record dispatched
     /// for this assignment holds a receiver (`ConsumerRecord::revoked`).
     revoked: tokio::sync::watch::Sender<bool>,
+    /// Written by the fetch task and the worker; read by the watchdog.
+    progress: Arc<FetchProgress>,
     worker: JoinHandle<()>,
     fetcher: JoinHandle<()>,
 }
@@ -136,12 +185,30 @@ impl PartitionRuntime {
         self.partitions.contains_key(tp)
     }
 
+    /// How each running partition is doing, for the watchdog.
+    pub(super) fn progress(&self) -> Vec<Sample> {
+        self.partitions
+            .iter()
+            .filter_map(|(tp, task)| {
+                let (commit_point, incomplete) = self.tracking.progress(tp)?;
+                Some(Sample {
+                    partition: tp.clone(),
+                    fetch_failing_for: task.progress.failing_for(),
+                    next_fetch: task.progress.next_offset(),
+                    commit_point,
+                    waiting: incomplete + task.progress.buffered(),
+                })
+            })
+            .collect()
+    }
+
     /// Start fetching and dispatching `tp` from `position`.
     pub(super) fn start(&mut self, tp: TopicPartition, position: i64) {
         let epoch = self.tracking.assign(tp.clone(), position);
         // Two fetched batches ahead of the handler: enough to hide fetch
         // latency, small enough to keep memory flat.
         let (tx, rx) = mpsc::channel(2);
+        let progress = Arc::new(FetchProgress::new(position));
         let fetcher = Fetcher {
             client: self.client.clone(),
             topic: Arc::clone(&tp.topic),
@@ -152,6 +219,7 @@ impl PartitionRuntime {
             max_bytes: self.settings.max_partition_bytes,
             out_of_range: self.settings.offset_reset,
             tx,
+            progress: Some(Arc::clone(&progress)),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (revoked, revoked_rx) = tokio::sync::watch::channel(false);
@@ -166,6 +234,9 @@ impl PartitionRuntime {
             max_pending: self.settings.max_pending,
             max_window: self.settings.max_window,
             reporter: self.reporter.clone(),
+            progress: Arc::clone(&progress),
+            key_concurrency: self.settings.key_concurrency,
+            in_flight: self.settings.max_in_flight.clone(),
         };
         let fetch = fetch_partition(
             fetcher,
@@ -176,6 +247,7 @@ impl PartitionRuntime {
         let task = PartitionTask {
             stop,
             revoked,
+            progress,
             worker: tokio::spawn(worker.run()),
             fetcher: tokio::spawn(fetch),
         };
@@ -276,13 +348,14 @@ async fn fetch_partition(
     }
 }
 
-/// Hands one partition's records to the handler, in order. Owned by its
-/// task; shares only what is marked.
+/// Hands one partition's records to the handler, in order (per key, with
+/// key concurrency). Owned by its task; shares only what is marked.
 struct Worker {
     key: TopicPartition,
     /// The assignment of the partition this worker dispatches for.
     epoch: u64,
-    /// Handed to every record (`ConsumerRecord::revoked`).
+    /// Handed to every record (`ConsumerRecord::revoked`); the worker also
+    /// watches it to stop waiting for a permit.
     revoked: tokio::sync::watch::Receiver<bool>,
     /// Batches from the partition's fetch task.
     rx: mpsc::Receiver<Result<Vec<Record>>>,
@@ -296,24 +369,245 @@ struct Worker {
     max_window: usize,
     /// Shared writer of the error stream.
     reporter: Reporter,
+    /// Shared with the fetch task and the watchdog; the worker notes the
+    /// fetched records it is done with.
+    progress: Arc<FetchProgress>,
+    /// Handler calls at once for different keys (1: strictly in order).
+    key_concurrency: usize,
+    /// Consumer-wide permits for handler calls (`max_in_flight`).
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+/// A handler call of the keyed worker that ended.
+struct Finished {
+    /// The record's key (its busy entry is released).
+    key: Option<Bytes>,
+    offset: i64,
+    /// `false` if the partition was revoked before the record got a permit:
+    /// it never reached the handler.
+    handled: bool,
 }
 
 impl Worker {
-    async fn run(mut self) {
+    async fn run(self) {
+        if self.key_concurrency > 1 {
+            self.run_keyed().await
+        } else {
+            self.run_in_order().await
+        }
+    }
+
+    /// One record at a time, in offset order.
+    async fn run_in_order(mut self) {
         while let Some(batch) = self.rx.recv().await {
             // The fetch task reports its own errors and retries.
             let Ok(batch) = batch else { continue };
+            let len = batch.len();
             for record in batch {
                 if self.stop.load(Ordering::Acquire) || !self.wait_for_room().await {
                     return;
                 }
+                let Ok(permit) = self.permit().await else {
+                    return; // revoked while waiting
+                };
                 let offset = record.offset;
                 if !self.tracking.dispatched(&self.key, offset, self.epoch) {
                     return; // revoked meanwhile
                 }
-                self.dispatch(record, offset).await;
+                let completion = self.completion(offset);
+                let outcome = call(&*self.handler, record, &completion).await;
+                drop(permit);
+                finish(&completion, outcome);
+            }
+            self.progress.taken(len);
+        }
+    }
+
+    /// A permit for one handler call, if the consumer has a bound; `Err`
+    /// when the partition is revoked while waiting for one.
+    async fn permit(&self) -> std::result::Result<Option<OwnedSemaphorePermit>, ()> {
+        let Some(permits) = &self.in_flight else {
+            return Ok(None);
+        };
+        if let Ok(p) = Arc::clone(permits).try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        let mut revoked = self.revoked.clone();
+        tokio::select! {
+            p = Arc::clone(permits).acquire_owned() => Ok(p.ok()),
+            _ = revoked.wait_for(|r| *r) => Err(()),
+        }
+    }
+
+    /// Up to `key_concurrency` handler calls at once, for different keys;
+    /// per key in offset order (see the module docs).
+    async fn run_keyed(mut self) {
+        let limit = self.key_concurrency;
+        // Handler calls under way (each may first wait for a permit).
+        let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+        // Keys with a record in `running`, each with the later records of
+        // that key waiting behind it, in offset order. Invariant: a record
+        // waits here only behind a running record of its key.
+        let mut busy: HashMap<Option<Bytes>, VecDeque<Record>> = HashMap::new();
+        // The batch being taken, and its size as fetched.
+        let mut batch: VecDeque<Record> = VecDeque::new();
+        let mut batch_len = 0;
+        let mut pause_reported = false;
+        let mut revoked = self.revoked.clone();
+        let mut stopping = false;
+        while !stopping && !self.stop.load(Ordering::Acquire) {
+            // Created before the room checks, so no completion is missed.
+            let notified = self.tracking.completed.notified();
+            let mut blocked = false;
+            while running.len() < limit && !batch.is_empty() {
+                match self
+                    .tracking
+                    .room(&self.key, self.max_pending, self.max_window)
+                {
+                    Room::Free => pause_reported = false,
+                    Room::Wait => {
+                        blocked = true;
+                        break;
+                    }
+                    Room::Paused(paused) => {
+                        if !pause_reported {
+                            pause_reported = true;
+                            self.report_pause(paused);
+                        }
+                        blocked = true;
+                        break;
+                    }
+                }
+                let Some(record) = batch.pop_front() else {
+                    break;
+                };
+                if batch.is_empty() {
+                    self.progress.taken(batch_len);
+                }
+                if !self
+                    .tracking
+                    .dispatched(&self.key, record.offset, self.epoch)
+                {
+                    stopping = true; // revoked meanwhile
+                    break;
+                }
+                match busy.get_mut(&record.key) {
+                    Some(waiting) => waiting.push_back(record),
+                    None => {
+                        busy.insert(record.key.clone(), VecDeque::new());
+                        running.push(self.start(record));
+                    }
+                }
+            }
+            if stopping {
+                break;
+            }
+            let want_batch = batch.is_empty();
+            tokio::select! {
+                Some(done) = running.next(), if !running.is_empty() => {
+                    if !done.handled {
+                        // Revoked while it waited for a permit.
+                        self.tracking
+                            .fail(&self.key, done.offset, self.epoch, NOT_HANDED.into());
+                        stopping = true;
+                        continue;
+                    }
+                    // The key is free: its next record (if any) takes the slot.
+                    if let Some(waiting) = busy.get_mut(&done.key) {
+                        match waiting.pop_front() {
+                            Some(next) => running.push(self.start(next)),
+                            None => {
+                                busy.remove(&done.key);
+                            }
+                        }
+                    }
+                }
+                fetched = self.rx.recv(), if want_batch => match fetched {
+                    Some(Ok(records)) => {
+                        batch_len = records.len();
+                        batch = records.into();
+                    }
+                    Some(Err(_)) => {} // the fetch task reports and retries
+                    None => stopping = true,
+                },
+                _ = notified, if blocked => {}
+                _ = revoked.wait_for(|r| *r) => stopping = true,
             }
         }
+        if pause_reported {
+            self.tracking.clear_pause(&self.key);
+        }
+        // Stopping: records waiting behind their key never reach the
+        // handler; marked failed, they are not waited for (and not
+        // committed: redelivered to the next owner). Calls under way finish.
+        for waiting in busy.values_mut() {
+            for record in waiting.drain(..) {
+                self.tracking
+                    .fail(&self.key, record.offset, self.epoch, NOT_HANDED.into());
+            }
+        }
+        while let Some(done) = running.next().await {
+            if !done.handled {
+                self.tracking
+                    .fail(&self.key, done.offset, self.epoch, NOT_HANDED.into());
+            }
+        }
+    }
+
+    /// The handler call of one record (first waiting for a permit, if the
+    /// consumer has a bound), as a future of its own.
+    fn start(&self, record: Record) -> BoxFuture<'static, Finished> {
+        let completion = self.completion(record.offset);
+        let handler = Arc::clone(&self.handler);
+        let permits = self.in_flight.clone();
+        let mut revoked = self.revoked.clone();
+        let key = record.key.clone();
+        let offset = record.offset;
+        Box::pin(async move {
+            let permit = match permits {
+                Some(permits) => match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => tokio::select! {
+                        p = permits.acquire_owned() => p.ok(),
+                        _ = revoked.wait_for(|r| *r) => {
+                            return Finished { key, offset, handled: false };
+                        }
+                    },
+                },
+                None => None,
+            };
+            let outcome = call(&*handler, record, &completion).await;
+            drop(permit);
+            finish(&completion, outcome);
+            Finished {
+                key,
+                offset,
+                handled: true,
+            }
+        })
+    }
+
+    fn completion(&self, offset: i64) -> Completion {
+        Completion {
+            sink: Sink::Tracked {
+                tracking: Arc::clone(&self.tracking),
+                epoch: self.epoch,
+            },
+            key: self.key.clone(),
+            offset,
+            deferred: Arc::new(AtomicBool::new(false)),
+            revoked: self.revoked.clone(),
+        }
+    }
+
+    fn report_pause(&self, paused: super::status::PausedPartition) {
+        tracing::warn!("{paused}");
+        self.reporter.report(ConsumerError::PartitionPaused {
+            partition: paused.partition,
+            offset: paused.offset,
+            failed: paused.failed,
+            reason: paused.reason,
+        });
     }
 
     /// Wait until the limits allow one more record; `false` when stopped
@@ -331,13 +625,7 @@ impl Worker {
                 Room::Paused(paused) => {
                     if !reported {
                         reported = true;
-                        tracing::warn!("{paused}");
-                        self.reporter.report(ConsumerError::PartitionPaused {
-                            partition: paused.partition,
-                            offset: paused.offset,
-                            failed: paused.failed,
-                            reason: paused.reason,
-                        });
+                        self.report_pause(paused);
                     }
                 }
             }
@@ -348,38 +636,38 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn dispatch(&self, record: Record, offset: i64) {
-        let completion = Completion {
-            sink: Sink::Tracked {
-                tracking: Arc::clone(&self.tracking),
-                epoch: self.epoch,
-            },
-            key: self.key.clone(),
-            offset,
-            deferred: Arc::new(AtomicBool::new(false)),
-            revoked: self.revoked.clone(),
-        };
-        let outcome = std::panic::AssertUnwindSafe(
-            self.handler
-                .handle_boxed(ConsumerRecord::new(record, completion.clone())),
-        )
-        .catch_unwind()
-        .await;
-        if completion.is_deferred() {
-            return;
+/// Call the handler for one record, catching a panic.
+async fn call(
+    handler: &dyn DynHandler,
+    record: Record,
+    completion: &Completion,
+) -> std::thread::Result<Outcome> {
+    std::panic::AssertUnwindSafe(
+        handler.handle_boxed(ConsumerRecord::new(record, completion.clone())),
+    )
+    .catch_unwind()
+    .await
+}
+
+/// Complete a record with what its handler call gave, unless the handler
+/// deferred it.
+fn finish(completion: &Completion, outcome: std::thread::Result<Outcome>) {
+    if completion.is_deferred() {
+        return;
+    }
+    let (partition, offset) = (&completion.key, completion.offset);
+    match outcome {
+        Ok(Ok(())) => completion.ack(),
+        Ok(Err(e)) => {
+            tracing::warn!(%partition, offset, error = %e, "handler failed; the record holds the partition's commits");
+            completion.fail(e.reason());
         }
-        match outcome {
-            Ok(Ok(())) => completion.ack(),
-            Ok(Err(e)) => {
-                tracing::warn!(partition = %self.key, offset, error = %e, "handler failed; the record holds the partition's commits");
-                completion.fail(e.reason());
-            }
-            Err(panic) => {
-                let reason = format!("handler panicked: {}", panic_message(&*panic));
-                tracing::error!(partition = %self.key, offset, %reason, "the record holds the partition's commits");
-                completion.fail(reason);
-            }
+        Err(panic) => {
+            let reason = format!("handler panicked: {}", panic_message(&*panic));
+            tracing::error!(%partition, offset, %reason, "the record holds the partition's commits");
+            completion.fail(reason);
         }
     }
 }
@@ -391,4 +679,164 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::HandlerError;
+    use std::sync::Mutex;
+
+    type Calls = Arc<Mutex<Vec<(&'static str, i64)>>>;
+
+    /// A worker and the means to feed and stop it.
+    struct Harness {
+        worker: Worker,
+        tx: mpsc::Sender<Result<Vec<Record>>>,
+        revoke: tokio::sync::watch::Sender<bool>,
+        stop: Arc<AtomicBool>,
+    }
+
+    /// A keyed worker for partition t/0 from offset 0, fed through the
+    /// returned sender, with a handler that logs the start and end of each
+    /// call; records whose value is "hold" wait for the revocation.
+    fn worker(tracking: &Arc<Tracking>, permits: Option<Arc<Semaphore>>, calls: &Calls) -> Harness {
+        let tp = TopicPartition::new("t", 0);
+        let epoch = tracking.assign(tp.clone(), 0);
+        let (tx, rx) = mpsc::channel(2);
+        let (revoke, revoked) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::clone(calls);
+        let handler = move |r: ConsumerRecord| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.lock().unwrap().push(("start", r.offset));
+                if r.value.as_deref() == Some(&b"hold"[..]) {
+                    r.revoked().await;
+                }
+                tokio::task::yield_now().await;
+                calls.lock().unwrap().push(("end", r.offset));
+                Ok::<(), HandlerError>(())
+            }
+        };
+        let worker = Worker {
+            key: tp,
+            epoch,
+            revoked,
+            rx,
+            handler: Arc::new(handler),
+            tracking: Arc::clone(tracking),
+            stop: Arc::clone(&stop),
+            max_pending: 100,
+            max_window: 1000,
+            reporter: Reporter::default(),
+            progress: Arc::new(FetchProgress::new(0)),
+            key_concurrency: 4,
+            in_flight: permits,
+        };
+        Harness {
+            worker,
+            tx,
+            revoke,
+            stop,
+        }
+    }
+
+    fn record(offset: i64, key: Option<&'static str>, value: &'static str) -> Record {
+        let mut r = Record::new("t", 0, offset);
+        r.key = key.map(|k| Bytes::from_static(k.as_bytes()));
+        r.value = Some(Bytes::from_static(value.as_bytes()));
+        r
+    }
+
+    #[tokio::test]
+    async fn records_behind_a_busy_key_wait_and_other_keys_go_ahead() {
+        let tracking = Arc::new(Tracking::default());
+        let calls: Calls = Arc::default();
+        let Harness {
+            worker,
+            tx,
+            revoke,
+            stop,
+        } = worker(&tracking, None, &calls);
+        let task = tokio::spawn(worker.run());
+        let batch = vec![
+            record(0, Some("a"), "hold"),
+            record(1, Some("a"), "x"),
+            record(2, Some("b"), "x"),
+            record(3, None, "x"),
+            record(4, None, "x"),
+        ];
+        tx.send(Ok(batch)).await.unwrap();
+        let tp = TopicPartition::new("t", 0);
+        // Everything but the held record and the one behind it completes.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while tracking.progress(&tp) != Some((0, 2)) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the other records complete");
+        {
+            let calls = calls.lock().unwrap();
+            assert!(
+                !calls.contains(&("start", 1)),
+                "a@1 waits behind a@0: {calls:?}"
+            );
+            let end3 = calls.iter().position(|c| *c == ("end", 3));
+            let start4 = calls.iter().position(|c| *c == ("start", 4));
+            assert!(end3 < start4, "keyless records are one key: {calls:?}");
+        }
+        // Revoked: the held call returns, the record behind it never
+        // reaches the handler and is not waited for.
+        stop.store(true, Ordering::Release);
+        revoke.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the worker stops")
+            .unwrap();
+        assert!(!calls.lock().unwrap().contains(&("start", 1)));
+        assert_eq!(tracking.pending(&tp), 0, "nothing left to wait for");
+        assert_eq!(tracking.progress(&tp), Some((1, 1)), "commit point at a@1");
+    }
+
+    #[tokio::test]
+    async fn a_worker_waiting_for_a_permit_stops_on_revocation() {
+        for keyed in [false, true] {
+            let tracking = Arc::new(Tracking::default());
+            let calls: Calls = Arc::default();
+            let permits = Arc::new(Semaphore::new(1));
+            let taken = Arc::clone(&permits).acquire_owned().await.unwrap();
+            let Harness {
+                mut worker,
+                tx,
+                revoke,
+                stop,
+            } = worker(&tracking, Some(Arc::clone(&permits)), &calls);
+            if !keyed {
+                worker.key_concurrency = 1;
+            }
+            let task = tokio::spawn(worker.run());
+            tx.send(Ok(vec![
+                record(0, Some("a"), "x"),
+                record(1, Some("b"), "x"),
+            ]))
+            .await
+            .unwrap();
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            assert!(calls.lock().unwrap().is_empty(), "no permit, no call");
+            stop.store(true, Ordering::Release);
+            revoke.send_replace(true);
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("the worker stops without a permit")
+                .unwrap();
+            let tp = TopicPartition::new("t", 0);
+            assert_eq!(tracking.pending(&tp), 0, "keyed: {keyed}");
+            assert_eq!(tracking.progress(&tp).map(|p| p.0), Some(0));
+            drop(taken);
+        }
+    }
 }

@@ -56,11 +56,13 @@ use super::coordinator::{is_fatal, Coordinator, GroupError, MemberSettings};
 use super::events::{ConsumerError, GroupStep, Reporter};
 use super::handler::DynHandler;
 use super::heartbeat::{Beat, Heartbeat};
+use super::rebalance::{call_hook, DynRebalanceListener, RebalanceEvent};
 use super::runtime::{PartitionRuntime, RuntimeSettings};
 use super::status::{self, ConsumerStatus, GroupState};
 use super::subscription::MemberAssignment;
 use super::topics::TopicWatch;
 use super::tracking::Tracking;
+use super::watchdog::{Sample, Watchdog};
 use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -106,9 +108,9 @@ pub(crate) struct Session {
     heartbeat_retry: Option<Instant>,
     /// Running partitions.
     runtime: PartitionRuntime,
-    /// Assigned partitions whose start position is not known yet; started
-    /// as soon as a lookup succeeds.
-    unstarted: BTreeSet<TopicPartition>,
+    /// Assigned partitions whose start position is not known yet, with when
+    /// they were assigned; started as soon as a lookup succeeds.
+    unstarted: BTreeMap<TopicPartition, Instant>,
     /// When to look start positions up again.
     position_retry: Option<Instant>,
     committer: Committer,
@@ -126,6 +128,10 @@ pub(crate) struct Session {
     shutdown: watch::Receiver<Option<Duration>>,
     /// Poked by fetch tasks when a topic or partition seems gone.
     metadata_hint: Arc<Notify>,
+    /// The application's rebalance hooks, if any.
+    listener: Option<Arc<dyn DynRebalanceListener>>,
+    /// Finds partitions that make no progress.
+    watchdog: Watchdog,
 }
 
 impl Session {
@@ -159,6 +165,10 @@ impl Session {
                 max_pending: s.max_pending_per_partition,
                 max_window: s.max_window_per_partition,
                 offset_reset: s.offset_reset,
+                key_concurrency: s.key_concurrency,
+                max_in_flight: s
+                    .max_in_flight
+                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             },
             handler,
             Arc::clone(&tracking),
@@ -176,10 +186,17 @@ impl Session {
             heartbeat: None,
             heartbeat_retry: None,
             runtime,
-            unstarted: BTreeSet::new(),
+            unstarted: BTreeMap::new(),
             position_retry: None,
             committer: Committer::new(Arc::clone(&tracking), client.config().request_timeout),
-            topics: TopicWatch::new(client.clone(), s.topics.clone(), s.metadata_max_age),
+            topics: TopicWatch::new(
+                client.clone(),
+                s.topics.clone(),
+                &s.patterns,
+                s.metadata_max_age,
+            ),
+            listener: s.rebalance_listener.clone(),
+            watchdog: Watchdog::new(s.watchdog_threshold),
             join_backoff: Backoff::for_client(client.config()),
             retry_backoff: Backoff::for_client(client.config()),
             coordinator,
@@ -203,8 +220,8 @@ impl Session {
                 Next::Stable => self.stable().await,
                 Next::Shutdown => return self.shut_down().await,
                 Next::Fatal(e) => {
-                    self.lose_all(None);
                     self.heartbeat = None;
+                    self.lose_all(None).await;
                     return Err(e);
                 }
             };
@@ -223,13 +240,15 @@ impl Session {
     /// position.
     fn held(&self) -> Vec<TopicPartition> {
         let mut held: BTreeSet<TopicPartition> = self.runtime.owned().cloned().collect();
-        held.extend(self.unstarted.iter().cloned());
+        held.extend(self.unstarted.keys().cloned());
         held.into_iter().collect()
     }
 
     fn publish_assignment(&self) {
         let held = self.held();
-        status::lock(&self.status).assignment = held;
+        let mut s = status::lock(&self.status);
+        s.stuck.retain(|stuck| held.contains(&stuck.partition));
+        s.assignment = held;
     }
 
     /// Show a membership that was lost or reset: the generation (and, after
@@ -264,7 +283,7 @@ impl Session {
         let owned = self.held();
         let mut shutdown = self.shutdown.clone();
         let joined = tokio::select! {
-            j = self.coordinator.join_group(&self.settings.topics, &owned, &self.settings.assignors, &reason) => j,
+            j = self.coordinator.join_group(self.topics.subscription(), &owned, &self.settings.assignors, &reason) => j,
             _ = shutdown.changed() => return self.abandon_rebalance(),
         };
         let joined = match joined {
@@ -416,7 +435,7 @@ impl Session {
         }
         for tp in assigned {
             if !self.runtime.contains(&tp) {
-                self.unstarted.insert(tp);
+                self.unstarted.insert(tp, Instant::now());
             }
         }
         self.position_retry = None;
@@ -432,7 +451,14 @@ impl Session {
         &mut self,
         partitions: Vec<TopicPartition>,
     ) -> BTreeSet<TopicPartition> {
-        let subscribed: BTreeSet<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        // The subscription this member joined with (it changes only in the
+        // stable phase, which then rejoins).
+        let subscribed: BTreeSet<&str> = self
+            .topics
+            .subscription()
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut by_topic: BTreeMap<Arc<str>, Vec<TopicPartition>> = BTreeMap::new();
         let mut unsubscribed = Vec::new();
         for tp in partitions {
@@ -510,9 +536,14 @@ impl Session {
         if self.unstarted.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<TopicPartition> = self.unstarted.iter().cloned().collect();
+        let wanted: Vec<TopicPartition> = self.unstarted.keys().cloned().collect();
         match self.positions(&wanted).await {
             Ok(positions) => {
+                // The application hears of them once their start positions
+                // are known, before their first record is handled.
+                let new: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
+                self.hook(RebalanceEvent::Assigned, &new, self.settings.revoke_timeout)
+                    .await;
                 for (tp, position) in positions {
                     self.unstarted.remove(&tp);
                     self.runtime.start(tp, position);
@@ -591,6 +622,9 @@ impl Session {
         commit_tick.tick().await;
         let mut stall_tick = tokio::time::interval(s.stall_threshold.max(Duration::from_secs(1)));
         stall_tick.tick().await;
+        let mut watchdog_tick = tokio::time::interval(self.watchdog.interval());
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        watchdog_tick.tick().await;
         let mut shutdown = self.shutdown.clone();
         let hint = Arc::clone(&self.metadata_hint);
         loop {
@@ -658,6 +692,7 @@ impl Session {
                         tracing::warn!("{stall}");
                     }
                 }
+                _ = watchdog_tick.tick() => self.check_progress(),
                 _ = tokio::time::sleep_until(topics_due) => {
                     match self.refresh_topics().await {
                         Ok(Some(reason)) => {
@@ -702,8 +737,44 @@ impl Session {
         if let (true, Some(topic)) = (self.settings.require_topics, refresh.missing.first()) {
             return Err(Error::UnknownTopic(topic.clone()));
         }
-        status::lock(&self.status).missing_topics = refresh.missing;
+        {
+            let mut s = status::lock(&self.status);
+            s.missing_topics = refresh.missing;
+            s.subscribed = self.topics.subscription().to_vec();
+        }
         Ok(refresh.rejoin)
+    }
+
+    /// The watchdog's check: report partitions that started making no
+    /// progress, note those that recovered, and publish the current list.
+    fn check_progress(&mut self) {
+        let mut samples = self.runtime.progress();
+        // Assigned, but not fetching yet: the start position is unknown.
+        let now = Instant::now();
+        samples.extend(self.unstarted.iter().map(|(tp, since)| Sample {
+            partition: tp.clone(),
+            fetch_failing_for: Some(now.saturating_duration_since(*since)),
+            next_fetch: -1,
+            commit_point: -1,
+            waiting: 0,
+        }));
+        let check = self.watchdog.check(Instant::now(), samples);
+        for stuck in &check.started {
+            tracing::warn!(partition = %stuck.partition, "{stuck}");
+            self.reporter
+                .report(ConsumerError::PartitionStuck(stuck.clone()));
+        }
+        for tp in &check.recovered {
+            tracing::info!(partition = %tp, "partition makes progress again");
+        }
+        status::lock(&self.status).stuck = check.stuck;
+    }
+
+    /// Call a rebalance hook, if the application installed a listener.
+    async fn hook(&self, event: RebalanceEvent, partitions: &[TopicPartition], bound: Duration) {
+        if let Some(listener) = &self.listener {
+            call_hook(listener, event, partitions, bound, &self.reporter).await;
+        }
     }
 
     // ---------------------------------------------------------------------
@@ -727,20 +798,29 @@ impl Session {
         if which.is_empty() {
             return;
         }
+        // Only running partitions were announced as assigned.
+        let running: Vec<TopicPartition> = which
+            .iter()
+            .filter(|tp| self.runtime.contains(tp))
+            .cloned()
+            .collect();
         for tp in which {
             self.unstarted.remove(tp);
         }
         let started = Instant::now();
         let offsets = self.runtime.stop(which, started + wait).await;
         // During a rebalance the whole revocation must fit the rebalance
-        // timeout (`build()` checks that `revoke_timeout` leaves room).
-        let commit_timeout = match reason {
-            CommitReason::Revocation => self
-                .settings
-                .rebalance_timeout
-                .saturating_sub(started.elapsed()),
+        // timeout (`build()` checks that `revoke_timeout` leaves room): the
+        // hook gets at most what is left of it, the commit what is left then.
+        let rebalance_timeout = self.settings.rebalance_timeout;
+        let left = move || match reason {
+            CommitReason::Revocation => rebalance_timeout.saturating_sub(started.elapsed()),
             _ => Duration::MAX,
         };
+        let hook_bound = wait.min(self.settings.revoke_timeout).min(left());
+        self.hook(RebalanceEvent::Revoked, &running, hook_bound)
+            .await;
+        let commit_timeout = left();
         if let Err(e) = self
             .committer
             .commit(&mut self.coordinator, &offsets, reason, commit_timeout)
@@ -755,12 +835,14 @@ impl Session {
         self.publish_assignment();
     }
 
-    /// The membership was lost: drop every partition without committing.
-    fn lose_all(&mut self, why: Option<&Error>) {
+    /// The membership was lost (or the consumer stops for a fatal error):
+    /// drop every partition without committing, then tell the application.
+    async fn lose_all(&mut self, why: Option<&Error>) {
         let held = self.held();
         if held.is_empty() {
             return;
         }
+        let running: Vec<TopicPartition> = self.runtime.owned().cloned().collect();
         self.runtime.lose(&held);
         self.unstarted.clear();
         self.position_retry = None;
@@ -772,6 +854,8 @@ impl Session {
                 error: e.duplicate(),
             });
         }
+        self.hook(RebalanceEvent::Lost, &running, self.settings.revoke_timeout)
+            .await;
     }
 
     /// The one reaction to a failed group request.
@@ -793,14 +877,14 @@ impl Session {
             }
             GroupError::Lost(e) => {
                 self.heartbeat = None;
-                self.lose_all(Some(&e));
+                self.lose_all(Some(&e)).await;
                 self.coordinator.forget_generation();
                 self.publish_membership();
                 self.retry(step, e).await
             }
             GroupError::Reset(e) => {
                 self.heartbeat = None;
-                self.lose_all(Some(&e));
+                self.lose_all(Some(&e)).await;
                 self.coordinator.reset();
                 self.publish_membership();
                 self.retry(step, e).await
@@ -839,13 +923,13 @@ impl Session {
                     Beat::Failed(GroupError::Fatal(e)) => return Err(Next::Fatal(e)),
                     Beat::Failed(GroupError::Lost(e)) => {
                         self.heartbeat = None;
-                        self.lose_all(Some(&e));
+                        self.lose_all(Some(&e)).await;
                         self.coordinator.forget_generation();
                         self.publish_membership();
                     }
                     Beat::Failed(GroupError::Reset(e)) => {
                         self.heartbeat = None;
-                        self.lose_all(Some(&e));
+                        self.lose_all(Some(&e)).await;
                         self.coordinator.reset();
                         self.publish_membership();
                     }

@@ -94,6 +94,15 @@ pub struct ConsumerStatus {
     /// Partitions the leader assigned to this member that it does not take:
     /// they do not exist, or belong to a topic it does not subscribe to.
     pub ignored_partitions: Vec<TopicPartition>,
+    /// The topics this member subscribes to now, sorted: the topics named
+    /// with [`topic`](super::GroupConsumerBuilder::topic), and every
+    /// existing topic matching a
+    /// [`topic_pattern`](super::GroupConsumerBuilder::topic_pattern) (as of
+    /// the last metadata refresh).
+    pub subscribed: Vec<String>,
+    /// Partitions the watchdog finds making no progress for longer than
+    /// its threshold (see [`StuckPartition`]), as of its last check.
+    pub stuck: Vec<StuckPartition>,
 }
 
 impl Default for ConsumerStatus {
@@ -110,6 +119,8 @@ impl Default for ConsumerStatus {
             paused: Vec::new(),
             missing_topics: Vec::new(),
             ignored_partitions: Vec::new(),
+            subscribed: Vec::new(),
+            stuck: Vec::new(),
         }
     }
 }
@@ -213,6 +224,71 @@ impl fmt::Display for PausedPartition {
             write!(f, "; oldest record failed: {reason}")?;
         }
         Ok(())
+    }
+}
+
+/// Why the watchdog reports a partition; see [`StuckPartition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StuckReason {
+    /// The partition is assigned but has not fetched successfully (the
+    /// broker may be unreachable, the leader unavailable, the fetch refused,
+    /// or its start position could not be looked up yet).
+    /// A fetch that finds nothing new is a success, and time spent waiting
+    /// for the handler to catch up does not count.
+    NotFetching,
+    /// The partition's commit point has not moved while records wait:
+    /// incomplete records (with the handler, deferred, or failed) or fetched
+    /// records not yet handed to the handler.
+    CommitNotMoving {
+        /// Records waiting: incomplete, or fetched and not yet dispatched.
+        waiting: usize,
+    },
+}
+
+/// A partition the watchdog reports: assigned, yet making no progress for
+/// longer than the
+/// [`watchdog_threshold`](super::GroupConsumerBuilder::watchdog_threshold).
+/// An idle partition (nothing to fetch, nothing waiting) is never reported.
+///
+/// Its [`Display`](fmt::Display) form is meant for a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StuckPartition {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// What does not move.
+    pub reason: StuckReason,
+    /// For [`StuckReason::NotFetching`], the next offset to fetch (-1 while
+    /// the partition's start position could not be looked up yet); for
+    /// [`StuckReason::CommitNotMoving`], the commit point.
+    pub offset: i64,
+    /// For how long (as of the watchdog's last check, which runs a few
+    /// times per threshold).
+    pub duration: Duration,
+}
+
+impl fmt::Display for StuckPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.duration.as_secs_f64();
+        match self.reason {
+            StuckReason::NotFetching if self.offset < 0 => write!(
+                f,
+                "partition {} has not fetched for {secs:.1}s: its start position is not known yet",
+                self.partition
+            ),
+            StuckReason::NotFetching => write!(
+                f,
+                "partition {} has not fetched successfully for {secs:.1}s (next offset {})",
+                self.partition, self.offset
+            ),
+            StuckReason::CommitNotMoving { waiting } => write!(
+                f,
+                "partition {} commit point stuck at offset {} for {secs:.1}s while {waiting} \
+                 records wait",
+                self.partition, self.offset
+            ),
+        }
     }
 }
 

@@ -1,5 +1,15 @@
-//! Which subscribed topics exist, and when that change calls for a
-//! rebalance.
+//! Which topics this member subscribes to, which of them exist, and when a
+//! change calls for a rebalance.
+//!
+//! The subscription is the exact topics plus every existing, non-internal
+//! topic whose name matches one of the glob patterns (`*` any run of
+//! characters, `?` one character). With patterns, every refresh lists all
+//! topics (a Metadata request for all topics, as Java's pattern
+//! subscription does); when the matching set changes, the member rejoins
+//! with its new subscription, which its JoinGroup metadata carries, and the
+//! leader assigns the union of the group's subscriptions. A topic created
+//! later that matches is therefore consumed within `metadata_max_age`; one
+//! deleted, or no longer matching, leaves the subscription the same way.
 //!
 //! Every member refreshes metadata of its own topics every
 //! `metadata_max_age` (Java's `metadata.max.age.ms`, 5 minutes by default),
@@ -10,8 +20,9 @@
 //! refresh; in strict mode it ends `run()`.
 //!
 //! What triggers a rejoin (as in the Java client and franz-go):
-//! - any member: one of its own topics that was missing now exists (its
-//!   interests changed; the leader may not know the topic yet);
+//! - any member: one of its own topics that was missing now exists, or the
+//!   topics its patterns match changed (its interests changed; the leader
+//!   may not know the topic yet);
 //! - the leader: the partition count of any topic some member of the group
 //!   subscribes to differs from the count the current assignment was
 //!   computed with (a topic appeared, disappeared, or got more partitions).
@@ -34,6 +45,53 @@ use crate::error::Result;
 const MISSING_REFRESH_FIRST: Duration = Duration::from_secs(1);
 const MISSING_REFRESH_MAX: Duration = Duration::from_secs(8);
 
+/// A glob pattern of topic names: `*` matches any run of characters
+/// (also none), `?` exactly one; everything else matches itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Glob {
+    pattern: Vec<char>,
+}
+
+impl Glob {
+    pub(crate) fn new(pattern: &str) -> Self {
+        Self {
+            pattern: pattern.chars().collect(),
+        }
+    }
+
+    /// Whether `name` matches the whole pattern. Linear backtracking over
+    /// the last `*` only, so O(pattern × name) at worst.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let name: Vec<char> = name.chars().collect();
+        let p = &self.pattern;
+        let (mut pi, mut ni) = (0, 0);
+        // Where the last `*` was, and the name position it matched up to.
+        let mut star: Option<(usize, usize)> = None;
+        while ni < name.len() {
+            match p.get(pi) {
+                Some('*') => {
+                    star = Some((pi, ni));
+                    pi += 1;
+                }
+                Some(&c) if c == '?' || c == name[ni] => {
+                    pi += 1;
+                    ni += 1;
+                }
+                _ => match star {
+                    // Let the last `*` take one more character.
+                    Some((sp, sn)) => {
+                        pi = sp + 1;
+                        ni = sn + 1;
+                        star = Some((sp, sn + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi.min(p.len())..].iter().all(|&c| c == '*')
+    }
+}
+
 /// What a refresh found.
 #[derive(Debug, Default)]
 pub(crate) struct Refresh {
@@ -49,7 +107,12 @@ pub(crate) struct Refresh {
 #[derive(Debug)]
 pub(crate) struct TopicWatch {
     client: Client,
-    /// This member's subscription, sorted.
+    /// Topics subscribed by name, sorted.
+    exact: Vec<String>,
+    /// Glob patterns of topic names subscribed to.
+    patterns: Vec<Glob>,
+    /// This member's subscription, sorted: `exact` and the existing topics
+    /// `patterns` match (as of the last refresh). What JoinGroup sends.
     own: Vec<String>,
     /// Partition counts the current assignment was computed with, for every
     /// topic of the group's subscription (missing topics absent); `Some`
@@ -70,11 +133,18 @@ pub(crate) struct TopicWatch {
 }
 
 impl TopicWatch {
-    pub(super) fn new(client: Client, own: Vec<String>, max_age: Duration) -> Self {
+    pub(super) fn new(
+        client: Client,
+        exact: Vec<String>,
+        patterns: &[String],
+        max_age: Duration,
+    ) -> Self {
         let error_backoff = Backoff::for_client(client.config());
         Self {
             client,
-            own,
+            own: exact.clone(),
+            exact,
+            patterns: patterns.iter().map(|p| Glob::new(p)).collect(),
             baseline: None,
             group_topics: BTreeSet::new(),
             missing: BTreeSet::new(),
@@ -119,6 +189,11 @@ impl TopicWatch {
         }
     }
 
+    /// This member's subscription now, sorted: what it joins with.
+    pub(super) fn subscription(&self) -> &[String] {
+        &self.own
+    }
+
     /// Own topics missing at the last refresh, sorted.
     pub(super) fn missing(&self) -> Vec<String> {
         self.missing.iter().cloned().collect()
@@ -138,21 +213,45 @@ impl TopicWatch {
     /// schedule the next refresh. On error, the next attempt is scheduled
     /// after a backoff and the error returned for reporting.
     pub(super) async fn refresh(&mut self) -> Result<Refresh> {
-        let watched: BTreeSet<&str> = self
-            .own
-            .iter()
-            .chain(self.group_topics.iter())
-            .map(String::as_str)
-            .collect();
-        let watched: Vec<&str> = watched.into_iter().collect();
-        let counts = match self.counts(&watched).await {
-            Ok(c) => c,
+        let fetched = if self.patterns.is_empty() {
+            let watched: BTreeSet<&str> = self
+                .own
+                .iter()
+                .chain(self.group_topics.iter())
+                .map(String::as_str)
+                .collect();
+            let watched: Vec<&str> = watched.into_iter().collect();
+            self.counts(&watched).await.map(|c| (c, None))
+        } else {
+            self.all_topics().await.map(|(c, m)| (c, Some(m)))
+        };
+        let (counts, matched) = match fetched {
+            Ok(found) => found,
             Err(e) => {
                 self.next = Instant::now() + self.error_backoff.next_delay();
                 return Err(e);
             }
         };
         self.error_backoff.reset();
+        let mut resubscribed = None;
+        if let Some(matched) = matched {
+            let own: BTreeSet<String> = self.exact.iter().cloned().chain(matched).collect();
+            let own: Vec<String> = own.into_iter().collect();
+            if own != self.own {
+                let added: Vec<&String> = own.iter().filter(|t| !self.own.contains(t)).collect();
+                let removed: Vec<&String> = self.own.iter().filter(|t| !own.contains(t)).collect();
+                resubscribed = Some(format!(
+                    "the subscription changed (topics added {added:?}, removed {removed:?})"
+                ));
+                self.own = own;
+            }
+        }
+        let watched: BTreeSet<&str> = self
+            .own
+            .iter()
+            .chain(self.group_topics.iter())
+            .map(String::as_str)
+            .collect();
         let missing: BTreeSet<String> = self
             .own
             .iter()
@@ -178,6 +277,7 @@ impl TopicWatch {
             }
             None => None,
         }
+        .or(resubscribed)
         .or_else(|| {
             appeared
                 .first()
@@ -198,5 +298,59 @@ impl TopicWatch {
             missing: self.missing(),
             rejoin,
         })
+    }
+
+    /// Partition counts of every topic (one all-topics Metadata request),
+    /// and the non-internal ones the patterns match.
+    async fn all_topics(&self) -> Result<(BTreeMap<String, i32>, BTreeSet<String>)> {
+        let found = self.client.cluster().refresh_metadata(&[]).await?;
+        let mut counts = BTreeMap::new();
+        let mut matched = BTreeSet::new();
+        for t in found {
+            let count = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX);
+            counts.insert(t.name.clone(), count);
+            if !t.internal && self.patterns.iter().any(|p| p.matches(&t.name)) {
+                matched.insert(t.name.clone());
+            }
+        }
+        Ok((counts, matched))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Glob;
+
+    #[test]
+    fn globs_match_whole_names() {
+        let cases = [
+            ("content.*", "content.orders", true),
+            ("content.*", "content.", true),
+            ("content.*", "contents.orders", false),
+            ("content.*", "xcontent.orders", false),
+            ("*", "anything", true),
+            ("*", "", true),
+            ("orders", "orders", true),
+            ("orders", "orders2", false),
+            ("orders-?", "orders-1", true),
+            ("orders-?", "orders-12", false),
+            ("*-dlq", "billing-dlq", true),
+            ("*-dlq", "billing-dlq-2", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("a*b*c", "abcbc", true),
+            ("*.*.retry", "a.b.retry", true),
+            ("*.*.retry", "a.retry", false),
+            ("**x", "yx", true),
+            ("", "", true),
+            ("", "a", false),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(
+                Glob::new(pattern).matches(name),
+                expected,
+                "`{pattern}` against `{name}`"
+            );
+        }
     }
 }

@@ -185,6 +185,14 @@ impl Tracking {
         self.lock().tracker.mark_committed(key, offset)
     }
 
+    /// The partition's commit point and its incomplete records (pending or
+    /// failed); `None` if it is not tracked.
+    pub(crate) fn progress(&self, key: &TopicPartition) -> Option<(i64, usize)> {
+        let inner = self.lock();
+        let point = inner.tracker.commit_point(key)?;
+        Some((point, inner.tracker.in_flight(key)))
+    }
+
     pub(crate) fn stalled(&self, threshold: Duration) -> Vec<StallReport> {
         self.lock().tracker.stalled(Instant::now(), threshold)
     }
