@@ -222,7 +222,6 @@ async fn three_topics_reach_their_three_handlers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs GroupConsumerBuilder::topic_pattern, which build() refuses until the group consumer implements it"]
 async fn a_glob_route_picks_up_a_topic_created_after_start() {
     let client = client().await;
     let prefix = unique_topic("svc-content");
