@@ -75,6 +75,12 @@ use crate::TopicPartition;
 /// within milliseconds instead of a full interval.
 const EARLY_BEATS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(150)];
 
+/// Consecutive coordinator look-ups that may fail before the failure is
+/// reported on the error stream: a coordinator loading a new group or
+/// moving after a broker restart answers a few times with
+/// COORDINATOR_NOT_AVAILABLE or NOT_COORDINATOR, which is no problem.
+const REDISCOVERIES_BEFORE_REPORT: u32 = 3;
+
 /// Where the state machine goes next.
 #[derive(Debug)]
 enum Next {
@@ -117,6 +123,12 @@ pub(crate) struct Session {
     topics: TopicWatch,
     /// Pauses between failed attempts to join (reset by a successful sync).
     join_backoff: Backoff,
+    /// Coordinator look-ups that failed in a row since the last successful
+    /// sync. A coordinator that is loading or moving is routine (a new
+    /// group's offsets topic being created, a broker restarting), so it is
+    /// reported on the error stream only once it persists
+    /// ([`REDISCOVERIES_BEFORE_REPORT`]); the log always has it.
+    rediscoveries: u32,
     /// Pauses between failed start-position lookups and heartbeat restarts.
     retry_backoff: Backoff,
     /// Written by the session; read by status readers (`StatusHandle`)
@@ -198,6 +210,7 @@ impl Session {
             listener: s.rebalance_listener.clone(),
             watchdog: Watchdog::new(s.watchdog_threshold),
             join_backoff: Backoff::for_client(client.config()),
+            rediscoveries: 0,
             retry_backoff: Backoff::for_client(client.config()),
             coordinator,
             settings,
@@ -374,6 +387,7 @@ impl Session {
             Err(e) => return Next::Fatal(e),
         };
         self.join_backoff.reset();
+        self.rediscoveries = 0;
         let held = self.held();
         {
             let mut s = status::lock(&self.status);
@@ -869,6 +883,14 @@ impl Session {
             GroupError::Rediscover(e) => {
                 tracing::info!(error = %e, %step, "group coordinator unavailable; finding it again");
                 self.coordinator.forget_coordinator();
+                self.rediscoveries += 1;
+                if self.rediscoveries < REDISCOVERIES_BEFORE_REPORT {
+                    let reason = format!("finding the coordinator again after {step} failed: {e}");
+                    return match self.back_off().await {
+                        Ok(()) => Next::Join(reason),
+                        Err(next) => next,
+                    };
+                }
                 self.retry(step, e).await
             }
             GroupError::Retry(e) => {
