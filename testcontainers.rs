@@ -393,6 +393,18 @@ fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> FixtureError
     move |source| FixtureError::Io { action, source }
 }
 
+/// [`shared_bootstrap`] for the examples: says so on stderr when it starts a
+/// local broker, which takes a while on the first run.
+pub fn example_bootstrap() -> Result<String, FixtureError> {
+    let external = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_default();
+    if external.trim().is_empty() {
+        eprintln!(
+            "KAFKA_BOOTSTRAP is not set: starting a local Kafka broker (first run downloads it)..."
+        );
+    }
+    shared_bootstrap()
+}
+
 /// Bootstrap address ("127.0.0.1:port") of the broker shared by this process:
 /// `KAFKA_BOOTSTRAP` if set, else a broker started once per process
 /// (`OnceLock`) and kept until the process exits.
@@ -882,6 +894,26 @@ pub fn describe_group(
     )?;
     let partitions = parse_group_description(&output, group, topic);
     Ok(GroupDescription { partitions, output })
+}
+
+/// Runs Kafka's `kafka-consumer-groups --describe --group <group> --members`
+/// against `bootstrap` and returns its output (the members' table, or the
+/// tool's "has no active members"), whatever its exit status: a group that
+/// does not exist yet is an answer too. Blocks.
+pub fn describe_members(bootstrap: &str, group: &str) -> Result<String, FixtureError> {
+    let output = run_kafka_class(
+        CONSUMER_GROUPS,
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+            "--members",
+        ],
+        Duration::from_secs(60),
+    )?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 // The table of `kafka-consumer-groups --describe`: a header line (GROUP

@@ -86,13 +86,7 @@ impl Middleware for LogFailures {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let bootstrap = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) => b,
-        Err(_) => {
-            eprintln!("KAFKA_BOOTSTRAP is not set: starting a local Kafka broker (first run downloads it)...");
-            testcontainers::shared_bootstrap()?
-        }
-    };
+    let bootstrap = testcontainers::example_bootstrap()?;
     println!("using broker {bootstrap}");
     let client =
         Client::connect(ClientConfig::new(&bootstrap).client_id("service-example")).await?;

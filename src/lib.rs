@@ -40,6 +40,7 @@ pub mod producer;
 pub mod protocol;
 pub mod reader;
 mod record;
+mod report_queue;
 mod retry;
 pub mod security;
 pub mod service;

@@ -378,20 +378,10 @@ async fn a_member_whose_session_expires_hears_its_partitions_lost() {
                 let started = Instant::now();
                 loop {
                     std::thread::sleep(Duration::from_millis(500));
-                    let out = testcontainers::run_kafka_class(
-                        testcontainers::CONSUMER_GROUPS,
-                        &[
-                            "--bootstrap-server",
-                            &testcontainers::bootstrap(),
-                            "--describe",
-                            "--group",
-                            &group,
-                            "--members",
-                        ],
-                        Duration::from_secs(60),
-                    )
-                    .expect("kafka-consumer-groups runs");
-                    if String::from_utf8_lossy(&out.stdout).contains("has no active members") {
+                    let members =
+                        testcontainers::describe_members(&testcontainers::bootstrap(), &group)
+                            .expect("kafka-consumer-groups runs");
+                    if members.contains("has no active members") {
                         break;
                     }
                     assert!(

@@ -620,20 +620,9 @@ async fn assigned_partitions_that_do_not_exist_are_ignored() {
 async fn wait_for_group_member(group: &str) {
     let started = Instant::now();
     loop {
-        let out = testcontainers::run_kafka_class(
-            testcontainers::CONSUMER_GROUPS,
-            &[
-                "--bootstrap-server",
-                &testcontainers::bootstrap(),
-                "--describe",
-                "--group",
-                group,
-                "--members",
-            ],
-            Duration::from_secs(60),
-        )
-        .expect("kafka-consumer-groups runs");
-        if String::from_utf8_lossy(&out.stdout).contains("raw-member") {
+        let members = testcontainers::describe_members(&testcontainers::bootstrap(), group)
+            .expect("kafka-consumer-groups runs");
+        if members.contains("raw-member") {
             return;
         }
         assert!(

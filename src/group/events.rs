@@ -2,24 +2,17 @@
 //! the bounded [`ConsumerErrors`] stream taken with
 //! [`GroupConsumer::errors`](super::GroupConsumer::errors).
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::Notify;
 
 use super::rebalance::RebalanceEvent;
 use super::status::{PauseReason, StuckPartition};
 use crate::error::Error;
+use crate::report_queue::{ReportQueue, Reports};
 use crate::TopicPartition;
-
-/// How many reported problems wait for a reader before the oldest are
-/// dropped (and counted in [`ConsumerErrors::dropped`]).
-pub(crate) const CAPACITY: usize = 256;
 
 /// Which step of group membership failed; see [`ConsumerError::Group`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,68 +252,29 @@ impl std::error::Error for ConsumerError {
     }
 }
 
-/// The queue shared by the consumer (writer) and [`ConsumerErrors`] (reader).
-#[derive(Debug, Default)]
-struct Queue {
-    /// Reported problems not yet read, oldest first; at most [`CAPACITY`].
-    items: VecDeque<ConsumerError>,
-    /// Problems dropped because nobody read them in time.
-    dropped: u64,
-    /// No more problems will come (`run` ended).
-    closed: bool,
-}
-
-/// Shared state behind a [`Reporter`] and its [`ConsumerErrors`].
-#[derive(Debug, Default)]
-struct Shared {
-    /// Written by every [`Reporter`] clone (session, partition workers),
-    /// read by the [`ConsumerErrors`]; guarded by its own mutex.
-    queue: Mutex<Queue>,
-    /// Wakes the reader; `notify_one` keeps a permit, so no wake-up is lost.
-    ready: Notify,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Writes reported problems (crate-internal side of the error stream).
+/// Writes reported problems (crate-internal side of the error stream);
+/// clones go to the session, partition workers and fetch tasks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reporter {
-    shared: Arc<Shared>,
+    queue: ReportQueue<ConsumerError>,
 }
 
 impl Reporter {
     /// Queue a problem; when the queue is full the oldest one is dropped,
     /// so memory stays bounded if nobody reads.
     pub(super) fn report(&self, problem: ConsumerError) {
-        {
-            let mut q = self.shared.lock();
-            if q.closed {
-                return;
-            }
-            if q.items.len() >= CAPACITY {
-                q.items.pop_front();
-                q.dropped += 1;
-            }
-            q.items.push_back(problem);
-        }
-        self.shared.ready.notify_one();
+        self.queue.push(problem);
     }
 
     /// End the stream after what is queued.
     pub(super) fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.ready.notify_one();
+        self.queue.close();
     }
 
     /// The reading side (one per consumer).
     pub(super) fn stream(&self) -> ConsumerErrors {
         ConsumerErrors {
-            shared: Arc::clone(&self.shared),
-            waiting: None,
+            reports: self.queue.reader(),
         }
     }
 }
@@ -334,19 +288,12 @@ impl Reporter {
 /// never grows. It ends after `run` has returned and everything queued was
 /// read; a fatal error is then the last item.
 pub struct ConsumerErrors {
-    shared: Arc<Shared>,
-    /// A pending wait for the next report (for the `Stream` impl).
-    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    reports: Reports<ConsumerError>,
 }
 
 impl fmt::Debug for ConsumerErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let q = self.shared.lock();
-        f.debug_struct("ConsumerErrors")
-            .field("queued", &q.items.len())
-            .field("dropped", &q.dropped)
-            .field("closed", &q.closed)
-            .finish()
+        self.reports.debug("ConsumerErrors", f)
     }
 }
 
@@ -359,12 +306,12 @@ impl ConsumerErrors {
 
     /// The next reported problem if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<ConsumerError> {
-        self.shared.lock().items.pop_front()
+        self.reports.try_recv()
     }
 
     /// How many problems were dropped unread because the stream was full.
     pub fn dropped(&self) -> u64 {
-        self.shared.lock().dropped
+        self.reports.dropped()
     }
 }
 
@@ -372,33 +319,14 @@ impl Stream for ConsumerErrors {
     type Item = ConsumerError;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ConsumerError>> {
-        let this = self.get_mut();
-        loop {
-            {
-                let mut q = this.shared.lock();
-                if let Some(item) = q.items.pop_front() {
-                    this.waiting = None;
-                    return Poll::Ready(Some(item));
-                }
-                if q.closed {
-                    return Poll::Ready(None);
-                }
-            }
-            let shared = Arc::clone(&this.shared);
-            let wait = this
-                .waiting
-                .get_or_insert_with(|| Box::pin(async move { shared.ready.notified().await }));
-            match wait.as_mut().poll(cx) {
-                Poll::Ready(()) => this.waiting = None,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        Pin::new(&mut self.get_mut().reports).poll_next(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report_queue::CAPACITY;
 
     fn missing(n: usize) -> ConsumerError {
         ConsumerError::MissingTopic {

@@ -179,6 +179,7 @@ pub use events::{ConsumerError, ConsumerErrors, GroupStep};
 pub use handler::{
     with_state, AckHandle, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome, WithState,
 };
+pub(crate) use handler::{BoxOutcome, DynHandler};
 pub use rebalance::{RebalanceEvent, RebalanceListener};
 pub use status::{
     ConsumerStatus, GroupState, PauseReason, PausedPartition, StallReport, StatusHandle,

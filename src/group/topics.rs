@@ -209,18 +209,22 @@ impl TopicWatch {
         self.next = Instant::now();
     }
 
+    /// The topics whose metadata is watched: this member's own and every
+    /// topic of the group's subscription.
+    fn watched(&self) -> BTreeSet<&str> {
+        self.own
+            .iter()
+            .chain(self.group_topics.iter())
+            .map(String::as_str)
+            .collect()
+    }
+
     /// Refresh metadata of the watched topics, update what is missing and
     /// schedule the next refresh. On error, the next attempt is scheduled
     /// after a backoff and the error returned for reporting.
     pub(super) async fn refresh(&mut self) -> Result<Refresh> {
         let fetched = if self.patterns.is_empty() {
-            let watched: BTreeSet<&str> = self
-                .own
-                .iter()
-                .chain(self.group_topics.iter())
-                .map(String::as_str)
-                .collect();
-            let watched: Vec<&str> = watched.into_iter().collect();
+            let watched: Vec<&str> = self.watched().into_iter().collect();
             self.counts(&watched).await.map(|c| (c, None))
         } else {
             self.all_topics().await.map(|(c, m)| (c, Some(m)))
@@ -246,12 +250,7 @@ impl TopicWatch {
                 self.own = own;
             }
         }
-        let watched: BTreeSet<&str> = self
-            .own
-            .iter()
-            .chain(self.group_topics.iter())
-            .map(String::as_str)
-            .collect();
+        let any_watched_missing = self.watched().iter().any(|t| !counts.contains_key(*t));
         let missing: BTreeSet<String> = self
             .own
             .iter()
@@ -284,8 +283,7 @@ impl TopicWatch {
                 .map(|t| format!("subscribed topic `{t}` now exists"))
         });
 
-        let watched_missing =
-            !self.missing.is_empty() || watched.iter().any(|t| !counts.contains_key(*t));
+        let watched_missing = !self.missing.is_empty() || any_watched_missing;
         self.next = Instant::now()
             + if watched_missing {
                 self.missing_backoff.next_delay()

@@ -83,12 +83,11 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::FutureExt;
 
-use crate::group::{ConsumerRecord, Handler, HandlerError, Outcome};
+use crate::group::{BoxOutcome, ConsumerRecord, DynHandler, Handler, HandlerError, Outcome};
 
 mod dead_letter;
 mod limit;
@@ -130,20 +129,6 @@ pub trait Middleware: Send + Sync + 'static {
 impl<M: Middleware> Middleware for Arc<M> {
     fn call(&self, record: ConsumerRecord, next: Next) -> impl Future<Output = Outcome> + Send {
         (**self).call(record, next)
-    }
-}
-
-/// A boxed handler or middleware future.
-pub(crate) type BoxOutcome<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
-
-/// [`Handler`] behind `dyn` (its `handle` returns an anonymous future).
-pub(crate) trait DynHandler: Send + Sync + 'static {
-    fn handle_boxed(&self, record: ConsumerRecord) -> BoxOutcome<'_>;
-}
-
-impl<H: Handler> DynHandler for H {
-    fn handle_boxed(&self, record: ConsumerRecord) -> BoxOutcome<'_> {
-        Box::pin(self.handle(record))
     }
 }
 

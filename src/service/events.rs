@@ -1,25 +1,19 @@
 //! What a running service reports: [`ServiceError`]s on the bounded
 //! [`ServiceErrors`] stream, and its [`ServiceStatus`].
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::group::{ConsumerError, ConsumerStatus, StatusHandle};
+use crate::report_queue::{ReportQueue, Reports};
 use crate::TopicPartition;
-
-/// How many reported problems wait for a reader before the oldest are
-/// dropped.
-const CAPACITY: usize = 256;
 
 /// Which of the service's two consumers reported a problem.
 ///
@@ -220,31 +214,11 @@ impl std::error::Error for ServiceError {
     }
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<ServiceError>,
-    dropped: u64,
-    /// Writers still open (the service and its two forwarders); the stream
-    /// ends when the service has stopped and everything was read.
-    closed: bool,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    queue: Mutex<Queue>,
-    ready: Notify,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Writes reported problems (the service's side of the stream).
+/// Writes reported problems (the service's side of the stream); clones go
+/// to the service's tasks and its two consumers' forwarders.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reporter {
-    shared: Arc<Shared>,
+    queue: ReportQueue<ServiceError>,
 }
 
 impl Reporter {
@@ -255,30 +229,17 @@ impl Reporter {
         } else {
             tracing::warn!("{problem}");
         }
-        {
-            let mut q = self.shared.lock();
-            if q.closed {
-                return;
-            }
-            if q.items.len() >= CAPACITY {
-                q.items.pop_front();
-                q.dropped += 1;
-            }
-            q.items.push_back(problem);
-        }
-        self.shared.ready.notify_one();
+        self.queue.push(problem);
     }
 
     /// End the stream after what is queued.
     pub(crate) fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.ready.notify_one();
+        self.queue.close();
     }
 
     pub(crate) fn stream(&self) -> ServiceErrors {
         ServiceErrors {
-            shared: Arc::clone(&self.shared),
-            waiting: None,
+            reports: self.queue.reader(),
         }
     }
 }
@@ -300,18 +261,12 @@ impl Reporter {
 /// # }
 /// ```
 pub struct ServiceErrors {
-    shared: Arc<Shared>,
-    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    reports: Reports<ServiceError>,
 }
 
 impl fmt::Debug for ServiceErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let q = self.shared.lock();
-        f.debug_struct("ServiceErrors")
-            .field("queued", &q.items.len())
-            .field("dropped", &q.dropped)
-            .field("closed", &q.closed)
-            .finish()
+        self.reports.debug("ServiceErrors", f)
     }
 }
 
@@ -324,12 +279,12 @@ impl ServiceErrors {
 
     /// The next problem if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<ServiceError> {
-        self.shared.lock().items.pop_front()
+        self.reports.try_recv()
     }
 
     /// How many problems were dropped unread.
     pub fn dropped(&self) -> u64 {
-        self.shared.lock().dropped
+        self.reports.dropped()
     }
 }
 
@@ -337,27 +292,7 @@ impl Stream for ServiceErrors {
     type Item = ServiceError;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServiceError>> {
-        let this = self.get_mut();
-        loop {
-            {
-                let mut q = this.shared.lock();
-                if let Some(item) = q.items.pop_front() {
-                    this.waiting = None;
-                    return Poll::Ready(Some(item));
-                }
-                if q.closed {
-                    return Poll::Ready(None);
-                }
-            }
-            let shared = Arc::clone(&this.shared);
-            let wait = this
-                .waiting
-                .get_or_insert_with(|| Box::pin(async move { shared.ready.notified().await }));
-            match wait.as_mut().poll(cx) {
-                Poll::Ready(()) => this.waiting = None,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        Pin::new(&mut self.get_mut().reports).poll_next(cx)
     }
 }
 

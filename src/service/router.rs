@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::glob;
 use crate::error::{Error, Result};
+use crate::group::DynHandler;
 use crate::group::Handler;
-use crate::middleware::{DynHandler, Layered, Middleware, Stack};
+use crate::middleware::{Layered, Middleware, Stack};
 
 /// One topic's (or pattern's) handler and what to do when it fails.
 ///
