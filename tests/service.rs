@@ -984,18 +984,28 @@ async fn the_order_guard_keeps_per_key_order_across_retries() {
 // The commit rule when the dead-letter topic cannot be written.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_whose_dead_letter_copy_fails_holds_its_partition_until_it_is_stored() {
+async fn a_record_whose_dead_letter_copy_fails_holds_the_commits_not_the_records_behind_it() {
     use kastellan::service::ServiceError;
     let client = client().await;
     let topic = new_topic(&client, "svc-holdup", 1).await;
     let dlq = new_topic(&client, "svc-holdup-dlq", 1).await;
     let group = unique_topic("svc-holdup-group");
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = with_state(
+        Arc::clone(&handled),
+        |handled: Arc<Mutex<Vec<String>>>, r: ConsumerRecord| async move {
+            let value = r.value_str().unwrap_or_default().to_string();
+            if value == "poison" {
+                return Err(HandlerError::dead_letter("poison"));
+            }
+            handled.lock().unwrap().push(value);
+            Ok(())
+        },
+    );
     let mut handle = Service::new(
         client.clone(),
         config(&group).dead_letter_topic(&dlq),
-        Router::new().route(&topic, |_r: ConsumerRecord| async {
-            Err::<(), _>(HandlerError::dead_letter("poison"))
-        }),
+        Router::new().route(&topic, handler),
     )
     .unwrap()
     .start()
@@ -1018,7 +1028,12 @@ async fn a_record_whose_dead_letter_copy_fails_holds_its_partition_until_it_is_s
         }
     })
     .await;
-    produce(&client, &topic, ["poison".to_string()]).await;
+    produce(
+        &client,
+        &topic,
+        std::iter::once("poison".to_string()).chain((1..=9).map(|i| format!("ok-{i}"))),
+    )
+    .await;
     let reported = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match errors.recv().await.expect("stream open") {
@@ -1030,6 +1045,14 @@ async fn a_record_whose_dead_letter_copy_fails_holds_its_partition_until_it_is_s
     .await
     .expect("the failed produce is reported");
     assert!(reported.to_string().contains(&dlq), "{reported}");
+    // The records behind it in its partition are handled meanwhile: the
+    // copy being stored holds the commits, not the partition's worker.
+    wait_for(
+        "the records behind the poison record to be handled",
+        Duration::from_secs(60),
+        || handled.lock().unwrap().len() == 9,
+    )
+    .await;
     let status = handle.status();
     assert_eq!(status.dead_lettered, 0);
     assert!(
@@ -1065,6 +1088,7 @@ async fn a_record_whose_dead_letter_copy_fails_holds_its_partition_until_it_is_s
     let dead = read_all(&client, &dlq).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].value_str(), Some("poison"));
+    assert_eq!(handled.lock().unwrap().len(), 9);
     stop(handle).await;
 }
 

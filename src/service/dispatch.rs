@@ -3,11 +3,18 @@
 //! or hold it — for records of the origin topics (first attempts) and of
 //! the retry topic (later attempts).
 //!
-//! The commit rule lives here: a handler returns `Ok` to the group
+//! The commit rule lives here: a record is completed for the group
 //! consumer — and so lets its offset be committed — only when the chain
 //! returned `Ok`, or when the record's copy in the retry or dead-letter
 //! topic was acknowledged by the broker (`handoff.rs`). Everything else
 //! returns the failure, and the record stays incomplete.
+//!
+//! A copy is stored without holding the partition: the record's completion
+//! is deferred to a task that completes it once the copy is acknowledged,
+//! and the next records are handled meanwhile (a produce round trip per
+//! failed record would otherwise cap a partition's throughput). Routes
+//! with an order guard are the exception: their copies are stored one
+//! after another, in offset order.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -102,7 +109,7 @@ impl Core {
     }
 
     /// A record of an origin topic, on its first attempt.
-    async fn origin(&self, record: ConsumerRecord) -> Outcome {
+    async fn origin(self: &Arc<Self>, record: ConsumerRecord) -> Outcome {
         let held = Held::of(&record);
         let Some(route) = self.route_for(&record.topic) else {
             return Err(HandlerError::retry(format!(
@@ -131,7 +138,7 @@ impl Core {
     /// A record of the retry topic: skip it if another group's, wait until
     /// it is due, then hand it to its origin topic's route as the origin
     /// record.
-    async fn retry(&self, record: ConsumerRecord) -> Outcome {
+    async fn retry(self: &Arc<Self>, record: ConsumerRecord) -> Outcome {
         let held = Held::of(&record);
         let info = match FailureInfo::parse(&record) {
             Ok(Some(info)) => info,
@@ -195,7 +202,7 @@ impl Core {
 
     /// Run the route's chain for `record`, its `attempt`-th attempt.
     async fn run(
-        &self,
+        self: &Arc<Self>,
         route: &ResolvedRoute,
         record: ConsumerRecord,
         attempt: u32,
@@ -213,7 +220,7 @@ impl Core {
 
     /// The chain failed: retry topic, dead-letter topic, or hold.
     async fn failed(
-        &self,
+        self: &Arc<Self>,
         route: &ResolvedRoute,
         record: ConsumerRecord,
         error: HandlerError,
@@ -240,12 +247,15 @@ impl Core {
                 error.kind(),
                 delay,
             );
+            let copy = info.copy_of(&record, topic);
+            if !route.order_guard {
+                return self.hand_off_detached(topic, copy, &record, held, move |core| {
+                    Counters::bump(&core.counters.retried);
+                });
+            }
             let first = FailureInfo::of(&record).is_none();
             self.guard(route, &record, info.not_before_ms, held).await?;
-            return match self
-                .hand_off(topic, info.copy_of(&record, topic), &record, held)
-                .await
-            {
+            return match self.hand_off(topic, copy, &record, held).await {
                 Ok(()) => {
                     Counters::bump(&self.counters.retried);
                     tracing::debug!(
@@ -272,13 +282,17 @@ impl Core {
                     error.kind(),
                     Duration::ZERO,
                 );
-                self.hand_off(topic, info.copy_of(&record, topic), &record, held)
-                    .await?;
-                Counters::bump(&self.counters.dead_lettered);
-                tracing::info!(
-                    partition = %held.partition, offset = held.offset, attempt, %reason,
-                    "record dead-lettered"
-                );
+                let copy = info.copy_of(&record, topic);
+                let (partition, offset) = (held.partition.clone(), held.offset);
+                let stored = move |core: &Core| {
+                    Counters::bump(&core.counters.dead_lettered);
+                    tracing::info!(%partition, offset, attempt, %reason, "record dead-lettered");
+                };
+                if !route.order_guard {
+                    return self.hand_off_detached(topic, copy, &record, held, stored);
+                }
+                self.hand_off(topic, copy, &record, held).await?;
+                stored(self);
                 self.unguard(route, &record);
                 return Ok(());
             }
@@ -326,7 +340,12 @@ impl Core {
 
     /// A retry-topic record whose origin topic no route covers: dead-letter
     /// it if the service can, else hold it.
-    async fn unroutable(&self, origin: ConsumerRecord, info: &FailureInfo, held: &Held) -> Outcome {
+    async fn unroutable(
+        self: &Arc<Self>,
+        origin: ConsumerRecord,
+        info: &FailureInfo,
+        held: &Held,
+    ) -> Outcome {
         let reason = format!("no route for its topic `{}`", info.origin_topic);
         if let Some(topic) = self.config.dead_letter_topic.as_deref() {
             let dead = FailureInfo::for_failure(
@@ -337,10 +356,15 @@ impl Core {
                 FailureKind::DeadLetter,
                 Duration::ZERO,
             );
-            self.hand_off(topic, dead.copy_of(&origin, topic), &origin, held)
-                .await?;
-            Counters::bump(&self.counters.dead_lettered);
-            return Ok(());
+            return self.hand_off_detached(
+                topic,
+                dead.copy_of(&origin, topic),
+                &origin,
+                held,
+                |core| {
+                    Counters::bump(&core.counters.dead_lettered);
+                },
+            );
         }
         Counters::bump(&self.counters.failed);
         self.reporter.report(ServiceError::Failed {
@@ -349,6 +373,41 @@ impl Core {
             reason: reason.clone(),
         });
         Err(HandlerError::dead_letter(reason))
+    }
+
+    /// [`hand_off`](Self::hand_off) without holding the partition's worker:
+    /// the record's completion is deferred to a task that completes it once
+    /// the copy is acknowledged (then runs `stored`), or fails it when the
+    /// partition is revoked first. The next records of the partition are
+    /// handled meanwhile; the commit rule holds, since the record stays
+    /// incomplete until its copy is stored, and the consumer's
+    /// `max_pending_per_partition` bounds how many wait at once.
+    ///
+    /// Not for routes with an order guard: their copies are stored one
+    /// after another, so that they enter the retry topic in offset order.
+    fn hand_off_detached(
+        self: &Arc<Self>,
+        destination: &str,
+        copy: ProducerRecord,
+        record: &ConsumerRecord,
+        held: &Held,
+        stored: impl FnOnce(&Core) + Send + 'static,
+    ) -> Outcome {
+        let ack = record.defer();
+        let core = Arc::clone(self);
+        let destination = destination.to_string();
+        let record = record.clone();
+        let held = held.clone();
+        tokio::spawn(async move {
+            match core.hand_off(&destination, copy, &record, &held).await {
+                Ok(()) => {
+                    stored(&core);
+                    ack.ack();
+                }
+                Err(e) => ack.fail(e.reason()),
+            }
+        });
+        Ok(())
     }
 
     /// Produce a copy until acknowledged; `Err` (the record stays

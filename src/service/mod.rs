@@ -104,7 +104,11 @@
 //! (`acks=all`). A produce that fails is retried with backoff (reported as
 //! [`ServiceError::HandOff`]) until it is acknowledged or the record's
 //! partition is revoked; until then the record is incomplete and the
-//! partition's commits wait, visibly. A failed record whose partition was
+//! partition's commits wait, visibly. Storing a copy does not stop the
+//! partition: the records behind it are handled meanwhile (at most
+//! `max_pending_per_partition` records of a partition are incomplete at
+//! once), except on routes with an order guard, whose copies are stored
+//! one after another so that they keep their offset order. A failed record whose partition was
 //! revoked (a rebalance, a shutdown) is not handed off at all: the
 //! partition's next owner handles it again.
 //!
