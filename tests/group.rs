@@ -722,3 +722,87 @@ async fn partitions_added_later_are_consumed() {
     .await;
     a.stop(Duration::from_secs(5)).await;
 }
+
+/// Runs of records handled back to back without another task getting the
+/// thread, for a handler that never waits: the longest such run.
+async fn longest_run_without_yielding(key_concurrency: usize) -> u64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const RECORDS: usize = 30_000;
+    let client = client().await;
+    let topic = new_topic(&client, "grp-fair", 1).await;
+    // 100-byte values: a 1 MiB fetch brings about 8,000 records at once.
+    let producer = client.producer().build().unwrap();
+    for i in 0..RECORDS {
+        drop(
+            producer
+                .to(&topic)
+                .key(format!("k{}", i % 100))
+                .value(vec![b'x'; 100])
+                .enqueue()
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+
+    // Another task, on the same thread: counts its turns.
+    let turns = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let side = {
+        let (turns, done) = (Arc::clone(&turns), Arc::clone(&done));
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                turns.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // (turns seen at the last record, records since the turn count moved,
+    // longest such run, records handled)
+    let runs = Arc::new(Mutex::new((u64::MAX, 0u64, 0u64, 0usize)));
+    let consumer = group_member(&client, &unique_topic("group-fair"), &topic)
+        .key_concurrency(key_concurrency)
+        .build()
+        .unwrap();
+    let member = RunningConsumer::spawn(consumer, {
+        let (turns, runs) = (Arc::clone(&turns), Arc::clone(&runs));
+        recording(move |_r| {
+            let now = turns.load(Ordering::Relaxed);
+            let mut r = runs.lock().unwrap();
+            if r.0 == now {
+                r.1 += 1;
+            } else {
+                (r.0, r.1) = (now, 1);
+            }
+            r.2 = r.2.max(r.1);
+            r.3 += 1;
+        })
+    });
+    wait_for("every record handled", Duration::from_secs(120), || {
+        runs.lock().unwrap().3 >= RECORDS
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    member.stop(Duration::from_secs(10)).await;
+    side.await.unwrap();
+    let longest = runs.lock().unwrap().2;
+    longest
+}
+
+// A handler that completes at once never makes the partition's worker
+// wait; the worker must still give the thread up now and then, or a whole
+// fetched batch runs in one go while heartbeats, other partitions and a
+// service's hand-offs wait (measured before: a whole fetch, thousands of
+// records; a service's dead-letter produce then waited up to 28 ms just to
+// start).
+#[tokio::test]
+async fn a_handler_that_never_waits_still_lets_other_tasks_run() {
+    for key_concurrency in [1, 8] {
+        let longest = longest_run_without_yielding(key_concurrency).await;
+        assert!(
+            longest <= 1_000,
+            "key_concurrency({key_concurrency}): {longest} records were handled back to back \
+             while no other task ran"
+        );
+    }
+}

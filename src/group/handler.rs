@@ -372,19 +372,39 @@ pub(crate) enum Sink {
 }
 
 /// Where a record's completion goes, and the signal that its partition was
-/// taken away. Cloned into every copy of the record and its `AckHandle`.
+/// taken away. Shared by every copy of the record and its `AckHandle`: one
+/// allocation per record, and a clone is one reference count (a service
+/// clones each record once to keep it for a failure).
 #[derive(Debug, Clone)]
-pub(crate) struct Completion {
+pub(crate) struct Completion(Arc<CompletionState>);
+
+/// What a [`Completion`] shares; written once, when the record is
+/// dispatched, except `deferred`.
+#[derive(Debug)]
+pub(crate) struct CompletionState {
     pub sink: Sink,
     pub key: TopicPartition,
     pub offset: i64,
-    pub deferred: Arc<AtomicBool>,
+    /// Set by [`ConsumerRecord::defer`]; read when the handler returns.
+    pub deferred: AtomicBool,
     /// Becomes `true` (or closes) when the partition is revoked or lost, or
     /// the consumer shuts down. Written by the partition runtime.
     pub revoked: tokio::sync::watch::Receiver<bool>,
 }
 
+impl Deref for Completion {
+    type Target = CompletionState;
+
+    fn deref(&self) -> &CompletionState {
+        &self.0
+    }
+}
+
 impl Completion {
+    pub(crate) fn new(state: CompletionState) -> Self {
+        Self(Arc::new(state))
+    }
+
     pub(crate) fn ack(&self) {
         match &self.sink {
             Sink::Tracked { tracking, epoch } => tracking.ack(&self.key, self.offset, *epoch),

@@ -77,7 +77,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::events::{ConsumerError, Reporter};
-use super::handler::{Completion, ConsumerRecord, DynHandler, Outcome, Sink};
+use super::handler::{Completion, CompletionState, ConsumerRecord, DynHandler, Outcome, Sink};
 use super::tracking::{Room, Tracking};
 use super::watchdog::Sample;
 use crate::backoff::Backoff;
@@ -418,6 +418,11 @@ impl Worker {
                 let outcome = call(&*self.handler, record, &completion).await;
                 drop(permit);
                 finish(&completion, outcome);
+                // A handler that completes at once never makes this task
+                // wait: without this, a whole batch would run in one poll
+                // and hold the thread from other tasks (heartbeats, other
+                // partitions, the producer of a service's hand-offs).
+                tokio::task::consume_budget().await;
             }
             self.progress.taken(len);
         }
@@ -456,6 +461,8 @@ impl Worker {
         let mut revoked = self.revoked.clone();
         let mut stopping = false;
         while !stopping && !self.stop.load(Ordering::Acquire) {
+            // Give other tasks their turn now and then (see run_in_order).
+            tokio::task::consume_budget().await;
             // Created before the room checks, so no completion is missed.
             let notified = self.tracking.completed.notified();
             let mut blocked = false;
@@ -588,16 +595,16 @@ impl Worker {
     }
 
     fn completion(&self, offset: i64) -> Completion {
-        Completion {
+        Completion::new(CompletionState {
             sink: Sink::Tracked {
                 tracking: Arc::clone(&self.tracking),
                 epoch: self.epoch,
             },
             key: self.key.clone(),
             offset,
-            deferred: Arc::new(AtomicBool::new(false)),
+            deferred: AtomicBool::new(false),
             revoked: self.revoked.clone(),
-        }
+        })
     }
 
     fn report_pause(&self, paused: super::status::PausedPartition) {

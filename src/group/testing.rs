@@ -34,7 +34,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::handler::{Completion, ConsumerRecord, Sink};
+use super::handler::{Completion, CompletionState, ConsumerRecord, Sink};
 use crate::{Record, TopicPartition};
 
 /// What became of a test record through its completion.
@@ -75,13 +75,13 @@ impl TestProbe {
 pub fn test_record(record: Record) -> (ConsumerRecord, TestProbe) {
     let state = Arc::new(Mutex::new(Completed::Pending));
     let (revoke, revoked) = tokio::sync::watch::channel(false);
-    let completion = Completion {
+    let completion = Completion::new(CompletionState {
         sink: Sink::Probe(Arc::clone(&state)),
         key: TopicPartition::new(Arc::clone(&record.topic), record.partition),
         offset: record.offset,
-        deferred: Arc::new(AtomicBool::new(false)),
+        deferred: AtomicBool::new(false),
         revoked,
-    };
+    });
     (
         ConsumerRecord::new(record, completion),
         TestProbe { state, revoke },
