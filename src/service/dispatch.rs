@@ -73,8 +73,7 @@ pub(crate) struct OriginHandler(pub Arc<Core>);
 
 impl Handler for OriginHandler {
     fn handle(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send {
-        let core = Arc::clone(&self.0);
-        async move { core.origin(record).await }
+        self.0.origin(record)
     }
 }
 
@@ -84,8 +83,7 @@ pub(crate) struct RetryHandler(pub Arc<Core>);
 
 impl Handler for RetryHandler {
     fn handle(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send {
-        let core = Arc::clone(&self.0);
-        async move { core.retry(record).await }
+        self.0.retry(record)
     }
 }
 
@@ -128,11 +126,11 @@ impl Core {
                         FailureKind::Retry,
                         Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
                     );
-                    return self.follow(&route, &record, info, &held).await;
+                    return Box::pin(self.follow(route, &record, info, &held)).await;
                 }
             }
         }
-        self.run(&route, record, 1, &held).await
+        self.run(route, record, 1, &held).await
     }
 
     /// A record of the retry topic: skip it if another group's, wait until
@@ -192,11 +190,11 @@ impl Core {
                     // waits behind this one: go behind it once more.
                     let mut again = info.clone();
                     again.not_before_ms = due.max(now_ms());
-                    return self.follow(&route, &origin, again, &held).await;
+                    return self.follow(route, &origin, again, &held).await;
                 }
             }
         }
-        self.run(&route, origin, info.attempt.saturating_add(1), &held)
+        self.run(route, origin, info.attempt.saturating_add(1), &held)
             .await
     }
 
@@ -214,7 +212,9 @@ impl Core {
                 self.unguard(route, &record);
                 Ok(())
             }
-            Err(error) => self.failed(route, record, error, attempt, held).await,
+            // Boxed: the failure path's state (hand-offs, the guard) would
+            // otherwise make every record's future as large as its own.
+            Err(error) => Box::pin(self.failed(route, record, error, attempt, held)).await,
         }
     }
 
@@ -501,9 +501,9 @@ impl Core {
 
     /// The one route for `topic`; reports (once per topic) when there is
     /// none or more than one.
-    fn route_for(&self, topic: &str) -> Option<Arc<ResolvedRoute>> {
+    fn route_for(&self, topic: &str) -> Option<&ResolvedRoute> {
         let problem = match self.routes.lookup(topic) {
-            Lookup::Found(route) => return Some(Arc::clone(route)),
+            Lookup::Found(route) => return Some(route),
             Lookup::Ambiguous(patterns) => ServiceError::AmbiguousRoute {
                 topic: topic.to_string(),
                 patterns: patterns.into_iter().map(str::to_string).collect(),
