@@ -22,9 +22,12 @@
 //! cargo bench --bench application -- [records] [rounds]
 //! ```
 //!
-//! `records` (default 300,000, 100-byte values) is the routing and poison
-//! runs' total; the keys runs use 6,000 records.
+//! `records` (default 1,000,000, 100-byte values) is the routing and poison
+//! runs' total; the keys runs use 6,000 records. `PHASES=routing,poison,keys`
+//! (the default) picks the comparisons to run.
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../testcontainers.rs"]
 mod testcontainers;
 
@@ -33,20 +36,57 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cpu::cpu_seconds;
 use kastellan::admin::NewTopic;
-use kastellan::group::{ConsumerRecord, HandlerError};
-use kastellan::service::{Route, Router, Service, ServiceConfig};
+use kastellan::group::{ConsumerError, ConsumerRecord, HandlerError};
+use kastellan::service::{Route, Router, Service, ServiceConfig, ServiceError};
 use kastellan::{Client, ClientConfig, StartOffset};
+
+/// Records of the keys comparison, and handler calls at once per partition.
+const KEYED: usize = 6_000;
+const CONCURRENCY: usize = 100;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// Counts handled records and notes when the first one and the
+/// A point of a run: when, and the process's CPU seconds then.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    cpu: f64,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+}
+
+/// What one run took: wall-clock time and client CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: f64,
+}
+
+impl Took {
+    fn between(first: Mark, done: Mark) -> Took {
+        Took {
+            wall: done.at - first.at,
+            cpu: done.cpu - first.cpu,
+        }
+    }
+}
+
+/// Counts handled records and marks when the first one and the
 /// `target`-th one were handled.
 struct Meter {
     target: u64,
     count: AtomicU64,
-    first: Mutex<Option<Instant>>,
-    done: Mutex<Option<Instant>>,
+    first: Mutex<Option<Mark>>,
+    done: Mutex<Option<Mark>>,
     reached: tokio::sync::Notify,
 }
 
@@ -64,16 +104,16 @@ impl Meter {
     fn tick(&self) {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 1 {
-            lock(&self.first).get_or_insert_with(Instant::now);
+            lock(&self.first).get_or_insert_with(Mark::now);
         }
         if n == self.target {
-            *lock(&self.done) = Some(Instant::now());
+            *lock(&self.done) = Some(Mark::now());
             self.reached.notify_one();
         }
     }
 
-    /// Waits until the target is reached; the first and the last instant.
-    async fn wait(&self, timeout: Duration) -> BenchResult<(Instant, Instant)> {
+    /// Waits until the target is reached; the first and the last mark.
+    async fn wait(&self, timeout: Duration) -> BenchResult<(Mark, Mark)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let (Some(first), Some(done)) = (*lock(&self.first), *lock(&self.done)) {
@@ -107,112 +147,140 @@ async fn main() -> BenchResult<()> {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let records: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(300_000);
+    let records: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let bootstrap = testcontainers::shared_bootstrap()?;
     let client = Client::connect(ClientConfig::new(&bootstrap)).await?;
     println!("against {bootstrap}: {records} records of 100 bytes, {rounds} rounds");
-
-    // Routing: 3 topics of 2 partitions.
-    let per_topic = records / 3;
-    let routed_topics: Vec<String> = (0..3).map(|i| unique(&format!("app-route-{i}"))).collect();
-    for t in &routed_topics {
-        create(&client, t, 2).await?;
-        produce(
-            &client,
-            t,
-            per_topic,
-            |i| format!("k{}", i % 1000),
-            |_| false,
-        )
-        .await?;
-    }
-    let total = (per_topic * 3) as u64;
+    let phases = std::env::var("PHASES").unwrap_or_else(|_| "routing,poison,keys".into());
+    let run = |phase: &str| phases.split(',').any(|p| p.trim() == phase);
     let mut routing = Vec::new();
-    for round in 1..=rounds {
-        let bare = bare_consumer(&client, &routed_topics, total).await?;
-        let routed = routed_service(&client, &routed_topics, total).await?;
-        let ratio = rate(total, routed) / rate(total, bare);
-        println!(
-            "routing round {round}: bare {:>9.0} rec/s, routed {:>9.0} rec/s, routed/bare {ratio:.3}",
-            rate(total, bare),
-            rate(total, routed)
-        );
-        routing.push(ratio);
-    }
-
-    // Poison: 1 in 100 records fails permanently, vs none.
-    let clean = unique("app-clean");
-    let poisoned = unique("app-poison");
-    let dlq = unique("app-dlq");
-    create(&client, &clean, 6).await?;
-    create(&client, &poisoned, 6).await?;
-    create(&client, &dlq, 6).await?;
-    let key = |i: usize| format!("k{}", i % 1000);
-    produce(&client, &clean, records, key, |_| false).await?;
-    produce(&client, &poisoned, records, key, |i| i % 100 == 0).await?;
+    let mut routing_cpu = Vec::new();
     let mut poison = Vec::new();
-    for round in 1..=rounds {
-        let none = dead_letter_service(&client, &clean, &dlq, records as u64, 0).await?;
-        let some = dead_letter_service(
-            &client,
-            &poisoned,
-            &dlq,
-            (records - records.div_ceil(100)) as u64,
-            records.div_ceil(100) as u64,
-        )
-        .await?;
-        let ratio = rate(records as u64, some) / rate(records as u64, none);
-        println!(
-            "poison  round {round}: 0% {:>9.0} rec/s, 1% {:>9.0} rec/s, 1%/0% {ratio:.3}",
-            rate(records as u64, none),
-            rate(records as u64, some)
-        );
-        poison.push(ratio);
+    let mut poison_cpu = Vec::new();
+    let mut keys = Vec::new();
+    let mut topics = Vec::new();
+    let key = |i: usize| format!("k{}", i % 1000);
+
+    if run("routing") {
+        // 3 topics of 2 partitions.
+        let per_topic = records / 3;
+        let names: Vec<String> = (0..3).map(|i| unique(&format!("app-route-{i}"))).collect();
+        for t in &names {
+            create(&client, t, 2).await?;
+            produce(&client, t, per_topic, key, |_| false).await?;
+        }
+        let total = (per_topic * 3) as u64;
+        for round in 1..=rounds {
+            let bare = bare_consumer(&client, &names, total).await?;
+            let routed = routed_service(&client, &names, total).await?;
+            let ratio = rate(total, routed) / rate(total, bare);
+            let cpu = cpu_us(total, routed) / cpu_us(total, bare);
+            println!(
+                "routing round {round}: bare {:>9.0} rec/s {:.2} us/record, routed {:>9.0} rec/s \
+                 {:.2} us/record; routed/bare rate {ratio:.3}, CPU per record {cpu:.3}",
+                rate(total, bare),
+                cpu_us(total, bare),
+                rate(total, routed),
+                cpu_us(total, routed),
+            );
+            routing.push(ratio);
+            routing_cpu.push(cpu);
+        }
+        topics.extend(names);
     }
 
-    // Keys: a 5 ms handler, 6 partitions, 1,000 keys.
-    const KEYED: usize = 6_000;
-    const CONCURRENCY: usize = 100;
-    let keyed = unique("app-keys");
-    create(&client, &keyed, 6).await?;
-    produce(&client, &keyed, KEYED, key, |_| false).await?;
-    let mut keys = Vec::new();
-    for round in 1..=rounds {
-        let one = slow_service(&client, &keyed, KEYED as u64, 1).await?;
-        let many = slow_service(&client, &keyed, KEYED as u64, CONCURRENCY).await?;
-        let ratio = rate(KEYED as u64, many) / rate(KEYED as u64, one);
-        println!(
-            "keys    round {round}: one at a time {:>7.0} rec/s, key_concurrency({CONCURRENCY}) {:>7.0} rec/s, ratio {ratio:.1}",
-            rate(KEYED as u64, one),
-            rate(KEYED as u64, many)
-        );
-        keys.push(ratio);
+    if run("poison") {
+        // 1 in 100 records fails permanently, vs none.
+        let clean = unique("app-clean");
+        let poisoned = unique("app-poison");
+        let dlq = unique("app-dlq");
+        for t in [&clean, &poisoned, &dlq] {
+            create(&client, t, 6).await?;
+        }
+        produce(&client, &clean, records, key, |_| false).await?;
+        produce(&client, &poisoned, records, key, |i| i % 100 == 0).await?;
+        let bad = records.div_ceil(100) as u64;
+        let all = records as u64;
+        for round in 1..=rounds {
+            let (none, _) = dead_letter_service(&client, &clean, &dlq, all, 0).await?;
+            let (some, pauses) =
+                dead_letter_service(&client, &poisoned, &dlq, all - bad, bad).await?;
+            let ratio = rate(all, some) / rate(all, none);
+            let cpu = cpu_us(all, some) / cpu_us(all, none);
+            println!(
+                "poison  round {round}: 0% {:>9.0} rec/s {:.2} us/record, 1% {:>9.0} rec/s \
+                 {:.2} us/record ({pauses} window pauses); 1%/0% rate {ratio:.3}, CPU per record \
+                 {cpu:.3}",
+                rate(all, none),
+                cpu_us(all, none),
+                rate(all, some),
+                cpu_us(all, some),
+            );
+            poison.push(ratio);
+            poison_cpu.push(cpu);
+        }
+        topics.extend([clean, poisoned, dlq]);
+    }
+
+    if run("keys") {
+        // A 5 ms handler, 6 partitions, 1,000 keys.
+        let keyed = unique("app-keys");
+        create(&client, &keyed, 6).await?;
+        produce(&client, &keyed, KEYED, key, |_| false).await?;
+        let n = KEYED as u64;
+        for round in 1..=rounds {
+            let one = slow_service(&client, &keyed, n, 1).await?;
+            let many = slow_service(&client, &keyed, n, CONCURRENCY).await?;
+            let ratio = rate(n, many) / rate(n, one);
+            println!(
+                "keys    round {round}: one at a time {:>7.0} rec/s, key_concurrency({CONCURRENCY}) {:>7.0} rec/s, ratio {ratio:.1}",
+                rate(n, one),
+                rate(n, many)
+            );
+            keys.push(ratio);
+        }
+        topics.push(keyed);
     }
 
     println!();
     println!("| comparison | ratio (median of {rounds}) | rounds |");
     println!("|---|---:|---|");
-    println!(
-        "| routed service, 3 topics / bare group consumer | {:.2} | {} |",
-        median(&routing),
-        list(&routing, 2)
-    );
-    println!(
-        "| 1% of records dead-lettered / none failing | {:.2} | {} |",
-        median(&poison),
-        list(&poison, 2)
-    );
-    println!(
-        "| 5 ms handler: key_concurrency({CONCURRENCY}) / one at a time | {:.1} | {} |",
-        median(&keys),
-        list(&keys, 1)
-    );
-
-    for t in routed_topics
-        .iter()
-        .chain([&clean, &poisoned, &dlq, &keyed])
-    {
+    if !routing.is_empty() {
+        println!(
+            "| routed service, 3 topics / bare group consumer: throughput | {:.2} | {} |",
+            median(&routing),
+            list(&routing, 2)
+        );
+        println!(
+            "| routed service, 3 topics / bare group consumer: client CPU per record | {:.2} | {} |",
+            median(&routing_cpu),
+            list(&routing_cpu, 2)
+        );
+    }
+    if !poison.is_empty() {
+        println!(
+            "| 1% of records dead-lettered / none failing: throughput | {:.2} | {} |",
+            median(&poison),
+            list(&poison, 2)
+        );
+        println!(
+            "| 1% of records dead-lettered / none failing: client CPU per record | {:.2} | {} |",
+            median(&poison_cpu),
+            list(&poison_cpu, 2)
+        );
+    }
+    if !keys.is_empty() {
+        println!(
+            "| 5 ms handler: key_concurrency({CONCURRENCY}) / one at a time | {:.1} | {} |",
+            median(&keys),
+            list(&keys, 1)
+        );
+    }
+    for t in &topics {
         client.admin().delete_topic(t).await?;
     }
     Ok(())
@@ -232,7 +300,7 @@ fn service_config(group: &str) -> ServiceConfig {
 }
 
 /// The bare group consumer: one no-op handler for every topic.
-async fn bare_consumer(client: &Client, topics: &[String], total: u64) -> BenchResult<Duration> {
+async fn bare_consumer(client: &Client, topics: &[String], total: u64) -> BenchResult<Took> {
     let meter = Meter::new(total);
     let consumer = tune(
         client
@@ -251,11 +319,11 @@ async fn bare_consumer(client: &Client, topics: &[String], total: u64) -> BenchR
     let (first, done) = meter.wait(Duration::from_secs(300)).await?;
     stop.shutdown(Duration::from_secs(10));
     run.await??;
-    Ok(done - first)
+    Ok(Took::between(first, done))
 }
 
 /// A service routing each topic to its own no-op handler.
-async fn routed_service(client: &Client, topics: &[String], total: u64) -> BenchResult<Duration> {
+async fn routed_service(client: &Client, topics: &[String], total: u64) -> BenchResult<Took> {
     let meter = Meter::new(total);
     let mut router = Router::new();
     for t in topics {
@@ -274,19 +342,21 @@ async fn routed_service(client: &Client, topics: &[String], total: u64) -> Bench
     .await?;
     let (first, done) = meter.wait(Duration::from_secs(300)).await?;
     handle.shutdown(Duration::from_secs(10)).await?;
-    Ok(done - first)
+    Ok(Took::between(first, done))
 }
 
 /// A service whose handler dead-letters every record whose value starts
 /// with `poison`; done when `good` records were handled and `bad` copies
-/// acknowledged by the dead-letter topic.
+/// acknowledged by the dead-letter topic. Also says how many times a
+/// partition paused (its window full behind a record whose copy was not
+/// acknowledged yet).
 async fn dead_letter_service(
     client: &Client,
     topic: &str,
     dlq: &str,
     good: u64,
     bad: u64,
-) -> BenchResult<Duration> {
+) -> BenchResult<(Took, usize)> {
     let meter = Meter::new(good);
     let m = Arc::clone(&meter);
     let route = Route::new(move |r: ConsumerRecord| {
@@ -303,16 +373,19 @@ async fn dead_letter_service(
         }
     });
     let config = service_config(&unique("app-dlq-group")).dead_letter_topic(dlq);
-    let handle = Service::new(client.clone(), config, Router::new().route(topic, route))?
+    let mut handle = Service::new(client.clone(), config, Router::new().route(topic, route))?
         .start()
         .await?;
     let status = handle.status_handle();
+    let mut problems = handle.errors().ok_or("errors taken")?;
     let (first, mut done) = meter.wait(Duration::from_secs(300)).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let dead = status.get().dead_lettered;
         if dead >= bad {
-            done = done.max(Instant::now());
+            if Instant::now() > done.at {
+                done = Mark::now();
+            }
             break;
         }
         if Instant::now() > deadline {
@@ -321,7 +394,17 @@ async fn dead_letter_service(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     handle.shutdown(Duration::from_secs(10)).await?;
-    Ok(done - first)
+    let mut pauses = 0;
+    while let Some(problem) = problems.try_recv() {
+        if let ServiceError::Consumer {
+            error: ConsumerError::PartitionPaused { .. },
+            ..
+        } = problem
+        {
+            pauses += 1;
+        }
+    }
+    Ok((Took::between(first, done), pauses))
 }
 
 /// A service whose handler takes 5 ms per record.
@@ -330,7 +413,7 @@ async fn slow_service(
     topic: &str,
     total: u64,
     key_concurrency: usize,
-) -> BenchResult<Duration> {
+) -> BenchResult<Took> {
     let meter = Meter::new(total);
     let m = Arc::clone(&meter);
     let router = Router::new().route(topic, move |_r: ConsumerRecord| {
@@ -347,7 +430,7 @@ async fn slow_service(
         .await?;
     let (first, done) = meter.wait(Duration::from_secs(300)).await?;
     handle.shutdown(Duration::from_secs(10)).await?;
-    Ok(done - first)
+    Ok(Took::between(first, done))
 }
 
 async fn create(client: &Client, topic: &str, partitions: i32) -> BenchResult<()> {
@@ -400,8 +483,13 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn rate(records: u64, took: Duration) -> f64 {
-    records as f64 / took.as_secs_f64().max(1e-9)
+fn rate(records: u64, took: Took) -> f64 {
+    records as f64 / took.wall.as_secs_f64().max(1e-9)
+}
+
+/// Client CPU microseconds per record.
+fn cpu_us(records: u64, took: Took) -> f64 {
+    took.cpu * 1e6 / records as f64
 }
 
 fn median(v: &[f64]) -> f64 {

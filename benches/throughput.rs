@@ -6,12 +6,15 @@
 //! cargo bench --bench throughput -- [records] [size]
 //! ```
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../testcontainers.rs"]
 mod testcontainers;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cpu::cpu_seconds;
 use futures::StreamExt;
 use kastellan::admin::NewTopic;
 use kastellan::{Client, ClientConfig, StartOffset};
@@ -89,18 +92,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.admin().delete_topic(&topic).await?;
     }
     Ok(())
-}
-
-/// CPU time (user and system) used so far by this process's threads; the
-/// broker, a child process, is not counted. On a small machine the client's
-/// CPU is taken from the broker, so it matters as much as the rate.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
