@@ -22,7 +22,7 @@
 //! cargo bench --bench application -- [records] [rounds]
 //! ```
 //!
-//! `records` (default 1,000,000, 100-byte values) is the routing and poison
+//! `records` (default 2,000,000, 100-byte values) is the routing and poison
 //! runs' total; the keys runs use 6,000 records. `PHASES=routing,poison,keys`
 //! (the default) picks the comparisons to run.
 
@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cpu::cpu_seconds;
+use cpu::{cpu_seconds, machine_cpu_seconds};
 use kastellan::admin::NewTopic;
 use kastellan::group::{ConsumerError, ConsumerRecord, HandlerError};
 use kastellan::service::{Route, Router, Service, ServiceConfig, ServiceError};
@@ -48,11 +48,13 @@ const CONCURRENCY: usize = 100;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// A point of a run: when, and the process's CPU seconds then.
+/// A point of a run: when, this process's CPU seconds then, and the
+/// whole machine's (broker included).
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     at: Instant,
     cpu: f64,
+    machine: f64,
 }
 
 impl Mark {
@@ -60,15 +62,18 @@ impl Mark {
         Mark {
             at: Instant::now(),
             cpu: cpu_seconds(),
+            machine: machine_cpu_seconds().unwrap_or(f64::NAN),
         }
     }
 }
 
-/// What one run took: wall-clock time and client CPU time.
+/// What one run took: wall-clock time, client CPU time and machine CPU
+/// time.
 #[derive(Debug, Clone, Copy)]
 struct Took {
     wall: Duration,
     cpu: f64,
+    machine: f64,
 }
 
 impl Took {
@@ -76,6 +81,7 @@ impl Took {
         Took {
             wall: done.at - first.at,
             cpu: done.cpu - first.cpu,
+            machine: done.machine - first.machine,
         }
     }
 }
@@ -150,8 +156,8 @@ async fn main() -> BenchResult<()> {
     let records: usize = args
         .first()
         .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+        .unwrap_or(2_000_000);
+    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
     let bootstrap = testcontainers::shared_bootstrap()?;
     let client = Client::connect(ClientConfig::new(&bootstrap)).await?;
     println!("against {bootstrap}: {records} records of 100 bytes, {rounds} rounds");
@@ -180,12 +186,15 @@ async fn main() -> BenchResult<()> {
             let ratio = rate(total, routed) / rate(total, bare);
             let cpu = cpu_us(total, routed) / cpu_us(total, bare);
             println!(
-                "routing round {round}: bare {:>9.0} rec/s {:.2} us/record, routed {:>9.0} rec/s \
-                 {:.2} us/record; routed/bare rate {ratio:.3}, CPU per record {cpu:.3}",
+                "routing round {round}: bare {:>9.0} rec/s {:.2} us/record ({:.2} machine), \
+                 routed {:>9.0} rec/s {:.2} us/record ({:.2} machine); routed/bare rate \
+                 {ratio:.3}, CPU per record {cpu:.3}",
                 rate(total, bare),
                 cpu_us(total, bare),
+                machine_us(total, bare),
                 rate(total, routed),
                 cpu_us(total, routed),
+                machine_us(total, routed),
             );
             routing.push(ratio);
             routing_cpu.push(cpu);
@@ -212,13 +221,16 @@ async fn main() -> BenchResult<()> {
             let ratio = rate(all, some) / rate(all, none);
             let cpu = cpu_us(all, some) / cpu_us(all, none);
             println!(
-                "poison  round {round}: 0% {:>9.0} rec/s {:.2} us/record, 1% {:>9.0} rec/s \
-                 {:.2} us/record ({pauses} window pauses); 1%/0% rate {ratio:.3}, CPU per record \
-                 {cpu:.3}",
+                "poison  round {round}: 0% {:>9.0} rec/s {:.2} us/record ({:.2} machine), 1% \
+                 {:>9.0} rec/s {:.2} us/record ({:.2} machine, {pauses} window pauses); 1%/0% \
+                 rate {ratio:.3}, CPU per record {cpu:.3}, machine CPU per record {:.3}",
                 rate(all, none),
                 cpu_us(all, none),
+                machine_us(all, none),
                 rate(all, some),
                 cpu_us(all, some),
+                machine_us(all, some),
+                machine_us(all, some) / machine_us(all, none),
             );
             poison.push(ratio);
             poison_cpu.push(cpu);
@@ -490,6 +502,11 @@ fn rate(records: u64, took: Took) -> f64 {
 /// Client CPU microseconds per record.
 fn cpu_us(records: u64, took: Took) -> f64 {
     took.cpu * 1e6 / records as f64
+}
+
+/// Machine CPU microseconds per record (client, broker and the rest).
+fn machine_us(records: u64, took: Took) -> f64 {
+    took.machine * 1e6 / records as f64
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -7,6 +7,7 @@
 //! ```
 
 #[path = "support/cpu.rs"]
+#[allow(dead_code)] // machine_cpu_seconds is for the application benchmark
 mod cpu;
 #[path = "../testcontainers.rs"]
 mod testcontainers;
