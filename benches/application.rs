@@ -23,8 +23,10 @@
 //! ```
 //!
 //! `records` (default 2,000,000, 100-byte values) is the routing and poison
-//! runs' total; the keys runs use 6,000 records. `PHASES=routing,poison,keys`
-//! (the default) picks the comparisons to run.
+//! runs' total; the keys runs use 6,000 records; `rounds` defaults to 5.
+//! `PHASES=routing,poison,keys` (the default) picks the comparisons to run.
+//! Besides each rate: client CPU per record (this process) and machine CPU
+//! per record (every process, the broker included, from `/proc/stat`).
 
 #[path = "support/cpu.rs"]
 mod cpu;
