@@ -465,7 +465,7 @@ impl AckTracker {
 /// group's own assignment, not from untrusted input, so hash flooding is no
 /// concern and a multiply-rotate hash over 8-byte words is enough.
 #[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub(super) struct KeyHasher(u64);
 
 impl KeyHasher {
     const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
