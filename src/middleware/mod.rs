@@ -185,25 +185,31 @@ impl Next {
     /// whose reason is the panic message ([`Panicked`]).
     pub fn run(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send + 'static {
         let next = self.clone();
-        async move {
-            let step = std::panic::AssertUnwindSafe(async {
-                match next.chain.layers.get(next.index) {
-                    Some(layer) => {
-                        let rest = Next {
-                            chain: Arc::clone(&next.chain),
-                            index: next.index + 1,
-                        };
-                        layer.call_boxed(record, rest).await
-                    }
-                    None => next.chain.handler.handle_boxed(record).await,
+        async move { next.run_borrowed(record).await }
+    }
+
+    /// [`run`](Self::run) borrowing `self`: no reference count is taken
+    /// for the handler itself (shared by every partition's worker, the
+    /// chain's count is a contended cache line), only for the `Next`
+    /// handed to a layer.
+    async fn run_borrowed(&self, record: ConsumerRecord) -> Outcome {
+        let step = std::panic::AssertUnwindSafe(async {
+            match self.chain.layers.get(self.index) {
+                Some(layer) => {
+                    let rest = Next {
+                        chain: Arc::clone(&self.chain),
+                        index: self.index + 1,
+                    };
+                    layer.call_boxed(record, rest).await
                 }
-            });
-            match step.catch_unwind().await {
-                Ok(outcome) => outcome,
-                Err(payload) => Err(HandlerError::retry(Panicked {
-                    message: panic_message(&*payload),
-                })),
+                None => self.chain.handler.handle_boxed(record).await,
             }
+        });
+        match step.catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(payload) => Err(HandlerError::retry(Panicked {
+                message: panic_message(&*payload),
+            })),
         }
     }
 }
@@ -368,7 +374,7 @@ pub struct Layered {
 
 impl Handler for Layered {
     fn handle(&self, record: ConsumerRecord) -> impl Future<Output = Outcome> + Send {
-        self.next.run(record)
+        self.next.run_borrowed(record)
     }
 }
 

@@ -208,7 +208,7 @@ impl Core {
     ) -> Outcome {
         match route.chain.handle(record.clone()).await {
             Ok(()) => {
-                Counters::bump(&self.counters.handled);
+                self.counters.handled.bump(record.partition);
                 self.unguard(route, &record);
                 Ok(())
             }
