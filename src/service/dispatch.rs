@@ -27,7 +27,9 @@ use super::guard::{OrderGuard, Upsert};
 use super::handoff::send_until_acked;
 use super::headers::{now_ms, FailureInfo};
 use super::router::{Lookup, ResolvedRoute, RouteTable};
-use crate::group::{ConsumerRecord, FailureKind, Handler, HandlerError, Outcome};
+use futures::future::Either;
+
+use crate::group::{BoxOutcome, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome};
 use crate::middleware::unless_revoked;
 use crate::producer::{Producer, ProducerRecord};
 use crate::TopicPartition;
@@ -107,13 +109,19 @@ impl Core {
     }
 
     /// A record of an origin topic, on its first attempt.
-    async fn origin(self: &Arc<Self>, record: ConsumerRecord) -> Outcome {
+    fn origin(
+        self: &Arc<Self>,
+        record: ConsumerRecord,
+    ) -> impl Future<Output = Outcome> + Send + '_ {
+        // Not an `async fn`: the order guard's path (a FailureInfo, a
+        // produce) is boxed, so the future of every other record holds only
+        // what running its chain needs, and stays small enough for the
+        // allocator's fast path.
         let held = Held::of(&record);
         let Some(route) = self.route_for(&record.topic) else {
-            return Err(HandlerError::retry(format!(
-                "no single route for topic `{}`",
-                record.topic
-            )));
+            let error =
+                HandlerError::retry(format!("no single route for topic `{}`", record.topic));
+            return Either::Left(std::future::ready(Err(error)));
         };
         if route.order_guard {
             if let Some(key) = &record.key {
@@ -126,11 +134,15 @@ impl Core {
                         FailureKind::Retry,
                         Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64),
                     );
-                    return Box::pin(self.follow(route, &record, info, &held)).await;
+                    let follow: BoxOutcome<'_> =
+                        Box::pin(async move { self.follow(route, &record, info, &held).await });
+                    return Either::Right(Either::Left(follow));
                 }
             }
         }
-        self.run(route, record, 1, &held).await
+        Either::Right(Either::Right(async move {
+            self.run(route, record, 1, &held).await
+        }))
     }
 
     /// A record of the retry topic: skip it if another group's, wait until
