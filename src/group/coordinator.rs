@@ -33,6 +33,7 @@ use crate::protocol::connection::BrokerConnection;
 use crate::TopicPartition;
 
 // Error codes of the group APIs (Kafka's `Errors.java`).
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const NOT_COORDINATOR: i16 = 16;
 const REQUEST_TIMED_OUT: i16 = 7;
@@ -70,6 +71,13 @@ pub(crate) fn is_fatal(e: &Error) -> bool {
         Error::Broker(b) => FATAL_CODES.contains(&b.code()),
         _ => false,
     }
+}
+
+/// Whether the coordinator answered that it is still loading the group's
+/// state (COORDINATOR_LOAD_IN_PROGRESS): routine for a while after a broker
+/// starts or takes over the group, and retried like any other answer.
+pub(crate) fn is_coordinator_loading(e: &Error) -> bool {
+    matches!(e, Error::Broker(b) if b.code() == COORDINATOR_LOAD_IN_PROGRESS)
 }
 
 /// What a group API error asks the member to do.

@@ -144,9 +144,10 @@
 //! stream ([`ConsumerError`]) and in the log, retried with backoff, and the
 //! member keeps what it may keep: a cooperative member keeps processing its
 //! partitions while its join is retried. A coordinator that is loading or
-//! moving (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: routine while a new
-//! group's offsets topic is created or a broker restarts) is only logged
-//! until the look-up has failed three times in a row. Partitions are given up without a
+//! moving (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR,
+//! COORDINATOR_LOAD_IN_PROGRESS: routine while a new group's offsets topic
+//! is created or a broker restarts) is only logged until it has failed
+//! three times in a row. Partitions are given up without a
 //! commit only when an answer from the coordinator says the membership is
 //! lost (UNKNOWN_MEMBER_ID: evicted; ILLEGAL_GENERATION: the group moved on
 //! without this member), since another member may own them by then

@@ -52,7 +52,9 @@ use tokio::time::Instant;
 use super::assignor::{GroupAssignment, RebalanceProtocol};
 use super::commit::{CommitReason, Committer};
 use super::consumer::ConsumerSettings;
-use super::coordinator::{is_fatal, Coordinator, GroupError, MemberSettings};
+use super::coordinator::{
+    is_coordinator_loading, is_fatal, Coordinator, GroupError, MemberSettings,
+};
 use super::events::{ConsumerError, GroupStep, Reporter};
 use super::handler::DynHandler;
 use super::heartbeat::{Beat, Heartbeat};
@@ -75,10 +77,10 @@ use crate::TopicPartition;
 /// within milliseconds instead of a full interval.
 const EARLY_BEATS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(150)];
 
-/// Consecutive coordinator look-ups that may fail before the failure is
-/// reported on the error stream: a coordinator loading a new group or
-/// moving after a broker restart answers a few times with
-/// COORDINATOR_NOT_AVAILABLE or NOT_COORDINATOR, which is no problem.
+/// Consecutive routine coordinator failures before one is reported on the
+/// error stream: a coordinator loading a new group or moving after a
+/// broker restart answers a few times with COORDINATOR_NOT_AVAILABLE,
+/// NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS, which is no problem.
 const REDISCOVERIES_BEFORE_REPORT: u32 = 3;
 
 /// Where the state machine goes next.
@@ -123,8 +125,8 @@ pub(crate) struct Session {
     topics: TopicWatch,
     /// Pauses between failed attempts to join (reset by a successful sync).
     join_backoff: Backoff,
-    /// Coordinator look-ups that failed in a row since the last successful
-    /// sync. A coordinator that is loading or moving is routine (a new
+    /// Routine coordinator failures (look-ups, a coordinator still
+    /// loading) in a row since the last successful sync. A coordinator that is loading or moving is routine (a new
     /// group's offsets topic being created, a broker restarting), so it is
     /// reported on the error stream only once it persists
     /// ([`REDISCOVERIES_BEFORE_REPORT`]); the log always has it.
@@ -883,15 +885,13 @@ impl Session {
             GroupError::Rediscover(e) => {
                 tracing::info!(error = %e, %step, "group coordinator unavailable; finding it again");
                 self.coordinator.forget_coordinator();
-                self.rediscoveries += 1;
-                if self.rediscoveries < REDISCOVERIES_BEFORE_REPORT {
-                    let reason = format!("finding the coordinator again after {step} failed: {e}");
-                    return match self.back_off().await {
-                        Ok(()) => Next::Join(reason),
-                        Err(next) => next,
-                    };
-                }
-                self.retry(step, e).await
+                self.retry_routine(step, e).await
+            }
+            GroupError::Retry(e) if is_coordinator_loading(&e) => {
+                // The coordinator is right, only not ready yet: as routine
+                // as one that is moving, so the same grace applies.
+                tracing::info!(error = %e, %step, "group coordinator still loading; retrying");
+                self.retry_routine(step, e).await
             }
             GroupError::Retry(e) => {
                 tracing::warn!(error = %e, %step, "group request failed; retrying");
@@ -912,6 +912,21 @@ impl Session {
                 self.retry(step, e).await
             }
         }
+    }
+
+    /// Retry after a failure that is routine while a coordinator loads or
+    /// moves: reported on the error stream only once it has happened
+    /// [`REDISCOVERIES_BEFORE_REPORT`] times in a row (the log has each).
+    async fn retry_routine(&mut self, step: GroupStep, e: Error) -> Next {
+        self.rediscoveries += 1;
+        if self.rediscoveries < REDISCOVERIES_BEFORE_REPORT {
+            let reason = format!("retrying after {step} failed: {e}");
+            return match self.back_off().await {
+                Ok(()) => Next::Join(reason),
+                Err(next) => next,
+            };
+        }
+        self.retry(step, e).await
     }
 
     async fn retry(&mut self, step: GroupStep, e: Error) -> Next {
