@@ -182,9 +182,10 @@ impl Partition {
 /// incomplete, and up to which offset each partition may be committed.
 ///
 /// See the [module documentation](self) for the contract. The tracker is
-/// plain data with no locking of its own: the group consumer keeps it behind
-/// the mutex of [`Tracking`](super::tracking::Tracking), shared by partition
-/// workers, deferred acks, the committer and status readers.
+/// plain data with no locking of its own: the group consumer keeps one per
+/// shard of [`Tracking`](super::tracking::Tracking), each behind that
+/// shard's mutex, shared by partition workers, deferred acks, the committer
+/// and status readers.
 #[derive(Debug, Default)]
 pub(super) struct AckTracker {
     partitions: HashMap<TopicPartition, Partition, BuildHasherDefault<KeyHasher>>,
