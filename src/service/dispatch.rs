@@ -21,14 +21,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::Either;
+
 use super::config::ServiceConfig;
 use super::events::{Counters, Reporter, ServiceError};
 use super::guard::{OrderGuard, Upsert};
 use super::handoff::send_until_acked;
 use super::headers::{now_ms, FailureInfo};
 use super::router::{Lookup, ResolvedRoute, RouteTable};
-use futures::future::Either;
-
 use crate::group::{BoxOutcome, ConsumerRecord, FailureKind, Handler, HandlerError, Outcome};
 use crate::middleware::unless_revoked;
 use crate::producer::{Producer, ProducerRecord};
