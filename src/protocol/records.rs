@@ -1133,15 +1133,13 @@ mod encode_tests {
     }
 
     /// Writes a seed corpus for the `record_batch_decode` fuzz target (see
-    /// fuzz/README.md): batches with every codec, several batches in a row
-    /// and a control batch, in the target's input layout.
+    /// fuzz/README.md) into the directory `FUZZ_SEEDS` names (a temporary
+    /// one otherwise): batches with every codec, several batches in a row
+    /// and a control batch, in the target's input layout. Every seed must
+    /// decode, or the fuzzer would start from inputs that fail at once.
     #[test]
-    #[ignore = "writes fuzz seeds into the directory FUZZ_SEEDS names"]
     fn write_record_batch_seeds() {
-        let Some(dir) = std::env::var_os("FUZZ_SEEDS").map(std::path::PathBuf::from) else {
-            return;
-        };
-        std::fs::create_dir_all(&dir).expect("seed directory");
+        let dir = crate::protocol::seed_dir("record_batch_decode");
         let records: Vec<OutgoingRecord> = (0..3)
             .map(|i| OutgoingRecord {
                 key: (i != 1).then(|| Bytes::from(format!("key-{i}"))),
@@ -1173,5 +1171,12 @@ mod encode_tests {
         let mut file = vec![0u8];
         file.extend(control);
         std::fs::write(dir.join("control"), file).expect("seed written");
+        let names = codecs.iter().map(|c| format!("{c:?}"));
+        for name in names.chain(["all-codecs".into(), "control".into()]) {
+            let seed = std::fs::read(dir.join(&name)).expect("seed read");
+            let decoded = decode_batches(Bytes::from(seed).slice(1..), &Arc::from("t"), 0, 0);
+            assert!(decoded.is_ok(), "seed {name} decodes: {decoded:?}");
+        }
+        crate::protocol::drop_seed_dir(&dir);
     }
 }

@@ -1092,15 +1092,13 @@ fn api_versions_falls_back_to_the_v0_layout_and_rejects_huge_counts() {
 }
 
 /// Writes a seed corpus for the `response_decode` fuzz target (see
-/// fuzz/README.md): one generated frame per API and version, in the
-/// target's input layout.
+/// fuzz/README.md) into the directory `FUZZ_SEEDS` names (a temporary one
+/// otherwise): one generated frame per API and version, in the target's
+/// input layout.
 #[test]
-#[ignore = "writes fuzz seeds into the directory FUZZ_SEEDS names"]
 fn write_response_seeds() {
-    let Some(dir) = std::env::var_os("FUZZ_SEEDS").map(std::path::PathBuf::from) else {
-        return;
-    };
-    std::fs::create_dir_all(&dir).expect("seed directory");
+    let dir = crate::protocol::seed_dir("response_decode");
+    let mut written = 0;
     let mut rng = StdRng::seed_from_u64(0x5eed);
     for (i, schema) in SCHEMAS.iter().enumerate() {
         let key = ApiKey::try_from(schema.api_key).expect("known key");
@@ -1118,6 +1116,13 @@ fn write_response_seeds() {
             .fields(schema.fields, &mut file);
             let path = dir.join(format!("{}-v{v}", schema.name));
             std::fs::write(path, file).expect("seed written");
+            written += 1;
         }
     }
+    let expected: usize = SCHEMAS
+        .iter()
+        .map(|s| usize::from((s.max_version - s.min_version) as u16) + 1)
+        .sum();
+    assert_eq!(written, expected, "one seed per API version");
+    crate::protocol::drop_seed_dir(&dir);
 }
