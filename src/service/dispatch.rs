@@ -249,16 +249,20 @@ impl Core {
             .retry_topic
             .as_deref()
             .filter(|_| error.kind() == FailureKind::Retry && attempt <= route.retries);
-        if let Some(topic) = retry_topic {
-            let delay = self.config.delay(attempt);
-            let info = FailureInfo::for_failure(
+        // The failure headers of the copy, due after `delay`.
+        let failure = |delay| {
+            FailureInfo::for_failure(
                 &record,
                 Some(&self.group),
                 attempt,
                 &reason,
                 error.kind(),
                 delay,
-            );
+            )
+        };
+        if let Some(topic) = retry_topic {
+            let delay = self.config.delay(attempt);
+            let info = failure(delay);
             let copy = info.copy_of(&record, topic);
             if !route.order_guard {
                 return self.hand_off_detached(topic, copy, &record, held, move |core| {
@@ -286,15 +290,7 @@ impl Core {
         }
         if route.dead_letter {
             if let Some(topic) = self.config.dead_letter_topic.as_deref() {
-                let info = FailureInfo::for_failure(
-                    &record,
-                    Some(&self.group),
-                    attempt,
-                    &reason,
-                    error.kind(),
-                    Duration::ZERO,
-                );
-                let copy = info.copy_of(&record, topic);
+                let copy = failure(Duration::ZERO).copy_of(&record, topic);
                 let (partition, offset) = (held.partition.clone(), held.offset);
                 let stored = move |core: &Core| {
                     Counters::bump(&core.counters.dead_lettered);
