@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::group::GroupConsumerBuilder;
 use crate::producer::ProducerBuilder;
 use crate::protocol::cluster::Cluster;
-use crate::protocol::{BrokerInfo, TopicMetadata};
+use crate::protocol::{BrokerInfo, ClientStatus, TopicMetadata};
 use crate::reader::ReaderBuilder;
 
 /// A connection to a Kafka cluster, cheap to clone.
@@ -105,6 +105,12 @@ impl Client {
     /// Brokers of the cluster as the last metadata answer listed them.
     pub fn brokers(&self) -> Vec<BrokerInfo> {
         self.inner.cluster.brokers()
+    }
+
+    /// Connections and request counts of this client and everything made
+    /// from it (producers, readers, group consumers, admin handles).
+    pub fn status(&self) -> ClientStatus {
+        self.inner.cluster.counters().snapshot()
     }
 
     pub(crate) fn cluster(&self) -> &Cluster {

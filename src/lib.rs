@@ -61,6 +61,7 @@ pub use producer::{
     Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,
     ProducerBuilder, ProducerRecord,
 };
+pub use protocol::ClientStatus;
 pub use reader::{Reader, ReaderBuilder, RecordStream};
 pub use record::{Header, Record};
 pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};

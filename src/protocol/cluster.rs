@@ -111,6 +111,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             security: Arc::new(SecurityContext::new(&config)?),
+            counters: Arc::default(),
         };
         Ok(Self {
             config,
@@ -123,6 +124,11 @@ impl Cluster {
 
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The client's wire counters (see [`super::stats`]).
+    pub(crate) fn counters(&self) -> &Arc<super::stats::WireCounters> {
+        &self.settings.counters
     }
 
     /// A live connection to `addr` for short requests, opened if needed.

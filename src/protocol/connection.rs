@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::api::KafkaApi;
 use super::error_codes::UNSUPPORTED_VERSION;
+use super::stats::WireCounters;
 use super::validate;
 use crate::error::{BrokerError, Error, Result};
 
@@ -55,6 +56,9 @@ pub(crate) struct ConnectionSettings {
     pub request_timeout: Duration,
     /// TLS and SASL, shared by every connection of a client.
     pub security: Arc<SecurityContext>,
+    /// The client's wire counters; connections count their opening and
+    /// closing here.
+    pub counters: Arc<super::stats::WireCounters>,
 }
 
 /// TLS and SASL settings in the form connections use them.
@@ -133,6 +137,8 @@ pub(crate) struct BrokerConnection {
     settings: ConnectionSettings,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// Counted as open in the client's counters (set once fully opened).
+    counted: bool,
 }
 
 /// The waiter of one request, removed from [`Pending`] when the request's
@@ -162,6 +168,9 @@ impl Drop for BrokerConnection {
     fn drop(&mut self) {
         self.reader.abort();
         self.writer.abort();
+        if self.counted {
+            WireCounters::add(&self.settings.counters.connections_closed, 1);
+        }
     }
 }
 
@@ -207,6 +216,7 @@ impl BrokerConnection {
             settings,
             reader,
             writer,
+            counted: false,
         };
         let negotiated = tokio::time::timeout_at(deadline, conn.negotiate_versions()).await;
         conn.versions = match negotiated {
@@ -231,6 +241,8 @@ impl BrokerConnection {
                     reason: format!("no answer within {timeout:?} of connecting"),
                 })??;
         }
+        WireCounters::add(&conn.settings.counters.connections_opened, 1);
+        conn.counted = true;
         Ok(conn)
     }
 
@@ -794,6 +806,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(500),
             security: Arc::new(SecurityContext::default()),
+            counters: Arc::default(),
         }
     }
 

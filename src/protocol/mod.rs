@@ -11,6 +11,7 @@ pub mod error_codes;
 pub(crate) mod records;
 pub(crate) mod sasl;
 pub(crate) mod scram;
+pub(crate) mod stats;
 #[cfg(test)]
 pub(crate) mod test_peer;
 
@@ -44,3 +45,4 @@ pub(crate) mod tls;
 pub(crate) mod validate;
 
 pub use cluster::{BrokerInfo, PartitionMetadata, TopicMetadata};
+pub use stats::ClientStatus;
