@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchPool, FetchSettings, Fetched, Lease, OnFailure, PartitionFetch};
 use crate::offsets::{self, OffsetQuery};
 use crate::record::Record;
+use crate::TopicPartition;
 
 pub use crate::offsets::StartOffset;
 
@@ -31,6 +31,7 @@ pub struct ReaderBuilder {
     max_wait: Duration,
     max_partition_bytes: i32,
     buffered_batches: usize,
+    fetch_buffer_bytes: usize,
 }
 
 impl ReaderBuilder {
@@ -43,6 +44,7 @@ impl ReaderBuilder {
             max_wait: Duration::from_millis(500),
             max_partition_bytes: 1024 * 1024,
             buffered_batches: 4,
+            fetch_buffer_bytes: crate::fetch::DEFAULT_BUFFER_BYTES,
         }
     }
 
@@ -89,10 +91,21 @@ impl ReaderBuilder {
         self
     }
 
-    /// Fetched batches buffered per partition ahead of the consumer (default 4).
-    /// Bounds memory: at most about this many times `max_partition_bytes` per partition.
+    /// Fetched batches buffered ahead of the consumer, per partition read
+    /// (default 4): the reader's queue holds up to this many batches times
+    /// the number of partitions, shared by all of them.
     pub fn buffered_batches(mut self, n: usize) -> Self {
         self.buffered_batches = n.max(1);
+        self
+    }
+
+    /// Most bytes of fetched records waiting for the consumer, over all
+    /// partitions (default 32 MiB). Partitions are fetched one request per
+    /// broker; the bytes of batches not yet consumed, plus what requests
+    /// in flight may return, stay within this bound (exceeded by at most
+    /// one batch, which a broker always returns whole).
+    pub fn fetch_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.fetch_buffer_bytes = bytes.max(1);
         self
     }
 
@@ -165,6 +178,7 @@ impl ReaderBuilder {
             max_wait: self.max_wait,
             max_partition_bytes: self.max_partition_bytes,
             buffered_batches: self.buffered_batches,
+            fetch_buffer_bytes: self.fetch_buffer_bytes,
         })
     }
 }
@@ -199,6 +213,7 @@ pub struct Reader {
     max_wait: Duration,
     max_partition_bytes: i32,
     buffered_batches: usize,
+    fetch_buffer_bytes: usize,
 }
 
 impl Reader {
@@ -253,29 +268,34 @@ impl Reader {
 
     fn spawn(self, to_end: bool) -> RecordStream {
         let (tx, rx) = mpsc::channel(self.buffered_batches * self.positions.len().max(1));
-        let mut tasks = Vec::new();
+        let settings = FetchSettings {
+            max_wait: self.max_wait,
+            max_partition_bytes: self.max_partition_bytes,
+            buffer_bytes: self.fetch_buffer_bytes,
+            rack: None,
+        };
+        let pool = FetchPool::start(self.client.clone(), settings, OnFailure::EndStream);
         for pos in self.positions {
             if to_end && pos.next >= pos.end {
                 continue;
             }
-            let fetcher = Fetcher {
-                client: self.client.clone(),
-                topic: pos.topic,
-                partition: pos.partition,
+            pool.add(PartitionFetch {
+                tp: TopicPartition::new(pos.topic, pos.partition),
                 next: pos.next,
                 end: to_end.then_some(pos.end),
-                max_wait_ms: i32::try_from(self.max_wait.as_millis()).unwrap_or(i32::MAX),
-                max_bytes: self.max_partition_bytes,
                 out_of_range: StartOffset::Earliest,
                 tx: tx.clone(),
                 progress: None,
-            };
-            tasks.push(tokio::spawn(fetcher.run()));
+            });
         }
+        // The stream ends when every partition reached its end: the pool
+        // drops a partition's sender then, and this one goes now.
+        drop(tx);
         RecordStream {
             rx,
             current: VecDeque::new(),
-            tasks,
+            lease: None,
+            pool: Some(pool),
         }
     }
 }
@@ -291,12 +311,16 @@ pub enum RunError<E> {
     Handler(E),
 }
 
-/// A stream of records from a [`Reader`]. Dropping it stops the fetch tasks.
+/// A stream of records from a [`Reader`]. Dropping it stops fetching.
 #[derive(Debug)]
 pub struct RecordStream {
-    rx: mpsc::Receiver<Result<Vec<Record>>>,
+    rx: mpsc::Receiver<Result<Fetched>>,
     current: VecDeque<Record>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The current batch's bytes, counted against the fetch budget until
+    /// the batch is consumed.
+    lease: Option<Lease>,
+    /// Stopped (dropped) at the first error.
+    pool: Option<FetchPool>,
 }
 
 impl Stream for RecordStream {
@@ -307,25 +331,19 @@ impl Stream for RecordStream {
             if let Some(r) = self.current.pop_front() {
                 return Poll::Ready(Some(Ok(r)));
             }
+            self.lease = None;
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(batch))) => self.current = VecDeque::from(batch),
+                Poll::Ready(Some(Ok(batch))) => {
+                    self.current = VecDeque::from(batch.records);
+                    self.lease = Some(batch.lease);
+                }
                 Poll::Ready(Some(Err(e))) => {
-                    for t in &self.tasks {
-                        t.abort();
-                    }
+                    self.pool = None;
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
-        }
-    }
-}
-
-impl Drop for RecordStream {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
         }
     }
 }

@@ -66,6 +66,8 @@ pub(crate) struct ConsumerSettings {
     pub stall_threshold: Duration,
     pub max_wait: Duration,
     pub max_partition_bytes: i32,
+    /// Bound of fetched bytes waiting for handlers, over all partitions.
+    pub fetch_buffer_bytes: usize,
     pub rack: Option<String>,
     pub metadata_max_age: Duration,
     pub require_topics: bool,
@@ -103,6 +105,7 @@ impl GroupConsumerBuilder {
                 stall_threshold: Duration::from_secs(60),
                 max_wait: Duration::from_millis(500),
                 max_partition_bytes: 1024 * 1024,
+                fetch_buffer_bytes: crate::fetch::DEFAULT_BUFFER_BYTES,
                 rack: None,
                 metadata_max_age: Duration::from_secs(300),
                 require_topics: false,
@@ -344,9 +347,29 @@ impl GroupConsumerBuilder {
         self
     }
 
-    /// Rack id sent in subscriptions (KIP-881).
+    /// The member's rack: sent in subscriptions for rack-aware assignment
+    /// (KIP-881), and in fetches, so that a cluster configured with a rack-
+    /// aware replica selector serves this member from a replica in its rack
+    /// (KIP-392) instead of the leader.
     pub fn rack(mut self, rack: impl Into<String>) -> Self {
         self.settings.rack = Some(rack.into());
+        self
+    }
+
+    /// Most bytes of fetched records waiting for the handler, over all
+    /// partitions of this member (default 32 MiB).
+    ///
+    /// Records are fetched ahead of the handler, one request per broker
+    /// for every partition that broker leads. The bytes of fetched batches
+    /// not yet handled, plus what the requests in flight may return, stay
+    /// within this bound (exceeded by at most one batch: a broker always
+    /// returns a partition's first batch however large, so that fetching
+    /// moves on). Each partition also holds at most two batches of up to
+    /// 1 MiB each, so a slow
+    /// handler on one partition does not take the whole budget from the
+    /// others; at 1,000 assigned partitions memory stays at this bound.
+    pub fn fetch_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.fetch_buffer_bytes = bytes.max(1);
         self
     }
 

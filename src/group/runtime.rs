@@ -80,17 +80,11 @@ use super::events::{ConsumerError, Reporter};
 use super::handler::{Completion, CompletionState, ConsumerRecord, DynHandler, Outcome, Sink};
 use super::tracking::{Room, Tracking};
 use super::watchdog::Sample;
-use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::fetch::{FetchProgress, Fetcher};
-use crate::protocol::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
+use crate::fetch::{FetchPool, FetchProgress, FetchSettings, Fetched, OnFailure, PartitionFetch};
 use crate::record::Record;
 use crate::{StartOffset, TopicPartition};
-
-/// Pauses before restarting a fetch that failed for good.
-const FETCH_RESTART_FIRST: Duration = Duration::from_secs(1);
-const FETCH_RESTART_MAX: Duration = Duration::from_secs(30);
 
 /// Why a record tracked as dispatched never reached the handler.
 const NOT_HANDED: &str = "not handed to the handler: the partition was revoked";
@@ -100,6 +94,10 @@ const NOT_HANDED: &str = "not handed to the handler: the partition was revoked";
 pub(crate) struct RuntimeSettings {
     pub max_wait: Duration,
     pub max_partition_bytes: i32,
+    /// Bound of fetched bytes waiting for handlers, over all partitions.
+    pub fetch_buffer_bytes: usize,
+    /// The member's rack, for fetching from a replica in it (KIP-392).
+    pub rack: Option<String>,
     pub max_pending: usize,
     pub max_window: usize,
     pub offset_reset: StartOffset,
@@ -117,33 +115,29 @@ struct PartitionTask {
     /// Set when the partition is revoked or lost; every record dispatched
     /// for this assignment holds a receiver (`ConsumerRecord::revoked`).
     revoked: tokio::sync::watch::Sender<bool>,
-    /// Written by the fetch task and the worker; read by the watchdog.
+    /// Written by the fetch pool and the worker; read by the watchdog.
     progress: Arc<FetchProgress>,
     worker: JoinHandle<()>,
-    fetcher: JoinHandle<()>,
 }
 
 impl Drop for PartitionTask {
-    // If the consumer is dropped (its `run` future cancelled) the partition
-    // tasks must not outlive it.
+    // If the consumer is dropped (its `run` future cancelled) the worker
+    // must not outlive it (the fetch pool stops with the runtime).
     fn drop(&mut self) {
-        self.fetcher.abort();
         self.worker.abort();
     }
 }
 
 /// The partitions this member is processing. Owned by the session task.
 pub(crate) struct PartitionRuntime {
-    client: Client,
     settings: RuntimeSettings,
     handler: Arc<dyn DynHandler>,
     /// Shared with workers, completions, the committer and status readers.
     tracking: Arc<Tracking>,
-    /// Shared with workers and fetch tasks.
+    /// Shared with workers and the fetch pool.
     reporter: Reporter,
-    /// Poked by fetch tasks when a topic or partition seems gone; the
-    /// session then refreshes metadata.
-    metadata_hint: Arc<Notify>,
+    /// Fetches every running partition: one request per broker.
+    fetch: FetchPool,
     /// Running partitions; written only by the session task.
     partitions: BTreeMap<TopicPartition, PartitionTask>,
 }
@@ -165,13 +159,34 @@ impl PartitionRuntime {
         reporter: Reporter,
         metadata_hint: Arc<Notify>,
     ) -> Self {
+        let fetch_settings = FetchSettings {
+            max_wait: settings.max_wait,
+            max_partition_bytes: settings.max_partition_bytes,
+            buffer_bytes: settings.fetch_buffer_bytes,
+            rack: settings.rack.clone(),
+        };
+        // A fetch that failed for good is reported and retried by the pool;
+        // a topic or partition that seems gone pokes the session to
+        // refresh metadata.
+        let report = {
+            let reporter = reporter.clone();
+            move |tp: &TopicPartition, error: Error, gone: bool| {
+                if gone {
+                    metadata_hint.notify_one();
+                }
+                reporter.report(ConsumerError::Fetch {
+                    partition: tp.clone(),
+                    error,
+                });
+            }
+        };
+        let fetch = FetchPool::start(client, fetch_settings, OnFailure::Report(Arc::new(report)));
         Self {
-            client,
             settings,
             handler,
             tracking,
             reporter,
-            metadata_hint,
+            fetch,
             partitions: BTreeMap::new(),
         }
     }
@@ -209,18 +224,14 @@ impl PartitionRuntime {
         // latency, small enough to keep memory flat.
         let (tx, rx) = mpsc::channel(2);
         let progress = Arc::new(FetchProgress::new(position));
-        let fetcher = Fetcher {
-            client: self.client.clone(),
-            topic: Arc::clone(&tp.topic),
-            partition: tp.partition,
+        self.fetch.add(PartitionFetch {
+            tp: tp.clone(),
             next: position,
             end: None,
-            max_wait_ms: i32::try_from(self.settings.max_wait.as_millis()).unwrap_or(i32::MAX),
-            max_bytes: self.settings.max_partition_bytes,
             out_of_range: self.settings.offset_reset,
             tx,
             progress: Some(Arc::clone(&progress)),
-        };
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let (revoked, revoked_rx) = tokio::sync::watch::channel(false);
         let worker = Worker {
@@ -238,18 +249,11 @@ impl PartitionRuntime {
             key_concurrency: self.settings.key_concurrency,
             in_flight: self.settings.max_in_flight.clone(),
         };
-        let fetch = fetch_partition(
-            fetcher,
-            tp.clone(),
-            self.reporter.clone(),
-            Arc::clone(&self.metadata_hint),
-        );
         let task = PartitionTask {
             stop,
             revoked,
             progress,
             worker: tokio::spawn(worker.run()),
-            fetcher: tokio::spawn(fetch),
         };
         self.partitions.insert(tp, task);
     }
@@ -269,7 +273,7 @@ impl PartitionRuntime {
             if let Some(task) = self.partitions.remove(tp) {
                 task.stop.store(true, Ordering::Release);
                 task.revoked.send_replace(true);
-                task.fetcher.abort();
+                self.fetch.remove(tp);
                 tasks.push((tp.clone(), task));
             }
         }
@@ -306,45 +310,12 @@ impl PartitionRuntime {
             if let Some(task) = self.partitions.remove(tp) {
                 task.stop.store(true, Ordering::Release);
                 task.revoked.send_replace(true);
-                drop(task); // aborts both tasks
+                self.fetch.remove(tp);
+                drop(task); // aborts the worker
                 self.tracking.revoke(tp);
             }
         }
         self.tracking.completed.notify_waiters();
-    }
-}
-
-/// The fetch task of one partition: fetch until the worker is gone;
-/// report a fetch that failed for good and restart it after a backoff.
-async fn fetch_partition(
-    mut fetcher: Fetcher,
-    tp: TopicPartition,
-    reporter: Reporter,
-    metadata_hint: Arc<Notify>,
-) {
-    let mut backoff = Backoff::between(FETCH_RESTART_FIRST, FETCH_RESTART_MAX);
-    loop {
-        let error = match fetcher.fetch_loop().await {
-            Ok(()) => return,
-            Err(e) => e,
-        };
-        if fetcher.tx.is_closed() {
-            return;
-        }
-        let delay = backoff.next_delay();
-        tracing::warn!(partition = %tp, offset = fetcher.next, error = %error, retry_in = ?delay, "fetching failed; retrying");
-        let gone = matches!(
-            error,
-            Error::UnknownTopic(_) | Error::UnknownPartition { .. }
-        ) || error.broker_code() == Some(UNKNOWN_TOPIC_OR_PARTITION);
-        if gone {
-            metadata_hint.notify_one();
-        }
-        reporter.report(ConsumerError::Fetch {
-            partition: tp.clone(),
-            error,
-        });
-        tokio::time::sleep(delay).await;
     }
 }
 
@@ -357,8 +328,8 @@ struct Worker {
     /// Handed to every record (`ConsumerRecord::revoked`); the worker also
     /// watches it to stop waiting for a permit.
     revoked: tokio::sync::watch::Receiver<bool>,
-    /// Batches from the partition's fetch task.
-    rx: mpsc::Receiver<Result<Vec<Record>>>,
+    /// Batches from the fetch pool.
+    rx: mpsc::Receiver<Result<Fetched>>,
     handler: Arc<dyn DynHandler>,
     /// Shared (see `Tracking`); the worker records dispatches and waits on
     /// its `completed` notification for room.
@@ -400,8 +371,14 @@ impl Worker {
     /// One record at a time, in offset order.
     async fn run_in_order(mut self) {
         while let Some(batch) = self.rx.recv().await {
-            // The fetch task reports its own errors and retries.
-            let Ok(batch) = batch else { continue };
+            // The fetch pool reports its own errors and retries.
+            let Ok(Fetched {
+                records: batch,
+                lease,
+            }) = batch
+            else {
+                continue;
+            };
             let len = batch.len();
             for record in batch {
                 if self.stop.load(Ordering::Acquire) || !self.wait_for_room().await {
@@ -425,6 +402,7 @@ impl Worker {
                 tokio::task::consume_budget().await;
             }
             self.progress.taken(len);
+            drop(lease); // the batch's bytes no longer count
         }
     }
 
@@ -457,6 +435,8 @@ impl Worker {
         // The batch being taken, and its size as fetched.
         let mut batch: VecDeque<Record> = VecDeque::new();
         let mut batch_len = 0;
+        // Holds the batch's bytes against the pool's budget until taken.
+        let mut lease: Option<crate::fetch::Lease> = None;
         let mut pause_reported = false;
         let mut revoked = self.revoked.clone();
         let mut stopping = false;
@@ -490,6 +470,7 @@ impl Worker {
                 };
                 if batch.is_empty() {
                     self.progress.taken(batch_len);
+                    drop(lease.take()); // the batch's bytes no longer count
                 }
                 if !self
                     .tracking
@@ -530,11 +511,12 @@ impl Worker {
                     }
                 }
                 fetched = self.rx.recv(), if want_batch => match fetched {
-                    Some(Ok(records)) => {
-                        batch_len = records.len();
-                        batch = records.into();
+                    Some(Ok(fetched)) => {
+                        batch_len = fetched.records.len();
+                        batch = fetched.records.into();
+                        drop(lease.replace(fetched.lease));
                     }
-                    Some(Err(_)) => {} // the fetch task reports and retries
+                    Some(Err(_)) => {} // the fetch pool reports and retries
                     None => stopping = true,
                 },
                 _ = notified, if blocked => {}
@@ -699,7 +681,7 @@ mod tests {
     /// A worker and the means to feed and stop it.
     struct Harness {
         worker: Worker,
-        tx: mpsc::Sender<Result<Vec<Record>>>,
+        tx: mpsc::Sender<Result<Fetched>>,
         revoke: tokio::sync::watch::Sender<bool>,
         stop: Arc<AtomicBool>,
     }
@@ -774,7 +756,7 @@ mod tests {
             record(3, None, "x"),
             record(4, None, "x"),
         ];
-        tx.send(Ok(batch)).await.unwrap();
+        tx.send(Ok(Fetched::unbudgeted(batch))).await.unwrap();
         let tp = TopicPartition::new("t", 0);
         // Everything but the held record and the one behind it completes.
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -824,10 +806,10 @@ mod tests {
                 worker.key_concurrency = 1;
             }
             let task = tokio::spawn(worker.run());
-            tx.send(Ok(vec![
+            tx.send(Ok(Fetched::unbudgeted(vec![
                 record(0, Some("a"), "x"),
                 record(1, Some("b"), "x"),
-            ]))
+            ])))
             .await
             .unwrap();
             for _ in 0..50 {

@@ -176,6 +176,8 @@ impl Session {
             RuntimeSettings {
                 max_wait: s.max_wait,
                 max_partition_bytes: s.max_partition_bytes,
+                fetch_buffer_bytes: s.fetch_buffer_bytes,
+                rack: s.rack.clone(),
                 max_pending: s.max_pending_per_partition,
                 max_window: s.max_window_per_partition,
                 offset_reset: s.offset_reset,

@@ -32,6 +32,9 @@ pub struct PartitionMetadata {
     pub id: i32,
     /// Broker id of the leader, or -1 while there is none.
     pub leader: i32,
+    /// The leader's epoch (KIP-320), or -1 if the broker did not say.
+    /// Fetches carry it so that a deposed leader refuses them.
+    pub leader_epoch: i32,
     /// Broker ids of all replicas.
     pub replicas: Vec<i32>,
     /// Broker ids of the in-sync replicas.
@@ -200,7 +203,8 @@ impl Cluster {
         self.connection(&addr).await
     }
 
-    fn broker_addr(&self, id: i32) -> Option<String> {
+    /// `host:port` of the broker with node id `id`, from cached metadata.
+    pub(crate) fn broker_addr(&self, id: i32) -> Option<String> {
         self.read().brokers.get(&id).map(|b| b.addr.clone())
     }
 
@@ -374,6 +378,7 @@ impl Cluster {
                 .map(|p| PartitionMetadata {
                     id: p.partition_index,
                     leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
                     replicas: p.replica_nodes.iter().map(|r| r.0).collect(),
                     isr: p.isr_nodes.iter().map(|r| r.0).collect(),
                 })
