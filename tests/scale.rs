@@ -15,6 +15,9 @@ const TOPICS: usize = 4;
 const PARTITIONS_PER_TOPIC: i32 = 250;
 const RECORDS_PER_PARTITION: i64 = 4;
 
+/// Offsets handled, per topic and partition.
+type Seen = Arc<Mutex<HashMap<(String, i32), Vec<i64>>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_1000_partitions_fetches_them_in_one_session_per_broker() {
     let admin_client = client().await;
@@ -43,7 +46,7 @@ async fn a_member_with_1000_partitions_fetches_them_in_one_session_per_broker() 
     let total = TOPICS as i64 * i64::from(PARTITIONS_PER_TOPIC) * RECORDS_PER_PARTITION;
 
     let member_client = client().await;
-    let seen: Arc<Mutex<HashMap<(String, i32), Vec<i64>>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let group = unique_topic("scale-group");
     let mut builder = group_member(&member_client, &group, &topics[0]);
     for topic in &topics[1..] {

@@ -48,10 +48,11 @@ const HELD_BACK_MAX_WAIT: Duration = Duration::from_millis(50);
 /// its metadata refresh.
 const REPLICA_ROUTE: Duration = Duration::from_secs(300);
 
-/// How often partitions that are fetched but get nothing are marked as
-/// fetching fine for the watchdog (marking them on every answer would cost
-/// a clock read per partition per answer).
-const IDLE_MARK_EVERY: Duration = Duration::from_secs(1);
+/// How often partitions that are not failing are marked as fetching fine
+/// for the watchdog, whether they got records or not (idle, held back for
+/// room, or waiting for the byte budget): marking them at every answer
+/// would cost a clock read per partition per answer.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Pauses before fetching again a partition that failed for good and was
 /// reported (group consumers).
@@ -137,8 +138,6 @@ struct Broker {
     session: FetchSession,
     /// A request is in flight.
     busy: bool,
-    /// When partitions without records were last marked as fetching.
-    idle_marked: Option<Instant>,
 }
 
 /// A request's outcome, back in the task.
@@ -170,6 +169,8 @@ struct Pool {
     /// Partitions with a `held` batch or error.
     held: usize,
     fetches: FuturesUnordered<BoxFuture<'static, Answer>>,
+    /// When partitions were last marked for the watchdog.
+    marked: Instant,
     lookups: FuturesUnordered<BoxFuture<'static, Lookup>>,
     looking_up: HashSet<Arc<str>>,
     recoveries: FuturesUnordered<BoxFuture<'static, Recovery>>,
@@ -195,11 +196,13 @@ pub(super) async fn run(
         reserved: 0,
         held: 0,
         fetches: FuturesUnordered::new(),
+        marked: Instant::now(),
         lookups: FuturesUnordered::new(),
         looking_up: HashSet::new(),
         recoveries: FuturesUnordered::new(),
     };
     loop {
+        pool.mark_progress();
         pool.hand_over_held();
         pool.start_lookups();
         pool.start_fetches();
@@ -538,13 +541,6 @@ impl Pool {
                 return;
             }
         }
-        let now = Instant::now();
-        let mark_idle = broker
-            .idle_marked
-            .is_none_or(|t| now.duration_since(t) >= IDLE_MARK_EVERY);
-        if mark_idle {
-            broker.idle_marked = Some(now);
-        }
         let session_id = response.session_id;
         for topic in response.responses {
             let Some(name) = self.names.get(topic.topic.0.as_str()).cloned() else {
@@ -559,17 +555,6 @@ impl Pool {
                     continue;
                 };
                 self.take_partition(&tp, asked.offset, node, &addr, data);
-            }
-        }
-        if mark_idle {
-            for tp in plan.wanted.keys() {
-                if let Some(part) = self.parts.get_mut(tp) {
-                    if part.failing_since.is_none() {
-                        if let Some(p) = &part.fetch.progress {
-                            p.fetched(part.fetch.next);
-                        }
-                    }
-                }
             }
         }
         if let Some(broker) = self.brokers.get_mut(&node) {
@@ -749,13 +734,33 @@ impl Pool {
         }
     }
 
-    /// The earliest backoff that ends, if any partition waits for one.
+    /// Every [`MARK_EVERY`], tell the watchdog that partitions which are
+    /// not failing are fine.
+    fn mark_progress(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.marked) < MARK_EVERY {
+            return;
+        }
+        self.marked = now;
+        for part in self.parts.values() {
+            if part.failing_since.is_none() {
+                if let Some(p) = &part.fetch.progress {
+                    p.fetched(part.fetch.next);
+                }
+            }
+        }
+    }
+
+    /// The earliest backoff that ends, or the next progress mark.
     fn next_wake(&self) -> Option<Instant> {
         let now = Instant::now();
-        self.parts
+        let backoff = self
+            .parts
             .values()
             .filter_map(|p| p.not_before.filter(|t| *t > now))
-            .min()
+            .min();
+        let mark = (!self.parts.is_empty()).then_some(self.marked + MARK_EVERY);
+        backoff.into_iter().chain(mark).min()
     }
 }
 
