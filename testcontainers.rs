@@ -1464,7 +1464,13 @@ pub const REASSIGN_PARTITIONS_COMMAND: &str =
 
 // A cluster's settings on top of a single broker's: every partition on all
 // three nodes, and an acknowledged write on at least two.
-const CLUSTER_PROPERTIES: [(&str, &str); 7] = [
+const CLUSTER_PROPERTIES: [(&str, &str); 8] = [
+    // Each node is in a rack of its own (`rack-<node id>`, set per node); a
+    // consumer that names a rack is served by the replica in it (KIP-392).
+    (
+        "replica.selector.class",
+        "org.apache.kafka.common.replica.RackAwareReplicaSelector",
+    ),
     ("default.replication.factor", "3"),
     ("min.insync.replicas", "2"),
     ("offsets.topic.replication.factor", "3"),
@@ -1507,6 +1513,8 @@ impl ClusterOptions {
 /// (`default.replication.factor=3`) and an `acks=all` write needs two of
 /// them (`min.insync.replicas=2`); the consumer-offsets and transaction-state
 /// topics are replicated the same way. Topics are not created automatically.
+/// Node `n` is in rack `rack-n`, and consumers that name a rack are served
+/// by the replica in it (`RackAwareReplicaSelector`, KIP-392).
 ///
 /// Nodes are killed and restarted one by one through [`Cluster::node`], or
 /// all together with [`Cluster::kill_all`] and [`Cluster::restart_all`]. The
@@ -2070,17 +2078,26 @@ fn launch_cluster(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .chain(opts.extra_properties.iter().cloned())
         .collect();
+    // Node `n` is in rack `rack-n` (see CLUSTER_PROPERTIES).
+    let node_properties: Vec<Vec<(String, String)>> = (1..=brokers.len())
+        .map(|node_id| {
+            let mut p = vec![("broker.rack".to_string(), format!("rack-{node_id}"))];
+            p.extend(properties.iter().cloned());
+            p
+        })
+        .collect();
     // Formatting runs a JVM per node: in parallel.
     thread::scope(|scope| {
         let jobs: Vec<_> = brokers
             .iter_mut()
             .zip(1..)
-            .map(|(broker, node_id)| {
+            .zip(&node_properties)
+            .map(|((broker, node_id), properties)| {
                 let spec = NodeSpec {
                     node_id,
                     quorum: Quorum::Voters(&voters),
                     heap: &CLUSTER_NODE_HEAP,
-                    properties: &properties,
+                    properties,
                     extra_listeners: &[],
                     format_args: &[],
                     jvm_args: &opts.jvm_args,

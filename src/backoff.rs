@@ -1,6 +1,6 @@
 //! The one place the data path decides how long to wait before trying
 //! again. Every retry of the group consumer (join, sync, coordinator lookup,
-//! start positions, metadata refresh, fetch restarts) and of the fetch loop
+//! start positions, metadata refresh, fetch restarts) and of the fetch pool
 //! takes its pauses from a [`Backoff`], so moving to a client-wide retry
 //! policy later changes only this file.
 

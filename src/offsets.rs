@@ -1,6 +1,6 @@
 //! Where to start reading: [`StartOffset`], and the ListOffsets lookups that
 //! turn it into offsets. Used by the reader, the group consumer (partitions
-//! without a committed offset) and the fetch loop (an offset out of range),
+//! without a committed offset) and the fetch pool (an offset out of range),
 //! and by [`Admin`](crate::Admin), whose public methods delegate here. The
 //! data path calls this module directly instead of going through the public
 //! admin facade.

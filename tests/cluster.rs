@@ -1150,3 +1150,62 @@ async fn producer_and_consumer_recover_from_a_whole_cluster_restart() {
 
     s.finish("cluster restart", |_| {}).await;
 }
+
+/// A member that names its rack is served by the replica in that rack
+/// (KIP-392: the leader points it there), not by the leader, and still gets
+/// every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_rack_fetches_from_the_replica_in_its_rack() {
+    let (_turn, cluster) = cluster_turn().await;
+    let client = connect(cluster.bootstrap()).await;
+    let topic = new_topic(&client, "rack", 1).await;
+    let producer = client.producer().build().expect("producer builds");
+    for i in 0..100 {
+        producer
+            .to(topic.as_str())
+            .partition(0)
+            .value(format!("r{i}"))
+            .send()
+            .await
+            .expect("acknowledged");
+    }
+    let meta = client
+        .topic_metadata(&topic, true)
+        .await
+        .expect("metadata")
+        .expect("the topic exists");
+    let p0 = &meta.partitions[0];
+    let follower = *p0
+        .replicas
+        .iter()
+        .find(|r| **r != p0.leader)
+        .expect("a replica besides the leader");
+
+    let member_client = connect(cluster.bootstrap()).await;
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let consumer = member_client
+        .group_consumer(unique_topic("rack-group"))
+        .topic(topic.as_str())
+        .start_with_earliest()
+        .rack(format!("rack-{follower}"))
+        .max_wait(Duration::from_millis(100))
+        .build()
+        .expect("member builds");
+    let member = RunningConsumer::spawn(
+        consumer,
+        recording(move |r| sink.lock().unwrap().push(r.offset)),
+    );
+    wait_for("100 records", RECOVERY, || {
+        seen.lock().unwrap().len() >= 100
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<i64>>());
+    let status = member_client.status();
+    assert!(
+        status.follower_fetches > 0,
+        "leader {}, rack of replica {follower}: no fetch went to the follower: {status:?}",
+        p0.leader
+    );
+    member.stop(Duration::from_secs(10)).await;
+}

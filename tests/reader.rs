@@ -277,3 +277,44 @@ async fn run_drives_a_handler_and_reads_java_produced_records() {
         Err(kastellan::reader::RunError::Handler("boom"))
     ));
 }
+
+/// A position past the end of the log (the log was truncated, or the
+/// offset is simply wrong) gets `OFFSET_OUT_OF_RANGE` from the broker; the
+/// reader starts over from the earliest offset instead of failing or
+/// stopping, and the other partition in the same fetch session goes on.
+#[tokio::test]
+async fn a_position_past_the_end_starts_over_from_the_earliest_offset() {
+    let client = client().await;
+    let topic = new_topic(&client, "read-out-of-range", 2).await;
+    fill(&client, &topic, 2, 10).await;
+    let mut stream = client
+        .reader()
+        .topic(&topic)
+        .start(StartOffset::Earliest)
+        .start_partition_at(&topic, 1, 1_000_000)
+        .build()
+        .await
+        .unwrap()
+        .stream();
+    let mut seen = std::collections::BTreeSet::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while seen.len() < 20 {
+            let r = stream
+                .next()
+                .await
+                .expect("stream goes on")
+                .expect("no error");
+            assert!(
+                seen.insert((r.partition, r.offset)),
+                "{}/{} delivered twice",
+                r.partition,
+                r.offset
+            );
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "read {} of 20 records: {seen:?}", seen.len());
+    let expected: std::collections::BTreeSet<_> =
+        (0..2).flat_map(|p| (0..10).map(move |o| (p, o))).collect();
+    assert_eq!(seen, expected);
+}

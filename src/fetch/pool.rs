@@ -107,6 +107,13 @@ impl Part {
         }
     }
 
+    fn leader(&self) -> Option<i32> {
+        match self.route {
+            Route::Leader { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
     fn leader_epoch(&self) -> i32 {
         match self.route {
             Route::Leader { epoch, .. } => epoch,
@@ -128,6 +135,16 @@ impl Part {
         self.backoff = None;
         self.restarts = None;
     }
+}
+
+/// What the next request to one broker fetches.
+#[derive(Default)]
+struct Wanted {
+    positions: HashMap<TopicPartition, Position>,
+    /// Some partition of that broker is held back for room.
+    held_back: bool,
+    /// Some partition is fetched from a replica, not its leader.
+    from_follower: bool,
 }
 
 /// One broker's fetching.
@@ -412,7 +429,7 @@ impl Pool {
         let now = Instant::now();
         // Partitions to fetch per idle broker, and whether any partition of
         // that broker is held back for room.
-        let mut wanted: HashMap<i32, (HashMap<TopicPartition, Position>, bool)> = HashMap::new();
+        let mut wanted: HashMap<i32, Wanted> = HashMap::new();
         for (tp, part) in &self.parts {
             let Some(node) = part.node(now) else {
                 continue;
@@ -425,10 +442,11 @@ impl Pool {
                 continue;
             }
             if !part.has_room() {
-                entry.1 = true;
+                entry.held_back = true;
                 continue;
             }
-            entry.0.insert(
+            entry.from_follower |= Some(node) != part.leader();
+            entry.positions.insert(
                 tp.clone(),
                 Position {
                     offset: part.fetch.next,
@@ -437,7 +455,12 @@ impl Pool {
                 },
             );
         }
-        for (node, (wanted, held_back)) in wanted {
+        for (node, wanted) in wanted {
+            let Wanted {
+                positions: wanted,
+                held_back,
+                from_follower,
+            } = wanted;
             if wanted.is_empty() {
                 continue;
             }
@@ -466,6 +489,9 @@ impl Pool {
                 WireCounters::add(&self.counters.incremental_fetches, 1);
             }
             WireCounters::add(&self.counters.fetch_partitions, plan.listed.len() as u64);
+            if from_follower {
+                WireCounters::add(&self.counters.follower_fetches, 1);
+            }
             let conn = broker.conn.take().filter(|c| !c.is_closed());
             let client = self.client.clone();
             self.fetches.push(

@@ -537,7 +537,7 @@ pub struct GroupConsumer {
     shutdown_tx: Arc<watch::Sender<Option<Duration>>>,
     shutdown_rx: watch::Receiver<Option<Duration>>,
     /// The writing side of the error stream; clones go to the session,
-    /// workers and fetch tasks.
+    /// workers and the fetch pool.
     reporter: Reporter,
     /// Whether `errors()` was called.
     errors_taken: bool,

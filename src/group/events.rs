@@ -253,7 +253,7 @@ impl std::error::Error for ConsumerError {
 }
 
 /// Writes reported problems (crate-internal side of the error stream);
-/// clones go to the session, partition workers and fetch tasks.
+/// clones go to the session, partition workers and the fetch pool.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reporter {
     queue: ReportQueue<ConsumerError>,

@@ -1,7 +1,8 @@
-//! The partition runtime: for each owned partition, a fetch task and a
-//! worker that hands records to the handler in offset order.
+//! The partition runtime: the member's fetch pool (one request per broker
+//! for all owned partitions, see [`crate::fetch`]) and, for each owned
+//! partition, a worker that hands records to the handler in offset order.
 //!
-//! The fetch task fills a channel of two batches; the worker dispatches
+//! The pool fills each partition's channel of two batches; the worker dispatches
 //! records one at a time (or, with `key_concurrency(n)`, up to `n` at once
 //! when their keys differ: see below), tracking each in the ack tracker.
 //! Memory per
@@ -17,8 +18,10 @@
 //!   makes the window grow; at `max_window_per_partition` the partition
 //!   pauses too, until the head completes.
 //!
-//! While a worker waits, the channel fills and the fetch task waits on it:
-//! fetching for that partition pauses as well.
+//! While a worker waits, the channel fills and the pool leaves the
+//! partition out of its requests: fetching for that partition pauses as
+//! well, and the others go on. All partitions' fetched batches together
+//! stay within the member's `fetch_buffer_bytes`.
 //!
 //! # Per-key concurrency
 //!
@@ -53,7 +56,7 @@
 //! fetching pauses, so memory stays flat whatever the backlog. Deferred
 //! records hold no permit once their handler returned.
 //!
-//! A fetch that keeps failing (after the fetch loop's own retries until the
+//! A fetch that keeps failing (after the pool's own retries until the
 //! retry deadline) is reported ([`ConsumerError::Fetch`]) and restarted
 //! from the same offset after a backoff; the partition is never dropped
 //! silently.
@@ -340,7 +343,7 @@ struct Worker {
     max_window: usize,
     /// Shared writer of the error stream.
     reporter: Reporter,
-    /// Shared with the fetch task and the watchdog; the worker notes the
+    /// Shared with the fetch pool and the watchdog; the worker notes the
     /// fetched records it is done with.
     progress: Arc<FetchProgress>,
     /// Handler calls at once for different keys (1: strictly in order).

@@ -136,11 +136,11 @@ pub(crate) struct Session {
     /// Written by the session; read by status readers (`StatusHandle`)
     /// under this mutex.
     status: Arc<Mutex<ConsumerStatus>>,
-    /// Shared with workers and fetch tasks: the error stream.
+    /// Shared with workers and the fetch pool: the error stream.
     reporter: Reporter,
     /// Set by `ShutdownHandle::shutdown`; read here.
     shutdown: watch::Receiver<Option<Duration>>,
-    /// Poked by fetch tasks when a topic or partition seems gone.
+    /// Poked by the fetch pool when a topic or partition seems gone.
     metadata_hint: Arc<Notify>,
     /// The application's rebalance hooks, if any.
     listener: Option<Arc<dyn DynRebalanceListener>>,

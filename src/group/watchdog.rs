@@ -7,7 +7,7 @@
 //! - it has not fetched successfully for longer than the threshold (also
 //!   when its start position cannot be looked up). A fetch that finds
 //!   nothing new is a success (nothing to fetch is not "not fetching"), and
-//!   time the fetch loop spends waiting for the handler to catch up does
+//!   time the fetch pool spends waiting for the handler to catch up does
 //!   not count: that is backpressure, not a failure; or
 //! - its commit point has not moved for longer than the threshold while
 //!   records wait: incomplete ones (with the handler, deferred, failed) or
@@ -32,7 +32,7 @@ use crate::TopicPartition;
 #[derive(Debug, Clone)]
 pub(crate) struct Sample {
     pub partition: TopicPartition,
-    /// How long its fetch loop has been trying to fetch without success;
+    /// How long the fetch pool has been trying to fetch without success;
     /// `None` while it waits for the handler to catch up.
     pub fetch_failing_for: Option<Duration>,
     /// The next offset to fetch.

@@ -24,6 +24,8 @@ pub(crate) struct WireCounters {
     pub incremental_fetches: AtomicU64,
     /// Partitions listed in fetch requests, summed over requests.
     pub fetch_partitions: AtomicU64,
+    /// Fetch requests sent to a replica that is not the leader (KIP-392).
+    pub follower_fetches: AtomicU64,
     /// Produce requests sent.
     pub produce_requests: AtomicU64,
     /// Partition batches carried by produce requests, summed over requests.
@@ -46,6 +48,7 @@ impl WireCounters {
             fetch_requests: get(&self.fetch_requests),
             incremental_fetches: get(&self.incremental_fetches),
             fetch_partitions: get(&self.fetch_partitions),
+            follower_fetches: get(&self.follower_fetches),
             produce_requests: get(&self.produce_requests),
             produce_batches: get(&self.produce_batches),
         }
@@ -80,6 +83,10 @@ pub struct ClientStatus {
     pub incremental_fetches: u64,
     /// Partitions listed in fetch requests, summed over requests.
     pub fetch_partitions: u64,
+    /// Fetch requests sent to a replica in the consumer's rack that is not
+    /// the partition's leader, as the leader directed (KIP-392; group
+    /// consumers with a [`rack`](crate::group::GroupConsumerBuilder::rack)).
+    pub follower_fetches: u64,
     /// Produce requests sent.
     pub produce_requests: u64,
     /// Partition batches carried by produce requests, summed over requests:
