@@ -269,6 +269,20 @@ impl AckTracker {
         true
     }
 
+    /// Records below `next` were handed to the handler one at a time and
+    /// completed, without being dispatched here one by one (the partition
+    /// worker's fast path): with nothing incomplete, the commit point moves
+    /// to `next`. With records incomplete it stays (the worker leaves its
+    /// fast path before anything is incomplete, so this does not happen).
+    pub(super) fn advance(&mut self, key: &TopicPartition, next: i64) {
+        let Some(partition) = self.partitions.get_mut(key) else {
+            return;
+        };
+        if partition.window.is_empty() && next > partition.end {
+            partition.end = next;
+        }
+    }
+
     /// Marks the record at `offset` completed.
     ///
     /// Completes a pending record as well as a failed one (the retry
@@ -701,6 +715,24 @@ mod tests {
         assert_eq!(tracker.in_flight(&k), 0);
         assert_eq!(tracker.total_in_flight(), 0);
         assert_eq!(tracker.ack(&k, 1), AckOutcome::NotTracked);
+    }
+
+    #[test]
+    fn advance_moves_an_idle_partition_only() {
+        let k = key("t", 0);
+        let mut t = AckTracker::new();
+        t.assign(k.clone(), 10);
+        t.advance(&k, 15);
+        assert_eq!(t.commit_point(&k), Some(15));
+        // Never backwards.
+        t.advance(&k, 12);
+        assert_eq!(t.commit_point(&k), Some(15));
+        // With an incomplete record, the commit point stays with it.
+        assert!(t.dispatched(&k, 20, Instant::now()));
+        t.advance(&k, 30);
+        assert_eq!(t.commit_point(&k), Some(20));
+        assert_eq!(t.ack(&k, 20), AckOutcome::Completed);
+        assert_eq!(t.commit_point(&k), Some(21));
     }
 
     #[test]

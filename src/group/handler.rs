@@ -343,6 +343,7 @@ impl ConsumerRecord {
     /// record counts as in flight and holds the partition's commit point.
     pub fn defer(&self) -> AckHandle {
         self.completion.deferred.store(true, Ordering::Release);
+        self.completion.register();
         AckHandle {
             completion: Some(self.completion.clone()),
         }
@@ -387,6 +388,12 @@ pub(crate) struct CompletionState {
     pub offset: i64,
     /// Set by [`ConsumerRecord::defer`]; read when the handler returns.
     pub deferred: AtomicBool,
+    /// Set while the record is not in the ack tracker yet: the partition
+    /// worker's fast path hands records to the handler without tracking
+    /// them one by one, and tracks one only if it does not simply complete.
+    /// Cleared by whoever registers it first: `defer` (before an
+    /// `AckHandle` can complete it) or the worker (before failing it).
+    pub lazy: AtomicBool,
     /// Becomes `true` (or closes) when the partition is revoked or lost, or
     /// the consumer shuts down. Written by the partition runtime.
     pub revoked: tokio::sync::watch::Receiver<bool>,
@@ -420,6 +427,18 @@ impl Completion {
             Sink::Probe(state) => {
                 super::testing::complete(state, super::testing::Completed::Failed(reason))
             }
+        }
+    }
+
+    /// Put a lazily dispatched record into the ack tracker, once (see
+    /// `CompletionState::lazy`). Everything before it in its partition has
+    /// completed: the worker hands records over one at a time.
+    pub(crate) fn register(&self) {
+        if !self.lazy.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        if let Sink::Tracked { tracking, epoch } = &self.sink {
+            tracking.dispatched(&self.key, self.offset, *epoch);
         }
     }
 

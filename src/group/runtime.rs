@@ -352,6 +352,23 @@ struct Worker {
     in_flight: Option<Arc<Semaphore>>,
 }
 
+/// The in-order worker's fast path. While nothing of its partition is
+/// incomplete, records that simply complete need no tracking one by one:
+/// the worker hands them over without taking the tracker's lock and, once
+/// per batch (or before it waits for a handler), moves the commit point
+/// past them. A record that is deferred or fails is tracked (by `defer`,
+/// or by the worker before failing it) and ends the fast path until the
+/// partition has nothing incomplete again. Commits never run ahead of what
+/// completed; they may lag by up to one batch.
+#[derive(Debug, Default)]
+struct FastPath {
+    /// Whether the next record may take the fast path.
+    on: bool,
+    /// One past the last record completed on the fast path, not yet told
+    /// to the tracker.
+    done: Option<i64>,
+}
+
 /// A handler call of the keyed worker that ended.
 struct Finished {
     /// The record's key (its busy entry is released).
@@ -373,6 +390,15 @@ impl Worker {
 
     /// One record at a time, in offset order.
     async fn run_in_order(mut self) {
+        let mut fast = FastPath::default();
+        self.in_order(&mut fast).await;
+        self.flush(&mut fast);
+    }
+
+    /// The loop of [`run_in_order`](Self::run_in_order); returns when the
+    /// partition stops. What completed on the fast path and is not flushed
+    /// yet stays in `fast`.
+    async fn in_order(&mut self, fast: &mut FastPath) {
         while let Some(batch) = self.rx.recv().await {
             // The fetch pool reports its own errors and retries.
             let Ok(Fetched {
@@ -384,28 +410,80 @@ impl Worker {
             };
             let len = batch.len();
             for record in batch {
-                if self.stop.load(Ordering::Acquire) || !self.wait_for_room().await {
+                if self.stop.load(Ordering::Acquire) {
                     return;
+                }
+                if !fast.on {
+                    match self.wait_for_room().await {
+                        Some(idle) => fast.on = idle,
+                        None => return,
+                    }
                 }
                 let Ok(permit) = self.permit().await else {
                     return; // revoked while waiting
                 };
                 let offset = record.offset;
-                if !self.tracking.dispatched(&self.key, offset, self.epoch) {
-                    return; // revoked meanwhile
+                if fast.on {
+                    self.call_fast(record, fast).await;
+                    drop(permit);
+                } else {
+                    if !self.tracking.dispatched(&self.key, offset, self.epoch) {
+                        return; // revoked meanwhile
+                    }
+                    let completion = self.completion(offset, false);
+                    let outcome = call(&*self.handler, record, &completion).await;
+                    drop(permit);
+                    finish(&completion, outcome);
                 }
-                let completion = self.completion(offset);
-                let outcome = call(&*self.handler, record, &completion).await;
-                drop(permit);
-                finish(&completion, outcome);
                 // A handler that completes at once never makes this task
                 // wait: without this, a whole batch would run in one poll
                 // and hold the thread from other tasks (heartbeats, other
                 // partitions, the producer of a service's hand-offs).
                 tokio::task::consume_budget().await;
             }
+            self.flush(fast);
             self.progress.taken(len);
             drop(lease); // the batch's bytes no longer count
+        }
+    }
+
+    /// Hand one record to the handler on the fast path (see [`FastPath`]).
+    async fn call_fast(&self, record: Record, fast: &mut FastPath) {
+        let offset = record.offset;
+        let completion = self.completion(offset, true);
+        let mut call = std::pin::pin!(call(&*self.handler, record, &completion));
+        let outcome = match futures::poll!(call.as_mut()) {
+            std::task::Poll::Ready(outcome) => outcome,
+            std::task::Poll::Pending => {
+                // The handler waits: let the commit point catch up first, so
+                // that what completed is committed even if this call never
+                // ends (a revocation that gives up on it).
+                self.flush(fast);
+                call.await
+            }
+        };
+        if completion.is_deferred() {
+            // `defer` tracked the record; leave the fast path until it and
+            // whatever follows it complete.
+            fast.on = false;
+            fast.done = None;
+            return;
+        }
+        if matches!(outcome, Ok(Ok(()))) {
+            fast.done = Some(offset + 1);
+            return;
+        }
+        // It failed: track it (everything before it completed), then fail it.
+        fast.on = false;
+        fast.done = None;
+        completion.register();
+        finish(&completion, outcome);
+    }
+
+    /// Tell the tracker what completed on the fast path.
+    fn flush(&self, fast: &mut FastPath) {
+        if let Some(next) = fast.done.take() {
+            self.tracking.advance(&self.key, next, self.epoch);
         }
     }
 
@@ -454,7 +532,7 @@ impl Worker {
                     .tracking
                     .room(&self.key, self.max_pending, self.max_window)
                 {
-                    Room::Free => pause_reported = false,
+                    Room::Free { .. } => pause_reported = false,
                     Room::Wait => {
                         blocked = true;
                         break;
@@ -549,7 +627,7 @@ impl Worker {
     /// The handler call of one record (first waiting for a permit, if the
     /// consumer has a bound), as a future of its own.
     fn start(&self, record: Record) -> BoxFuture<'static, Finished> {
-        let completion = self.completion(record.offset);
+        let completion = self.completion(record.offset, false);
         let handler = Arc::clone(&self.handler);
         let permits = self.in_flight.clone();
         let mut revoked = self.revoked.clone();
@@ -579,7 +657,9 @@ impl Worker {
         })
     }
 
-    fn completion(&self, offset: i64) -> Completion {
+    /// A record's completion; `lazy` when it is not dispatched in the
+    /// tracker (the fast path).
+    fn completion(&self, offset: i64, lazy: bool) -> Completion {
         Completion::new(CompletionState {
             sink: Sink::Tracked {
                 tracking: Arc::clone(&self.tracking),
@@ -588,6 +668,7 @@ impl Worker {
             key: self.key.clone(),
             offset,
             deferred: AtomicBool::new(false),
+            lazy: AtomicBool::new(lazy),
             revoked: self.revoked.clone(),
         })
     }
@@ -602,9 +683,10 @@ impl Worker {
         });
     }
 
-    /// Wait until the limits allow one more record; `false` when stopped
-    /// meanwhile. Reports a pause once when it starts.
-    async fn wait_for_room(&self) -> bool {
+    /// Wait until the limits allow one more record; `None` when stopped
+    /// meanwhile, else whether nothing of the partition is incomplete.
+    /// Reports a pause once when it starts.
+    async fn wait_for_room(&self) -> Option<bool> {
         let mut reported = false;
         loop {
             let notified = self.tracking.completed.notified();
@@ -612,7 +694,7 @@ impl Worker {
                 .tracking
                 .room(&self.key, self.max_pending, self.max_window)
             {
-                Room::Free => return true,
+                Room::Free { idle } => return Some(idle),
                 Room::Wait => {}
                 Room::Paused(paused) => {
                     if !reported {
@@ -624,7 +706,7 @@ impl Worker {
             notified.await;
             if self.stop.load(Ordering::Acquire) {
                 self.tracking.clear_pause(&self.key);
-                return false;
+                return None;
             }
         }
     }
@@ -830,5 +912,102 @@ mod tests {
             assert_eq!(tracking.progress(&tp).map(|p| p.0), Some(0));
             drop(taken);
         }
+    }
+
+    /// An in-order worker for t/0 from offset 0 with `handler`.
+    fn in_order_worker(
+        tracking: &Arc<Tracking>,
+        handler: impl crate::group::Handler,
+    ) -> (Worker, mpsc::Sender<Result<Fetched>>) {
+        let tp = TopicPartition::new("t", 0);
+        let epoch = tracking.assign(tp.clone(), 0);
+        let (tx, rx) = mpsc::channel(2);
+        let (_revoke, revoked) = tokio::sync::watch::channel(false);
+        let worker = Worker {
+            key: tp,
+            epoch,
+            revoked,
+            rx,
+            handler: Arc::new(handler),
+            tracking: Arc::clone(tracking),
+            stop: Arc::new(AtomicBool::new(false)),
+            max_pending: 100,
+            max_window: 1000,
+            reporter: Reporter::default(),
+            progress: Arc::new(FetchProgress::new(0)),
+            key_concurrency: 1,
+            in_flight: None,
+        };
+        (worker, tx)
+    }
+
+    async fn commit_point_reaches(tracking: &Tracking, want: (i64, usize)) {
+        let tp = TopicPartition::new("t", 0);
+        let reached = tokio::time::timeout(Duration::from_secs(5), async {
+            while tracking.progress(&tp) != Some(want) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "commit point and incomplete records: want {want:?}, have {:?}",
+            tracking.progress(&tp)
+        );
+    }
+
+    /// The fast path: records that simply complete move the commit point
+    /// without being tracked one by one; a record deferred and acked at
+    /// once from another task, and a failed one, are tracked, and the
+    /// failed one holds the commit point while later records go on.
+    #[tokio::test]
+    async fn the_fast_path_commits_what_completed_and_tracks_deferred_and_failed_records() {
+        let tracking = Arc::new(Tracking::default());
+        let handler = |r: ConsumerRecord| async move {
+            match r.value.as_deref() {
+                Some(b"defer") => {
+                    let ack = r.defer();
+                    // Acked from elsewhere before the handler returns.
+                    tokio::spawn(async move { ack.ack() }).await.unwrap();
+                    Ok(())
+                }
+                Some(b"fail") => Err(HandlerError::retry("no")),
+                _ => Ok(()),
+            }
+        };
+        let (worker, tx) = in_order_worker(&tracking, handler);
+        let epoch = worker.epoch;
+        let task = tokio::spawn(worker.run());
+
+        let plain: Vec<Record> = (0..5).map(|o| record(o, None, "x")).collect();
+        tx.send(Ok(Fetched::unbudgeted(plain))).await.unwrap();
+        commit_point_reaches(&tracking, (5, 0)).await;
+
+        let mixed = vec![
+            record(5, None, "x"),
+            record(6, None, "defer"),
+            record(7, None, "x"),
+            record(8, None, "fail"),
+            record(9, None, "x"),
+        ];
+        tx.send(Ok(Fetched::unbudgeted(mixed))).await.unwrap();
+        // 8 failed: it holds the commit point; 9 went on behind it.
+        commit_point_reaches(&tracking, (8, 1)).await;
+
+        // A fresh batch after the failure still completes (tracked one by
+        // one while 8 is incomplete), and the commit point stays at 8.
+        tx.send(Ok(Fetched::unbudgeted(vec![record(10, None, "x")])))
+            .await
+            .unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the worker ends with its channel")
+            .unwrap();
+        let tp = TopicPartition::new("t", 0);
+        assert_eq!(tracking.progress(&tp), Some((8, 1)));
+        // Once 8 completes, everything up to 10 is committable.
+        tracking.ack(&tp, 8, epoch);
+        assert_eq!(tracking.progress(&tp), Some((11, 0)));
     }
 }

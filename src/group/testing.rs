@@ -80,6 +80,7 @@ pub fn test_record(record: Record) -> (ConsumerRecord, TestProbe) {
         key: TopicPartition::new(Arc::clone(&record.topic), record.partition),
         offset: record.offset,
         deferred: AtomicBool::new(false),
+        lazy: AtomicBool::new(false),
         revoked,
     });
     (

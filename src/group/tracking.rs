@@ -45,8 +45,8 @@ struct Inner {
 /// Whether a partition worker may dispatch its next record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Room {
-    /// Dispatch.
-    Free,
+    /// Dispatch; `idle` when nothing of the partition is incomplete.
+    Free { idle: bool },
     /// Wait for a completion: deferred records are in flight up to the
     /// limit (ordinary backpressure, not reported).
     Wait,
@@ -106,6 +106,15 @@ impl Tracking {
             return false;
         }
         inner.tracker.dispatched(key, offset, Instant::now())
+    }
+
+    /// Records below `next` completed on the worker's fast path (see
+    /// [`AckTracker::advance`]).
+    pub(crate) fn advance(&self, key: &TopicPartition, next: i64, epoch: u64) {
+        let mut inner = self.lock(key);
+        if inner.epochs.get(key) == Some(&epoch) {
+            inner.tracker.advance(key, next);
+        }
     }
 
     pub(crate) fn ack(&self, key: &TopicPartition, offset: i64, epoch: u64) {
@@ -174,7 +183,9 @@ impl Tracking {
         };
         let Some(reason) = reason else {
             inner.paused.remove(key);
-            return Room::Free;
+            return Room::Free {
+                idle: in_flight == 0,
+            };
         };
         let (offset, head_failure) = inner
             .tracker
