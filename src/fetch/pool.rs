@@ -188,6 +188,13 @@ struct Pool {
     fetches: FuturesUnordered<BoxFuture<'static, Answer>>,
     /// When partitions were last marked for the watchdog.
     marked: Instant,
+    /// Some partition may need its leader looked up (set wherever a route
+    /// becomes `Lookup`; cleared by a pass that finds none waiting). Keeps
+    /// the pass over all partitions off the path of every wake-up.
+    lookups_due: bool,
+    /// Some partition may be waiting out a backoff (set by `fail`; cleared
+    /// by a pass that finds none).
+    backoffs_due: bool,
     lookups: FuturesUnordered<BoxFuture<'static, Lookup>>,
     looking_up: HashSet<Arc<str>>,
     recoveries: FuturesUnordered<BoxFuture<'static, Recovery>>,
@@ -214,6 +221,8 @@ pub(super) async fn run(
         held: 0,
         fetches: FuturesUnordered::new(),
         marked: Instant::now(),
+        lookups_due: false,
+        backoffs_due: false,
         lookups: FuturesUnordered::new(),
         looking_up: HashSet::new(),
         recoveries: FuturesUnordered::new(),
@@ -278,6 +287,7 @@ impl Pool {
                 if let Some(old) = self.parts.insert(tp, part) {
                     self.held -= usize::from(old.held.is_some());
                 }
+                self.lookups_due = true;
             }
             Command::Remove(tp) => {
                 if let Some(old) = self.parts.remove(&tp) {
@@ -326,9 +336,14 @@ impl Pool {
 
     /// Look up leaders of partitions that need one, a topic at a time.
     fn start_lookups(&mut self) {
+        if !self.lookups_due {
+            return;
+        }
         let now = Instant::now();
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let mut waiting = false;
         for (tp, part) in &self.parts {
+            waiting |= part.route == Route::Lookup;
             if part.route == Route::Lookup
                 && !part.waiting_out_backoff(now)
                 && !self.looking_up.contains(&tp.topic)
@@ -337,6 +352,9 @@ impl Pool {
                 topics.push(Arc::clone(&tp.topic));
             }
         }
+        // Partitions still waiting (for a backoff or a lookup under way)
+        // keep the flag; a lookup's answer or a backoff's end wakes us.
+        self.lookups_due = waiting;
         for topic in topics {
             self.looking_up.insert(Arc::clone(&topic));
             let client = self.client.clone();
@@ -393,6 +411,8 @@ impl Pool {
                         node: p.leader,
                         epoch: p.leader_epoch,
                     };
+                    // Known, so that `start_fetches` sees it idle.
+                    self.brokers.entry(p.leader).or_default();
                 }
             } else {
                 cluster.invalidate(&topic);
@@ -409,13 +429,10 @@ impl Pool {
 
     /// Send a request to every idle broker that leads partitions with room.
     fn start_fetches(&mut self) {
-        if self.brokers.values().all(|b| b.busy) && !self.brokers.is_empty() {
-            // Every broker we know is busy; a new one may still appear.
-            if !self.parts.values().any(|p| {
-                matches!(p.route, Route::Leader { node, .. } if !self.brokers.contains_key(&node))
-            }) {
-                return;
-            }
+        // Every partition's broker is known here (a lookup or a replica
+        // route adds it): with all of them busy there is nothing to send.
+        if self.brokers.values().all(|b| b.busy) {
+            return;
         }
         let used = self.budget.used.load(std::sync::atomic::Ordering::Acquire);
         let mut available = self
@@ -517,6 +534,7 @@ impl Pool {
         for (tp, part) in &mut self.parts {
             if matches!(part.route, Route::Leader { node: n, .. } if n == node) {
                 part.route = Route::Lookup;
+                self.lookups_due = true;
                 cluster.invalidate(&tp.topic);
             }
             if part.replica.is_some_and(|(r, _)| r == node) {
@@ -641,6 +659,7 @@ impl Pool {
         if rack && replica >= 0 && replica != node {
             // The leader directs us to a replica in our rack (KIP-392).
             part.replica = Some((replica, Instant::now() + REPLICA_ROUTE));
+            self.brokers.entry(replica).or_default();
             return;
         }
         part.succeeded();
@@ -699,6 +718,7 @@ impl Pool {
             return;
         }
         part.route = Route::Lookup;
+        self.lookups_due = true;
         match reset {
             Ok(to) => part.fetch.next = to,
             Err(e) => self.fail(&tp, e),
@@ -719,6 +739,8 @@ impl Pool {
         }
         part.route = Route::Lookup;
         part.replica = None;
+        self.lookups_due = true;
+        self.backoffs_due = true;
         let now = std::time::Instant::now();
         let since = *part.failing_since.get_or_insert(now);
         let for_good = !error.is_retriable() || now.duration_since(since) > deadline;
@@ -778,13 +800,17 @@ impl Pool {
     }
 
     /// The earliest backoff that ends, or the next progress mark.
-    fn next_wake(&self) -> Option<Instant> {
+    fn next_wake(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        let backoff = self
-            .parts
-            .values()
-            .filter_map(|p| p.not_before.filter(|t| *t > now))
-            .min();
+        let backoff = if self.backoffs_due {
+            self.parts
+                .values()
+                .filter_map(|p| p.not_before.filter(|t| *t > now))
+                .min()
+        } else {
+            None
+        };
+        self.backoffs_due = backoff.is_some();
         let mark = (!self.parts.is_empty()).then_some(self.marked + MARK_EVERY);
         backoff.into_iter().chain(mark).min()
     }
