@@ -296,6 +296,21 @@ mod tests {
     }
 
     #[test]
+    fn connections_to_a_port_are_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(connections_to_port(port).unwrap(), 0);
+        let _first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // The accepted ends have the clients' ports as their remote ports,
+        // and the listener is not established: only the two clients count.
+        let _accepted = (listener.accept().unwrap(), listener.accept().unwrap());
+        assert_eq!(connections_to_port(port).unwrap(), 2);
+        assert_eq!(bootstrap_port("127.0.0.1:9092").unwrap(), 9092);
+        assert!(bootstrap_port("localhost").is_err());
+    }
+
+    #[test]
     fn own_peak_rss_is_readable() {
         let kib = peak_rss_kib(std::process::id()).expect("VmHWM of this process");
         assert!(kib > 0);

@@ -160,6 +160,9 @@ pub async fn run(
     clients: &[Client],
     rounds: usize,
 ) -> Vec<IdleRun> {
+    for skipped in clients.iter().filter(|&&c| !supports(c)) {
+        eprintln!("idle: {skipped} has no idle member; skipped");
+    }
     let clients: Vec<Client> = clients.iter().copied().filter(|&c| supports(c)).collect();
     let stamp = format!("{}-{}", std::process::id(), workload::unix_micros() / 1000);
     let layout = spread(settings.partitions, settings.topics);
