@@ -7,7 +7,12 @@
 #   ./run.sh --rounds 3 --keyed   # any option of the peers binary
 #   ./run.sh --phases group,rebalance --rebalance-trials 5
 #
-# The rebalance phase also runs Kafka's Java VerifiableConsumer; it comes from
+# The franz-go client is a Go program (franz/), built here with `go build`
+# next to the peers binary; without Go on PATH (or /usr/local/go/bin) it is
+# skipped at build time and reports an error if asked for.
+#
+# The rebalance phase and the `java` client also run Kafka's Java tools
+# (VerifiableConsumer, ProducerPerformance, ConsumerPerformance); they come from
 # the repository fixture's jar cache ($KASTELLAN_CACHE_DIR, else
 # ~/.cache/kastellan), fetched with mvn on first use, and needs java on PATH
 # (or JAVA_HOME) even when KAFKA_BOOTSTRAP points at a running broker.
@@ -18,6 +23,8 @@
 #   PEERS_KAFKA_CACHE     where the broker's jars are kept
 #                         (default ~/.cache/kastellan-peers/kafka-<version>)
 #   PEERS_KEEP_BROKER_DIR keep the broker's data and log directory when set
+#   CARGO_TARGET_DIR      where cargo builds (default benches/peers/target); the
+#                         franz-go program goes to its release/ directory too
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -167,5 +174,18 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
 fi
 
 cd "$here"
+target_dir="${CARGO_TARGET_DIR:-$here/target}"
 cargo build --release
-./target/release/peers "$@"
+go_program="$(command -v go || true)"
+if [ -z "$go_program" ] && [ -x /usr/local/go/bin/go ]; then
+    go_program=/usr/local/go/bin/go
+fi
+if [ -n "$go_program" ]; then
+    # No VCS stamp: the program is built from a subdirectory of a worktree,
+    # and the stamp would tell nothing the benchmark uses.
+    (cd "$here/franz" && "$go_program" build -buildvcs=false -o "$target_dir/release/peers-franz" .) ||
+        echo "run.sh: building the franz-go program failed; the franz-go client will report an error" >&2
+else
+    echo "run.sh: no go toolchain found; the franz-go client will not run" >&2
+fi
+"$target_dir/release/peers" "$@"

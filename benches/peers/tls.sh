@@ -15,11 +15,12 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 cargo build --release
+peers="${CARGO_TARGET_DIR:-$PWD/target}/release/peers"
 work="$(mktemp -d "${TMPDIR:-/tmp}/peers-tls.XXXXXX")"
 ca="$work/ca.pem"
 
 # The broker lives as long as this shell holds its standard input open.
-coproc BROKER { ./target/release/peers secure-broker "$ca"; }
+coproc BROKER { "$peers" secure-broker "$ca"; }
 cleanup() {
     exec {BROKER[1]}>&- 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
@@ -38,11 +39,11 @@ done
 
 common=(--phases produce --clients kastellan,rdkafka --layouts 1,6 "$@")
 echo "== plaintext listener $plaintext"
-./target/release/peers --bootstrap "$plaintext" "${common[@]}" >"$work/plaintext.md"
+"$peers" --bootstrap "$plaintext" "${common[@]}" >"$work/plaintext.md"
 echo "== TLS listener $ssl"
 # The plaintext run warmed the broker up already; its warm-up reads with
 # rdkafka settings that know nothing of TLS.
-PEERS_TLS_CA="$ca" ./target/release/peers --bootstrap "$ssl" "${common[@]}" --warmup 0 >"$work/tls.md"
+PEERS_TLS_CA="$ca" "$peers" --bootstrap "$ssl" "${common[@]}" --warmup 0 >"$work/tls.md"
 
 rates() { # client layout rec/s from a report's results table
     awk -F'|' '/^## Results/{on=1;next} /^## /{on=0} on && $2 ~ /kastellan|rdkafka/ {

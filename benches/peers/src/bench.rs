@@ -9,14 +9,12 @@ use anyhow::Context as _;
 use crate::admin::Admin;
 use crate::child::PhaseArgs;
 use crate::clients::{Client, Phase};
+use crate::idle::{self, IdleSettings};
 use crate::member::MemberKind;
 use crate::rebalance::{self, RebalanceArgs};
-use crate::report::{self, layout_label, GroupRun, Run};
+use crate::report::{self, layout_label, size_label, Key, Sample};
 use crate::spawn::{self, PhaseOutcome};
 use crate::{broker, confluent_client, rdkafka_client, workload};
-
-/// Partitions of the group-consume topic.
-pub const GROUP_PARTITIONS: i32 = 6;
 
 /// The parts of the benchmark `--phases` selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,10 +23,13 @@ pub enum BenchPhase {
     Read,
     Group,
     Rebalance,
+    Idle,
 }
 
 impl BenchPhase {
-    pub const ALL: [BenchPhase; 4] = [
+    /// The phases run when `--phases` is not given: all but the idle
+    /// phase, which takes a minute per client.
+    pub const DEFAULT: [BenchPhase; 4] = [
         BenchPhase::Produce,
         BenchPhase::Read,
         BenchPhase::Group,
@@ -43,6 +44,7 @@ impl fmt::Display for BenchPhase {
             BenchPhase::Read => "read",
             BenchPhase::Group => "group",
             BenchPhase::Rebalance => "rebalance",
+            BenchPhase::Idle => "idle",
         })
     }
 }
@@ -56,9 +58,10 @@ impl FromStr for BenchPhase {
             "read" => Ok(BenchPhase::Read),
             "group" => Ok(BenchPhase::Group),
             "rebalance" => Ok(BenchPhase::Rebalance),
-            other => {
-                anyhow::bail!("unknown phase {other:?} (known: produce, read, group, rebalance)")
-            }
+            "idle" => Ok(BenchPhase::Idle),
+            other => anyhow::bail!(
+                "unknown phase {other:?} (known: produce, read, group, rebalance, idle)"
+            ),
         }
     }
 }
@@ -67,10 +70,13 @@ impl FromStr for BenchPhase {
 pub struct BenchArgs {
     pub bootstrap: Option<String>,
     pub records: usize,
-    pub size: usize,
+    /// Value sizes in bytes; every produce/read/group run is repeated for
+    /// each.
+    pub sizes: Vec<usize>,
     pub clients: Vec<Client>,
     pub rounds: usize,
     pub keyed: bool,
+    /// Partition counts of the produce/read and group topics.
     pub layouts: Vec<i32>,
     pub timeout: Duration,
     /// Records produced and read once, untimed, before the first round.
@@ -82,6 +88,7 @@ pub struct BenchArgs {
     pub rebalance_trials: usize,
     /// Records per second produced during a rebalance trial.
     pub trickle_rate: u32,
+    pub idle: IdleSettings,
 }
 
 impl BenchArgs {
@@ -100,17 +107,22 @@ impl Default for BenchArgs {
         BenchArgs {
             bootstrap: None,
             records: 200_000,
-            size: 1024,
-            clients: Client::ALL.to_vec(),
+            sizes: vec![1024],
+            clients: Client::DEFAULT.to_vec(),
             rounds: 1,
             keyed: false,
             layouts: vec![1, 6],
             timeout: Duration::from_secs(600),
             warmup: 50_000,
-            phases: BenchPhase::ALL.to_vec(),
+            phases: BenchPhase::DEFAULT.to_vec(),
             rebalance_members: MemberKind::ALL.to_vec(),
             rebalance_trials: 3,
             trickle_rate: 200,
+            idle: IdleSettings {
+                partitions: 1000,
+                topics: 4,
+                secs: 60,
+            },
         }
     }
 }
@@ -153,10 +165,22 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
     println!("- broker: `{bootstrap}`");
     println!("- phases: {phases}");
     if args.runs_throughput() || args.runs(BenchPhase::Group) {
+        let sizes = args
+            .sizes
+            .iter()
+            .map(|&s| size_label(s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let layouts = args
+            .layouts
+            .iter()
+            .map(|&p| layout_label(p))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("- topic layouts: {layouts}; value sizes: {sizes}");
         println!(
-            "- workload: {} records of {} B values ({}), acks=all",
+            "- workload: {} records per client, size and layout ({}), acks=all",
             args.records,
-            args.size,
             if args.keyed && args.runs_throughput() {
                 "8-byte keys, one per record, in the produce phase"
             } else {
@@ -186,15 +210,29 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
     }
     if args.runs(BenchPhase::Group) {
         println!(
-            "- group consume: the records are produced once (rdkafka, untimed) into one topic ({}); each client then reads all of them as the only member of a fresh group (earliest offset, no-op handler, other settings at client defaults)",
-            layout_label(GROUP_PARTITIONS)
+            "- group consume: per size and layout the records are produced once (rdkafka, untimed) into one topic; each client then reads all of them as the only member of a fresh group (earliest offset, no-op handler, other settings at client defaults)"
         );
+    }
+    let measures_records = args.runs_throughput() || args.runs(BenchPhase::Group);
+    if measures_records && args.clients.contains(&Client::Franz) {
+        println!("- franz-go: `kgo` with `RequiredAcks(AllISRAcks)`, `ProducerLinger(5ms)`, `ProducerBatchMaxBytes(1 MiB)`, no compression; reader `AddConsumePartitions` from the start; group `ConsumerGroup` + `AddConsumeTopics`, reset to the start");
+    }
+    if measures_records && args.clients.contains(&Client::Java) {
+        println!("- java: Kafka's `ProducerPerformance` (producer settings as confluent-kafka's above, its own random payload) and `ConsumerPerformance` (a fresh group; read takes `fetch.nMsg.sec`, which leaves out the join, group takes `nMsg.sec`); rates as the tools print them, CPU of the whole JVM process");
     }
     println!(
         "- {} round(s), client order rotated each round; figures are medians over rounds; {} warm-up records before the first round",
         args.rounds, args.warmup
     );
-    println!("- each phase runs in its own process; time is measured from the client's ready mark (client built, topic metadata fetched) to the last ack or the last record read; peak RSS is the larger `VmHWM` of the produce and read processes");
+    println!("- each phase runs in its own process; time and CPU (user + system, all threads) are measured from the client's ready mark (client built, topic metadata fetched) to the last ack or the last record read; CPU s/M rec is CPU seconds per million records; peak RSS is the larger `VmHWM` of the produce and read processes");
+    if args.runs(BenchPhase::Idle) {
+        println!(
+            "- idle: one member over {} partitions in {} topic(s), no traffic, {} s window",
+            args.idle.partitions,
+            idle::spread(args.idle.partitions, args.idle.topics).len(),
+            args.idle.secs
+        );
+    }
     if args.runs(BenchPhase::Rebalance) {
         println!(
             "- rebalance: {} trial(s) per member kind, see its section",
@@ -204,14 +242,15 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
     println!();
 }
 
-fn topic_name(client: Client, partitions: i32, round: usize) -> String {
+fn topic_name(client: Client, size: usize, partitions: i32, round: usize) -> String {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
     format!(
-        "peers-{}-{}p-r{}-{}-{}",
+        "peers-{}-{}b-{}p-r{}-{}-{}",
         client.id(),
+        size,
         partitions,
         round + 1,
         std::process::id(),
@@ -257,26 +296,23 @@ async fn run_one(
     bootstrap: &str,
     round: usize,
     client: Client,
-    partitions: i32,
-) -> Run {
-    let topic = topic_name(client, partitions, round);
-    let mut run = Run {
+    key: Key,
+) -> Vec<Sample> {
+    let Key { size, partitions } = key;
+    let topic = topic_name(client, size, partitions, round);
+    let layout = format!("{}, {}", size_label(size), layout_label(partitions));
+    let sample = |phase, outcome| Sample {
         round,
         client,
+        size,
         partitions,
-        produce: PhaseOutcome::failed("not run"),
-        read: None,
+        phase,
+        outcome,
     };
     if let Err(error) = admin.create_topic(&topic, partitions).await {
-        run.produce = PhaseOutcome::failed(format!("topic set-up: {error:#}"));
-        progress(
-            round,
-            client,
-            &layout_label(partitions),
-            Phase::Produce,
-            &run.produce,
-        );
-        return run;
+        let outcome = PhaseOutcome::failed(format!("topic set-up: {error:#}"));
+        progress(round, client, &layout, Phase::Produce, &outcome);
+        return vec![sample(Phase::Produce, outcome)];
     }
     let mut phase_args = PhaseArgs {
         client,
@@ -285,22 +321,23 @@ async fn run_one(
         topic: topic.clone(),
         partitions,
         records: args.records,
-        size: args.size,
+        size,
         keyed: args.keyed,
     };
-    let layout = layout_label(partitions);
-    run.produce = run_child(&phase_args, args.timeout);
-    progress(round, client, &layout, Phase::Produce, &run.produce);
-    if run.produce.result.is_ok() && args.runs(BenchPhase::Read) {
+    let produce = run_child(&phase_args, args.timeout);
+    progress(round, client, &layout, Phase::Produce, &produce);
+    let produced = produce.result.is_ok();
+    let mut samples = vec![sample(Phase::Produce, produce)];
+    if produced && args.runs(BenchPhase::Read) {
         phase_args.phase = Phase::Read;
         let read = run_child(&phase_args, args.timeout);
         progress(round, client, &layout, Phase::Read, &read);
-        run.read = Some(read);
+        samples.push(sample(Phase::Read, read));
     }
     if let Err(error) = admin.delete_topic(&topic).await {
         eprintln!("warning: {error:#}");
     }
-    run
+    samples
 }
 
 /// Pushes some records through the broker before anything is measured, so
@@ -336,23 +373,25 @@ fn run_child(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
     tokio::task::block_in_place(|| spawn::run_phase(args, timeout))
 }
 
-/// The group-consume phase: one topic, produced once, read by every client
-/// as the only member of a fresh group.
-async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str) -> Vec<GroupRun> {
+/// The group-consume phase for one size and layout: one topic, produced
+/// once, read by every client as the only member of a fresh group.
+async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str, key: Key) -> Vec<Sample> {
+    let Key { size, partitions } = key;
     let topic = format!(
-        "peers-group-{}p-{}-{}",
-        GROUP_PARTITIONS,
+        "peers-group-{}b-{}p-{}-{}",
+        size,
+        partitions,
         std::process::id(),
         workload::unix_micros() / 1000
     );
     let started = std::time::Instant::now();
     let prepared = async {
-        admin.create_topic(&topic, GROUP_PARTITIONS).await?;
-        let payload = workload::payload(args.size);
+        admin.create_topic(&topic, partitions).await?;
+        let payload = workload::payload(size);
         rdkafka_client::produce(bootstrap, &topic, &payload, args.records).await
     }
     .await;
-    let mut runs = Vec::new();
+    let mut samples = Vec::new();
     match prepared {
         Ok(()) => {
             eprintln!(
@@ -360,7 +399,7 @@ async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str) -> Vec<Grou
                 args.records,
                 started.elapsed().as_secs_f64()
             );
-            let layout = format!("{}, group", layout_label(GROUP_PARTITIONS));
+            let layout = format!("{}, {}, group", size_label(size), layout_label(partitions));
             for round in 0..args.rounds {
                 let mut order = args.clients.clone();
                 if !order.is_empty() {
@@ -373,16 +412,19 @@ async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str) -> Vec<Grou
                         phase: Phase::Group,
                         bootstrap: bootstrap.to_string(),
                         topic: topic.clone(),
-                        partitions: GROUP_PARTITIONS,
+                        partitions,
                         records: args.records,
-                        size: args.size,
+                        size,
                         keyed: false,
                     };
                     let outcome = run_child(&phase_args, args.timeout);
                     progress(round, client, &layout, Phase::Group, &outcome);
-                    runs.push(GroupRun {
+                    samples.push(Sample {
                         round,
                         client,
+                        size,
+                        partitions,
+                        phase: Phase::Group,
                         outcome,
                     });
                 }
@@ -391,9 +433,12 @@ async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str) -> Vec<Grou
         Err(error) => {
             eprintln!("group: set-up failed: {error:#}");
             for &client in &args.clients {
-                runs.push(GroupRun {
+                samples.push(Sample {
                     round: 0,
                     client,
+                    size,
+                    partitions,
+                    phase: Phase::Group,
                     outcome: PhaseOutcome::failed(format!("topic set-up: {error:#}")),
                 });
             }
@@ -402,7 +447,7 @@ async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str) -> Vec<Grou
     if let Err(error) = admin.delete_topic(&topic).await {
         eprintln!("warning: {error:#}");
     }
-    runs
+    samples
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
@@ -414,35 +459,49 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("broker {bootstrap}: {brokers} broker(s) in metadata");
 
     if args.warmup > 0 {
-        warm_up(&admin, &bootstrap, args.warmup, args.size).await?;
+        warm_up(&admin, &bootstrap, args.warmup, args.sizes[0]).await?;
     }
     print_header(&args, &bootstrap);
+    let keys: Vec<Key> = args
+        .sizes
+        .iter()
+        .flat_map(|&size| {
+            args.layouts
+                .iter()
+                .map(move |&partitions| Key { size, partitions })
+        })
+        .collect();
 
     if args.runs_throughput() {
-        let mut runs = Vec::new();
+        let mut samples = Vec::new();
         for round in 0..args.rounds {
             let mut order = args.clients.clone();
             if !order.is_empty() {
                 let shift = round % order.len();
                 order.rotate_left(shift);
             }
-            for &partitions in &args.layouts {
+            for &key in &keys {
                 for &client in &order {
-                    runs.push(run_one(&admin, &args, &bootstrap, round, client, partitions).await);
+                    samples.extend(run_one(&admin, &args, &bootstrap, round, client, key).await);
                 }
             }
         }
-        let summaries = report::summarize(&runs, &args.clients, &args.layouts);
-        print!("{}", report::render(&summaries, &runs, &args.layouts));
+        print!("{}", report::render(&samples, &args.clients, &keys));
         println!();
     }
 
     if args.runs(BenchPhase::Group) {
-        let runs = run_group(&admin, &args, &bootstrap).await;
-        print!(
-            "{}",
-            report::render_group(&runs, &args.clients, GROUP_PARTITIONS)
-        );
+        let mut samples = Vec::new();
+        for &key in &keys {
+            samples.extend(run_group(&admin, &args, &bootstrap, key).await);
+        }
+        print!("{}", report::render_group(&samples, &args.clients, &keys));
+        println!();
+    }
+
+    if args.runs(BenchPhase::Idle) {
+        let runs = idle::run(&admin, &bootstrap, &args.idle, &args.clients, args.rounds).await;
+        print!("{}", idle::render(&runs, &args.clients, &args.idle));
         println!();
     }
 

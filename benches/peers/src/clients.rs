@@ -11,10 +11,25 @@ pub enum Client {
     Kastellan,
     Rdkafka,
     Confluent,
+    /// franz-go, a separate Go program (`franz/`), see `spawn::command_for`.
+    Franz,
+    /// Kafka's own `ProducerPerformance` and `ConsumerPerformance` tools.
+    Java,
 }
 
 impl Client {
-    pub const ALL: [Client; 3] = [Client::Kastellan, Client::Rdkafka, Client::Confluent];
+    /// The clients run when `--clients` is not given: the Java tools are
+    /// left out because every phase of theirs starts a JVM.
+    pub const DEFAULT: [Client; 4] = [
+        Client::Kastellan,
+        Client::Rdkafka,
+        Client::Confluent,
+        Client::Franz,
+    ];
+
+    fn elsewhere(self) -> anyhow::Error {
+        anyhow::anyhow!("{self} runs as a program of its own, not through `peers run`")
+    }
 
     /// The name used on the command line and in topic names.
     pub fn id(self) -> &'static str {
@@ -22,6 +37,8 @@ impl Client {
             Client::Kastellan => "kastellan",
             Client::Rdkafka => "rdkafka",
             Client::Confluent => "confluent",
+            Client::Franz => "franz-go",
+            Client::Java => "java",
         }
     }
 
@@ -31,6 +48,8 @@ impl Client {
             Client::Kastellan => "kastellan",
             Client::Rdkafka => "rdkafka",
             Client::Confluent => "confluent-kafka",
+            Client::Franz => "franz-go",
+            Client::Java => "java",
         }
     }
 
@@ -49,6 +68,7 @@ impl Client {
             Client::Confluent => {
                 confluent_client::produce(bootstrap, topic, payload, records).await
             }
+            Client::Franz | Client::Java => Err(self.elsewhere()),
         }
     }
 
@@ -67,6 +87,7 @@ impl Client {
             Client::Confluent => {
                 confluent_client::read(bootstrap, topic, partitions, expected).await
             }
+            Client::Franz | Client::Java => Err(self.elsewhere()),
         }
     }
 
@@ -87,6 +108,7 @@ impl Client {
             Client::Confluent => {
                 confluent_client::group_consume(bootstrap, topic, partitions, expected).await
             }
+            Client::Franz | Client::Java => Err(self.elsewhere()),
         }
     }
 }
@@ -105,9 +127,11 @@ impl FromStr for Client {
             "kastellan" => Ok(Client::Kastellan),
             "rdkafka" | "librdkafka" => Ok(Client::Rdkafka),
             "confluent" | "confluent-kafka" | "confluent_kafka" => Ok(Client::Confluent),
-            other => {
-                anyhow::bail!("unknown client {other:?} (known: kastellan, rdkafka, confluent)")
-            }
+            "franz-go" | "franz" | "franz_go" => Ok(Client::Franz),
+            "java" => Ok(Client::Java),
+            other => anyhow::bail!(
+                "unknown client {other:?} (known: kastellan, rdkafka, confluent-kafka, franz-go, java)"
+            ),
         }
     }
 }

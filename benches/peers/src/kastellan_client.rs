@@ -27,6 +27,8 @@ use kastellan::group::assignor::{Assignor, CooperativeStickyAssignor, RangeAssig
 use kastellan::group::{ConsumerRecord, HandlerError, StatusHandle};
 use kastellan::{Client, ClientConfig, StartOffset};
 
+use crate::child::PhaseReport;
+use crate::idle::{self, IdleArgs};
 use crate::member::{self, Events, MemberArgs, MemberKind};
 use crate::tally::{self, GroupRead, GroupTally};
 use crate::workload;
@@ -243,4 +245,47 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
     let outcome = consumer.run(handler).await;
     poller.abort();
     outcome.context("kastellan group consumer")
+}
+
+/// The idle phase's member (see `crate::idle`): a group consumer with
+/// default settings over all the topics, left alone once it owns every
+/// partition.
+pub async fn idle(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
+    let started = std::time::Instant::now();
+    let client = connect(&args.bootstrap).await?;
+    let consumer = client
+        .group_consumer(args.group.clone())
+        .topics(args.topics.clone())
+        .start_with_earliest()
+        .build()?;
+    let stop = consumer.shutdown_handle();
+    let status = consumer.status_handle();
+    let running =
+        tokio::spawn(consumer.run(|_: ConsumerRecord| async { Ok::<(), HandlerError>(()) }));
+    let assigned = idle::wait_for_assignment(args.partitions, || {
+        // A stopped consumer ends the wait; its outcome below says why.
+        (!running.is_finished()).then(|| status.get().assignment.len())
+    })
+    .await;
+    let measured = match assigned {
+        Ok(()) => {
+            let window = idle::Window::begin(started);
+            tokio::time::sleep(Duration::from_secs(args.secs)).await;
+            let owned = status.get().assignment.len();
+            if owned != args.partitions {
+                Err(anyhow::anyhow!(
+                    "owned {owned} of {} partitions at the end of the idle window",
+                    args.partitions
+                ))
+            } else {
+                window.end(args, Some(client.status().open_connections))
+            }
+        }
+        Err(error) => Err(error),
+    };
+    stop.shutdown(tally::SHUTDOWN_DEADLINE);
+    let outcome = running.await.context("kastellan consumer task")?;
+    let report = measured?;
+    outcome.context("kastellan group consumer")?;
+    Ok(report)
 }

@@ -1,5 +1,6 @@
-//! Side-by-side throughput of kastellan, rdkafka and confluent-kafka against
-//! one local Kafka broker.
+//! Side-by-side throughput, CPU and memory of kastellan, rdkafka,
+//! confluent-kafka, franz-go and Kafka's Java tools against one local Kafka
+//! broker.
 
 mod admin;
 mod bench;
@@ -7,6 +8,8 @@ mod broker;
 mod child;
 mod clients;
 mod confluent_client;
+mod idle;
+mod java_tools;
 mod kastellan_client;
 mod member;
 mod rdkafka_client;
@@ -31,14 +34,17 @@ use crate::member::{MemberArgs, MemberKind};
 
 const USAGE: &str = "\
 usage: peers [options]
-  --phases p,q         phases to run (default produce,read,group,rebalance;
-                       read also runs produce)
-  --records N          records per client and topic layout, and for the group
-                       phase (default 200000)
-  --size BYTES         value size in bytes (default 1024)
-  --clients a,b,c      clients to run, in this order (default kastellan,rdkafka,confluent)
+  --phases p,q         phases to run: produce, read, group, rebalance, idle
+                       (default produce,read,group,rebalance; read also runs
+                       produce)
+  --records N          records per client, value size and topic layout
+                       (produce/read and group; default 200000)
+  --sizes 100,1024     value sizes in bytes (default 1024; --size B: one)
+  --clients a,b,c      clients to run, in this order (default
+                       kastellan,rdkafka,confluent-kafka,franz-go; also java)
   --rounds R           rounds, client order rotated each round (default 1)
-  --layouts 1,6        partition counts of the produce/read topics (default 1,6)
+  --partitions 1,6     partition counts of the produce/read and group topics
+                       (default 1,6; --layouts is the same)
   --keyed              give every produced record a key (default: no keys)
   --timeout SECS       limit for one phase of one client (default 600)
   --warmup N           records pushed through the broker, untimed, first (default 50000; 0: none)
@@ -47,13 +53,18 @@ usage: peers [options]
                        kastellan-eager,kastellan-cooperative,rdkafka,java)
   --rebalance-trials N trials per rebalance member (default 3)
   --trickle-rate N     records/s produced during a rebalance trial (default 200)
+  --idle-partitions N  partitions the idle member owns (default 1000)
+  --idle-topics N      topics they are spread over (default 4)
+  --idle-secs S        length of the idle window (default 60)
   --bootstrap H:P      broker address (default: $KAFKA_BOOTSTRAP, else a local
                        broker started through the repository's test fixture)
 
 internal: peers run --client C --phase produce|read|group --bootstrap H:P --topic T
                     --partitions N --records N --size BYTES [--keyed]
           peers member --client kastellan-eager|kastellan-cooperative|rdkafka
-                    --bootstrap H:P --topic T --group G";
+                    --bootstrap H:P --topic T --group G
+          peers idle --client kastellan|rdkafka --bootstrap H:P --topics A,B
+                    --group G --partitions N --secs S";
 
 struct Flags {
     args: std::vec::IntoIter<String>,
@@ -109,13 +120,16 @@ fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
     while let Some(flag) = flags.args.next() {
         match flag.as_str() {
             "--records" => bench.records = flags.parsed(&flag)?,
-            "--size" => bench.size = flags.parsed(&flag)?,
+            "--size" => bench.sizes = vec![flags.parsed(&flag)?],
+            "--sizes" => bench.sizes = deduplicated(list(&flag, &flags.value(&flag)?)?),
             "--clients" => {
                 let clients: Vec<Client> = list(&flag, &flags.value(&flag)?)?;
                 bench.clients = deduplicated(clients);
             }
             "--rounds" => bench.rounds = flags.parsed(&flag)?,
-            "--layouts" => bench.layouts = list(&flag, &flags.value(&flag)?)?,
+            "--layouts" | "--partitions" => {
+                bench.layouts = deduplicated(list(&flag, &flags.value(&flag)?)?)
+            }
             "--keyed" => bench.keyed = true,
             "--timeout" => bench.timeout = Duration::from_secs(flags.parsed(&flag)?),
             "--warmup" => bench.warmup = flags.parsed(&flag)?,
@@ -125,6 +139,9 @@ fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
             }
             "--rebalance-trials" => bench.rebalance_trials = flags.parsed(&flag)?,
             "--trickle-rate" => bench.trickle_rate = flags.parsed(&flag)?,
+            "--idle-partitions" => bench.idle.partitions = flags.parsed(&flag)?,
+            "--idle-topics" => bench.idle.topics = flags.parsed(&flag)?,
+            "--idle-secs" => bench.idle.secs = flags.parsed(&flag)?,
             "--bootstrap" => bench.bootstrap = Some(flags.value(&flag)?),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
@@ -136,7 +153,10 @@ fn parse_bench(args: Vec<String>) -> anyhow::Result<BenchArgs> {
         bail!("--rebalance-trials and --trickle-rate must be at least 1");
     }
     if bench.layouts.iter().any(|&p| p < 1) {
-        bail!("--layouts takes partition counts of at least 1");
+        bail!("--partitions takes partition counts of at least 1");
+    }
+    if bench.idle.partitions == 0 || bench.idle.topics == 0 {
+        bail!("--idle-partitions and --idle-topics must be at least 1");
     }
     Ok(bench)
 }
@@ -171,6 +191,35 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<PhaseArgs> {
         records: records.context("run needs --records")?,
         size: size.context("run needs --size")?,
         keyed,
+    })
+}
+
+fn parse_idle(args: Vec<String>) -> anyhow::Result<idle::IdleArgs> {
+    let mut flags = Flags {
+        args: args.into_iter(),
+    };
+    let (mut client, mut bootstrap, mut topics, mut group) = (None, None, None, None);
+    let (mut partitions, mut secs) = (None, None);
+    while let Some(flag) = flags.args.next() {
+        match flag.as_str() {
+            "--client" => client = Some(flags.parsed::<Client>(&flag)?),
+            "--bootstrap" => bootstrap = Some(flags.value(&flag)?),
+            "--topics" => topics = Some(idle::topic_list(&flags.value(&flag)?)?),
+            "--group" => group = Some(flags.value(&flag)?),
+            "--partitions" => partitions = Some(flags.parsed(&flag)?),
+            "--secs" => secs = Some(flags.parsed(&flag)?),
+            other => bail!("unknown option {other:?} for idle"),
+        }
+    }
+    Ok(idle::IdleArgs {
+        client: client.context("idle needs --client")?,
+        bootstrap: bootstrap
+            .or_else(broker::from_env)
+            .context("idle needs --bootstrap or KAFKA_BOOTSTRAP")?,
+        topics: topics.context("idle needs --topics")?,
+        group: group.context("idle needs --group")?,
+        partitions: partitions.context("idle needs --partitions")?,
+        secs: secs.context("idle needs --secs")?,
     })
 }
 
@@ -230,6 +279,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.first().map(String::as_str) == Some("idle") {
+        args.remove(0);
+        return match parse_idle(args) {
+            Ok(idle) => idle::run_member(idle),
+            Err(error) => {
+                println!("{} {error:#}", child::ERROR_TAG);
+                ExitCode::from(2)
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some("secure-broker") {
         return match secure_broker(args.get(1).map(String::as_str)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -270,8 +329,8 @@ mod tests {
     fn bench_defaults_and_flags() {
         let defaults = parse_bench(Vec::new()).unwrap();
         assert_eq!(defaults.records, 200_000);
-        assert_eq!(defaults.size, 1024);
-        assert_eq!(defaults.clients, Client::ALL.to_vec());
+        assert_eq!(defaults.sizes, vec![1024]);
+        assert_eq!(defaults.clients, Client::DEFAULT.to_vec());
         assert_eq!(defaults.layouts, vec![1, 6]);
         let parsed = parse_bench(strings(&[
             "--records",
@@ -286,12 +345,34 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(parsed.records, 10);
-        assert_eq!(parsed.size, 100);
+        assert_eq!(parsed.sizes, vec![100]);
         assert_eq!(parsed.clients, vec![Client::Rdkafka, Client::Confluent]);
         assert_eq!(parsed.rounds, 3);
         assert!(parsed.keyed);
         assert!(parse_bench(strings(&["--clients", "nope"])).is_err());
-        assert_eq!(defaults.phases, bench::BenchPhase::ALL.to_vec());
+        assert_eq!(defaults.phases, bench::BenchPhase::DEFAULT.to_vec());
+        let scale = parse_bench(strings(&[
+            "--sizes",
+            "100,1024",
+            "--partitions",
+            "1,6,64,1000",
+            "--clients",
+            "kastellan,franz-go,java",
+            "--phases",
+            "idle",
+            "--idle-secs",
+            "5",
+        ]))
+        .unwrap();
+        assert_eq!(scale.sizes, vec![100, 1024]);
+        assert_eq!(scale.layouts, vec![1, 6, 64, 1000]);
+        assert_eq!(
+            scale.clients,
+            vec![Client::Kastellan, Client::Franz, Client::Java]
+        );
+        assert_eq!(scale.phases, vec![bench::BenchPhase::Idle]);
+        assert_eq!(scale.idle.secs, 5);
+        assert_eq!(scale.idle.partitions, 1000);
         assert_eq!(defaults.rebalance_members, MemberKind::ALL.to_vec());
         assert_eq!(defaults.rebalance_trials, 3);
         let phases = parse_bench(strings(&[

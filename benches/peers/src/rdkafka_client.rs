@@ -15,6 +15,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::child::PhaseReport;
+use crate::idle::{self, IdleArgs};
 use crate::member::{self, Events, MemberArgs};
 use crate::tally::{GroupRead, GroupTally};
 use crate::workload;
@@ -325,4 +327,77 @@ fn member_blocking(args: &MemberArgs) -> anyhow::Result<()> {
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Counts the partitions an idle member owns, as rebalances are applied.
+struct IdleContext {
+    owned: AtomicUsize,
+}
+
+impl ClientContext for IdleContext {}
+
+impl ConsumerContext for IdleContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let owned = match rebalance {
+            Rebalance::Assign(list) => list.count(),
+            _ => consumer.assignment().map(|list| list.count()).unwrap_or(0),
+        };
+        self.owned.store(owned, Ordering::Relaxed);
+    }
+}
+
+/// The idle phase's member (see `crate::idle`): a classic-group
+/// `BaseConsumer` with default settings, polled every 100 ms as an
+/// application's loop would, left alone once it owns every partition.
+pub async fn idle(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
+    tokio::task::block_in_place(|| idle_blocking(args))
+}
+
+fn idle_blocking(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
+    let started = Instant::now();
+    let consumer: BaseConsumer<IdleContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", &args.group)
+        .set("group.protocol", "classic")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create_with_context(IdleContext {
+            owned: AtomicUsize::new(0),
+        })
+        .context("creating the rdkafka consumer")?;
+    let topics: Vec<&str> = args.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("rdkafka subscribe")?;
+    let owned = || consumer.context().owned.load(Ordering::Relaxed);
+    let poll = |until: Instant, stop_at_full: bool| -> anyhow::Result<()> {
+        while Instant::now() < until {
+            if stop_at_full && owned() == args.partitions {
+                return Ok(());
+            }
+            if let Some(Err(error)) = consumer.poll(Duration::from_millis(100)) {
+                return Err(anyhow!(error).context("rdkafka poll"));
+            }
+        }
+        Ok(())
+    };
+    poll(Instant::now() + idle::ASSIGN_TIMEOUT, true)?;
+    if owned() != args.partitions {
+        bail!(
+            "owned {} of {} partitions after {:?}",
+            owned(),
+            args.partitions,
+            idle::ASSIGN_TIMEOUT
+        );
+    }
+    let window = idle::Window::begin(started);
+    poll(Instant::now() + Duration::from_secs(args.secs), false)?;
+    if owned() != args.partitions {
+        bail!(
+            "owned {} of {} partitions at the end of the idle window",
+            owned(),
+            args.partitions
+        );
+    }
+    let report = window.end(args, None)?;
+    consumer.unsubscribe();
+    Ok(report)
 }

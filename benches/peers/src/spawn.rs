@@ -4,14 +4,19 @@
 //! of the phase and sampled by the parent from `/proc/<pid>/status` while it
 //! waits, whichever is larger. `ru_maxrss` (from `wait4`) is not used: a
 //! child started with `posix_spawn` carries the parent's high-water mark into
-//! it.
+//! it (its CPU times are fine, and [`PhaseOutcome::process_cpu_ns`] comes
+//! from them).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use crate::child::{peak_rss_kib, PhaseArgs, PhaseReport, ERROR_TAG};
+use crate::clients::Client;
+use crate::java_tools;
 
 /// What the parent learns about one phase.
 #[derive(Debug, Clone)]
@@ -19,6 +24,9 @@ pub struct PhaseOutcome {
     pub result: Result<PhaseReport, String>,
     /// Peak resident set of the child, in KiB (`VmHWM`).
     pub max_rss_kib: Option<u64>,
+    /// CPU time of the whole child process (user + system, from `wait4`),
+    /// start-up included.
+    pub process_cpu_ns: Option<u64>,
 }
 
 impl PhaseOutcome {
@@ -26,12 +34,45 @@ impl PhaseOutcome {
         PhaseOutcome {
             result: Err(message.into()),
             max_rss_kib: None,
+            process_cpu_ns: None,
+        }
+    }
+
+    /// CPU time of the timed work as the child measured it, else (the Java
+    /// tools, which cannot) the whole process's; the flag says which.
+    pub fn cpu_ns(&self) -> Option<(u64, bool)> {
+        let report = self.result.as_ref().ok()?;
+        match report.cpu_ns {
+            Some(cpu) => Some((cpu, false)),
+            None => self.process_cpu_ns.map(|cpu| (cpu, true)),
         }
     }
 }
 
-fn command_for(args: &PhaseArgs) -> std::io::Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
+/// The franz-go program: `$PEERS_FRANZ_BIN`, else `peers-franz` next to this
+/// binary (where `run.sh` builds it).
+pub fn franz_program() -> anyhow::Result<std::path::PathBuf> {
+    let path = match std::env::var_os("PEERS_FRANZ_BIN").filter(|p| !p.is_empty()) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("peers-franz"),
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "franz-go program not found at {} (run.sh builds it; or `go build -o {} ./franz` in benches/peers, or set PEERS_FRANZ_BIN)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn command_for(args: &PhaseArgs) -> anyhow::Result<Command> {
+    let program = match args.client {
+        Client::Java => return java_tools::command(args),
+        Client::Franz => franz_program()?,
+        _ => std::env::current_exe().context("locating this binary")?,
+    };
+    let mut command = Command::new(program);
     command
         .arg("run")
         .args(["--client", args.client.id()])
@@ -44,10 +85,6 @@ fn command_for(args: &PhaseArgs) -> std::io::Result<Command> {
     if args.keyed {
         command.arg("--keyed");
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     Ok(command)
 }
 
@@ -64,9 +101,11 @@ struct Reaped {
     killed: bool,
     /// Largest `VmHWM` sampled while the child ran, in KiB.
     sampled_hwm_kib: Option<u64>,
+    /// User + system CPU time of the child, from `wait4`.
+    cpu_ns: u64,
 }
 
-/// Waits for `child` with `waitpid`, sampling its `VmHWM` meanwhile and killing
+/// Waits for `child` with `wait4`, sampling its `VmHWM` meanwhile and killing
 /// it once `timeout` has passed.
 fn reap(child: &mut Child, timeout: Duration) -> std::io::Result<Reaped> {
     let pid = child.id();
@@ -78,13 +117,26 @@ fn reap(child: &mut Child, timeout: Duration) -> std::io::Result<Reaped> {
             sampled_hwm_kib = sampled_hwm_kib.max(Some(kib));
         }
         let mut status: libc::c_int = 0;
-        // SAFETY: `pid` is our own unreaped child; `status` is a local.
-        let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `pid` is our own unreaped child; `status` and `usage` are
+        // locals that wait4 may write.
+        let reaped = unsafe {
+            libc::wait4(
+                pid as libc::pid_t,
+                &mut status,
+                libc::WNOHANG,
+                usage.as_mut_ptr(),
+            )
+        };
         if reaped == pid as libc::pid_t {
+            // SAFETY: zero-initialised and, after a successful wait4, filled.
+            let usage = unsafe { usage.assume_init() };
             return Ok(Reaped {
                 status,
                 killed,
                 sampled_hwm_kib,
+                cpu_ns: crate::workload::timeval_ns(usage.ru_utime)
+                    + crate::workload::timeval_ns(usage.ru_stime),
             });
         }
         if reaped < 0 {
@@ -118,15 +170,50 @@ fn last_lines(text: &str, count: usize) -> String {
     lines[start..].join(" / ")
 }
 
-/// Runs `args` in a child process of this same binary.
+/// Runs `args` in a child process: this same binary, the franz-go program
+/// or a Java tool.
 pub fn run_phase(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
-    let mut child = match command_for(args).and_then(|mut c| c.spawn()) {
+    let command = match command_for(args) {
+        Ok(command) => command,
+        Err(error) => return PhaseOutcome::failed(format!("{error:#}")),
+    };
+    if args.client == Client::Java {
+        let java = args.clone();
+        return run_command(command, timeout, move |stdout, call_ns| {
+            java_tools::parse(&java, stdout, call_ns)
+        });
+    }
+    run_command(command, timeout, |stdout, _| {
+        stdout.lines().find_map(PhaseReport::parse).map(Ok)
+    })
+}
+
+/// Runs `command` to its end (or `timeout`) and reads its outcome with
+/// `parse`, which gets its stdout and its wall-clock time in nanoseconds and
+/// returns `None` when the output holds no result.
+pub fn run_command(
+    mut command: Command,
+    timeout: Duration,
+    parse: impl FnOnce(&str, u128) -> Option<Result<PhaseReport, String>>,
+) -> PhaseOutcome {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(error) => return PhaseOutcome::failed(format!("spawning the child: {error}")),
+        Err(error) => {
+            return PhaseOutcome::failed(format!(
+                "spawning {}: {error}",
+                command.get_program().to_string_lossy()
+            ))
+        }
     };
     let stdout = child.stdout.take().map(drain);
     let stderr = child.stderr.take().map(drain);
     let reaped = reap(&mut child, timeout);
+    let call_ns = started.elapsed().as_nanos();
     let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
 
@@ -134,13 +221,23 @@ pub fn run_phase(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
         Ok(reaped) => reaped,
         Err(error) => return PhaseOutcome::failed(format!("waiting for the child: {error}")),
     };
-    let report = stdout.lines().find_map(PhaseReport::parse);
-    let reported_hwm_kib = report.map(|r| r.hwm_kib).filter(|&kib| kib > 0);
+    let report = parse(&stdout, call_ns);
+    let reported_hwm_kib = report
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|r| r.hwm_kib)
+        .filter(|&kib| kib > 0);
     let max_rss_kib = reported_hwm_kib.max(reaped.sampled_hwm_kib);
     let result = if reaped.killed {
         Err(format!("timed out after {timeout:?}"))
     } else if let Some(report) = report {
-        Ok(report)
+        report.map_err(|error| {
+            format!(
+                "{error} (child ended with {}; stderr: {})",
+                describe_status(reaped.status),
+                last_lines(&stderr, 3)
+            )
+        })
     } else if let Some(message) = stdout
         .lines()
         .find_map(|l| l.strip_prefix(ERROR_TAG))
@@ -157,5 +254,6 @@ pub fn run_phase(args: &PhaseArgs, timeout: Duration) -> PhaseOutcome {
     PhaseOutcome {
         result,
         max_rss_kib,
+        process_cpu_ns: Some(reaped.cpu_ns),
     }
 }

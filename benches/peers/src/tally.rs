@@ -23,6 +23,9 @@ pub struct GroupRead {
     pub bytes: u64,
     /// When the last expected record reached the application.
     pub finished: Instant,
+    /// The process's CPU time at that moment (see
+    /// `workload::process_cpu_ns`).
+    pub finished_cpu_ns: u64,
 }
 
 pub struct GroupTally {
@@ -33,7 +36,7 @@ pub struct GroupTally {
     next: Vec<AtomicI64>,
     anomalies: AtomicUsize,
     first_anomaly: Mutex<Option<String>>,
-    finished: OnceLock<Instant>,
+    finished: OnceLock<(Instant, u64)>,
     stalled: OnceLock<String>,
 }
 
@@ -78,7 +81,9 @@ impl GroupTally {
         self.bytes.fetch_add(value_len as u64, Ordering::Relaxed);
         let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if seen == self.expected {
-            let _ = self.finished.set(Instant::now());
+            let _ = self
+                .finished
+                .set((Instant::now(), crate::workload::process_cpu_ns()));
             return true;
         }
         false
@@ -113,9 +118,10 @@ impl GroupTally {
             );
         }
         match self.finished.get() {
-            Some(&finished) => Ok(GroupRead {
+            Some(&(finished, finished_cpu_ns)) => Ok(GroupRead {
                 bytes: self.bytes.load(Ordering::Relaxed),
                 finished,
+                finished_cpu_ns,
             }),
             None => match self.stalled.get() {
                 Some(reason) => bail!("{reason}"),

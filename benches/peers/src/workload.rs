@@ -16,7 +16,7 @@ pub const COMPRESSION: &str = "none";
 pub const READ_STALL_SECS: u64 = 60;
 
 static KEYED: OnceLock<bool> = OnceLock::new();
-static WORK_STARTED: OnceLock<Instant> = OnceLock::new();
+static WORK_STARTED: OnceLock<(Instant, u64)> = OnceLock::new();
 
 /// Turns keys on or off for this process. Set once, before a phase starts.
 pub fn set_keyed(keyed: bool) {
@@ -54,13 +54,36 @@ pub fn payload(size: usize) -> Vec<u8> {
 /// connection and metadata in place) and starts the measured work.
 ///
 /// A client that never calls it is timed from the call of its phase function.
+/// The process's CPU time is taken at the same moment, so the CPU figure
+/// covers the same stretch as the time.
 pub fn mark_work_started() {
-    let _ = WORK_STARTED.set(Instant::now());
+    let _ = WORK_STARTED.set((Instant::now(), process_cpu_ns()));
 }
 
-/// The instant set by [`mark_work_started`], if any.
-pub fn work_started() -> Option<Instant> {
+/// The instant and CPU time set by [`mark_work_started`], if any.
+pub fn work_started() -> Option<(Instant, u64)> {
     WORK_STARTED.get().copied()
+}
+
+/// User plus system CPU time of this process (all threads) so far, in
+/// nanoseconds; 0 if `getrusage` fails.
+pub fn process_cpu_ns() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable rusage; getrusage fills it.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return 0;
+        }
+        usage.assume_init()
+    };
+    timeval_ns(usage.ru_utime) + timeval_ns(usage.ru_stime)
+}
+
+/// A `timeval` (CPU time from `getrusage`/`wait4`) in nanoseconds.
+pub fn timeval_ns(time: libc::timeval) -> u64 {
+    let secs = u64::try_from(time.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(time.tv_usec).unwrap_or(0);
+    secs * 1_000_000_000 + micros * 1_000
 }
 
 /// A group id no earlier run has used: `peers-<what>-<pid>-<unix millis>`.
@@ -102,6 +125,16 @@ pub fn rdkafka_tls_settings() -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_grows() {
+        let before = process_cpu_ns();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(process_cpu_ns() > before, "{x}");
+    }
 
     #[test]
     fn payload_is_deterministic_and_sized() {
