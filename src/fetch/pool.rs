@@ -236,7 +236,17 @@ pub(super) async fn run(
         let budget = Arc::clone(&pool.budget);
         tokio::select! {
             command = commands.recv() => match command {
-                Some(command) => pool.command(command),
+                Some(command) => {
+                    // Take every queued command before scheduling: an
+                    // assignment of 1,000 partitions is one round, so the
+                    // first request carries all of them, not the first one
+                    // alone (which would then long-poll while the others
+                    // wait).
+                    pool.command(command);
+                    while let Ok(command) = commands.try_recv() {
+                        pool.command(command);
+                    }
+                }
                 None => return,
             },
             Some(answer) = pool.fetches.next(), if !pool.fetches.is_empty() => pool.answered(answer),
@@ -356,6 +366,12 @@ impl Pool {
         // keep the flag; a lookup's answer or a backoff's end wakes us.
         self.lookups_due = waiting;
         for topic in topics {
+            // Cached metadata routes at once, so that partitions of every
+            // topic go into the same first request.
+            if let Some(meta) = self.client.cluster().cached_topic(&topic) {
+                self.looked_up(topic, Ok(Some(meta)));
+                continue;
+            }
             self.looking_up.insert(Arc::clone(&topic));
             let client = self.client.clone();
             self.lookups.push(

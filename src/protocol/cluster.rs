@@ -395,6 +395,11 @@ impl Cluster {
         out
     }
 
+    /// Cached metadata of a topic, if there is any; never asks a broker.
+    pub(crate) fn cached_topic(&self, topic: &str) -> Option<Arc<TopicMetadata>> {
+        self.read().topics.get(topic).cloned()
+    }
+
     /// Cached metadata of a topic, fetched (one attempt) if missing.
     /// `Ok(None)` when the topic does not exist.
     pub(crate) async fn topic(&self, topic: &str) -> Result<Option<Arc<TopicMetadata>>> {
