@@ -222,22 +222,41 @@ impl Waiters {
         }
     }
 
-    /// Hand each waiter its partition's response. Kafka answers in the
-    /// request's order, so each lookup tries the same position first.
+    /// Hand each waiter its partition's response. Kafka need not answer
+    /// in the request's order (brokers collect the answers in a hash map),
+    /// so each lookup tries the request's position first and otherwise
+    /// goes through an index of the topic's answers, made once.
     fn deliver(self, addr: &str, mut response: ProduceResponse) {
         for (i, (topic, partitions)) in self.topics.into_iter().enumerate() {
             let found = match response.responses.get(i) {
                 Some(t) if *t.name.0 == *topic => Some(i),
                 _ => response.responses.iter().position(|t| *t.name.0 == *topic),
             };
+            let mut answers = found.map(|i| {
+                std::mem::take(&mut response.responses[i].partition_responses)
+                    .into_iter()
+                    .map(Some)
+                    .collect::<Vec<_>>()
+            });
+            let mut index: Option<HashMap<i32, usize>> = None;
             for (j, (partition, reply)) in partitions.into_iter().enumerate() {
-                let answer = found.and_then(|i| {
-                    let answers = &mut response.responses[i].partition_responses;
+                let answer = answers.as_mut().and_then(|answers| {
                     let at = match answers.get(j) {
-                        Some(p) if p.index == partition => Some(j),
-                        _ => answers.iter().position(|p| p.index == partition),
+                        Some(Some(p)) if p.index == partition => Some(j),
+                        _ => index
+                            .get_or_insert_with(|| {
+                                answers
+                                    .iter()
+                                    .enumerate()
+                                    .filter_map(|(at, p)| p.as_ref().map(|p| (p.index, at)))
+                                    .collect()
+                            })
+                            .get(&partition)
+                            .copied(),
                     };
-                    at.map(|at| std::mem::take(&mut answers[at]))
+                    // Taken out, so a partition named twice in an answer
+                    // cannot hand one answer to two batches.
+                    at.and_then(|at| answers[at].take())
                 });
                 let result = answer.ok_or_else(|| Error::Protocol {
                     broker: addr.to_string(),
