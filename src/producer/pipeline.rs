@@ -440,3 +440,59 @@ impl Pipeline {
         (request, waiters, batches)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::produce_response::TopicProduceResponse;
+
+    fn answer(partition: i32, code: i16, base: i64) -> PartitionProduceResponse {
+        PartitionProduceResponse::default()
+            .with_index(partition)
+            .with_error_code(code)
+            .with_base_offset(base)
+    }
+
+    /// Brokers answer partitions in hash order: each batch still gets its
+    /// own partition's answer, and a partition missing from the answer is
+    /// an error, never another partition's success.
+    #[test]
+    fn answers_reach_their_partitions_in_any_order() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut receivers = Vec::new();
+        let mut partitions = Vec::new();
+        // Partition 0 after another: a lookup must not mistake what is
+        // left of an answer taken out for partition 0's.
+        for p in [1, 0, 2, 3] {
+            let (tx, rx) = oneshot::channel();
+            partitions.push((p, tx));
+            receivers.push((p, rx));
+        }
+        let waiters = Waiters {
+            topics: vec![(Arc::clone(&topic), partitions)],
+        };
+        // Partition 3 is missing; partition 0 was refused.
+        let response =
+            ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_responses(vec![
+                    answer(2, 0, 200),
+                    answer(1, 0, 100),
+                    answer(0, 6, -1),
+                ])]);
+        waiters.deliver("broker:9092", response);
+        for (p, mut rx) in receivers {
+            let outcome = rx.try_recv().expect("answered");
+            assert!(outcome.written);
+            match (p, outcome.result) {
+                (0, Ok(r)) => assert_eq!((r.index, r.error_code), (0, 6)),
+                (1, Ok(r)) => assert_eq!((r.index, r.base_offset), (1, 100)),
+                (2, Ok(r)) => assert_eq!((r.index, r.base_offset), (2, 200)),
+                (3, Err(Error::Protocol { reason, .. })) => {
+                    assert!(reason.contains("t/3"), "{reason}")
+                }
+                (p, other) => panic!("partition {p}: {other:?}"),
+            }
+        }
+    }
+}
