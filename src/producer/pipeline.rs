@@ -188,30 +188,28 @@ impl Pipelines {
 }
 
 /// The answer future of a submission to `addr`.
-fn answer_of(
-    addr: String,
-    answer: oneshot::Receiver<Outcome>,
-) -> impl Future<Output = Outcome> + Send + 'static {
-    async move {
-        answer.await.unwrap_or_else(|_| {
-            // The task ended without answering: it panicked. The request
-            // may have been written, so the batch may be stored.
-            Outcome::failed(
-                Error::ConnectionLost {
-                    broker: addr,
-                    reason: "the produce pipeline stopped before the answer came".into(),
-                },
-                true,
-            )
-        })
-    }
+async fn answer_of(addr: String, answer: oneshot::Receiver<Outcome>) -> Outcome {
+    answer.await.unwrap_or_else(|_| {
+        // The task ended without answering: it panicked. The request may
+        // have been written, so the batch may be stored.
+        Outcome::failed(
+            Error::ConnectionLost {
+                broker: addr,
+                reason: "the produce pipeline stopped before the answer came".into(),
+            },
+            true,
+        )
+    })
 }
 
 /// The batches of one request, grouped by topic in the request's order,
 /// and who waits for each.
 struct Waiters {
-    topics: Vec<(Arc<str>, Vec<(i32, oneshot::Sender<Outcome>)>)>,
+    topics: Vec<(Arc<str>, PartitionWaiters)>,
 }
+
+/// Partitions of one topic in a request, with the reply of each.
+type PartitionWaiters = Vec<(i32, oneshot::Sender<Outcome>)>;
 
 impl Waiters {
     fn fail(self, e: &Error, written: bool) {
