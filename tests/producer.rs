@@ -642,3 +642,74 @@ async fn close_delivers_buffered_records_and_refuses_later_sends() {
         "twice is fine"
     );
 }
+
+/// A producer spread over 1,000 partitions (two topics of 500) sends each
+/// partition's batch in requests shared with other partitions of the same
+/// broker: far fewer produce requests than batches. Every record arrives
+/// once, each partition's in the order sent.
+#[tokio::test]
+async fn batches_of_many_partitions_share_produce_requests() {
+    let client = client().await;
+    let partitions = 500;
+    let topics = [
+        new_topic(&client, "prod-wide-a", partitions).await,
+        new_topic(&client, "prod-wide-b", partitions).await,
+    ];
+    // A linger long enough for every partition to have its batch open
+    // before the first ones close, on a loaded machine too: their batches
+    // are then ready together, as under steady load.
+    let producer = client
+        .producer()
+        .linger(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let per_partition = 20;
+    let mut pending = Vec::new();
+    for n in 0..per_partition {
+        for topic in &topics {
+            for p in 0..partitions {
+                pending.push(
+                    producer
+                        .to(topic)
+                        .partition(p)
+                        .value(format!("{p:03}-{n:02}"))
+                        .enqueue()
+                        .await
+                        .expect("enqueue"),
+                );
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("delivered");
+    }
+    let status = client.status();
+    let per_request = status.produce_batches as f64 / status.produce_requests.max(1) as f64;
+    println!(
+        "{} produce requests carried {} batches ({per_request:.1} per request)",
+        status.produce_requests, status.produce_batches
+    );
+    // One batch per request would be 1.0; sharing requests between
+    // partitions gives far more, even on a loaded machine.
+    assert!(
+        per_request >= 4.0,
+        "produce requests carry the batches of many partitions: {status:?}"
+    );
+    for topic in &topics {
+        let records = read_all(&client, topic).await;
+        let mut seen: HashMap<i32, Vec<String>> = HashMap::new();
+        for r in &records {
+            seen.entry(r.partition)
+                .or_default()
+                .push(r.value_str().expect("utf-8").to_string());
+        }
+        for p in 0..partitions {
+            let expected: Vec<String> = (0..per_partition)
+                .map(|n| format!("{p:03}-{n:02}"))
+                .collect();
+            let values = seen.get(&p).map_or(&[][..], Vec::as_slice);
+            assert_eq!(values, expected, "{topic}/{p}: every record once, in order");
+        }
+        assert_eq!(records.len(), (partitions * per_partition) as usize);
+    }
+}

@@ -376,6 +376,9 @@ async fn handle(mut frame: Bytes, addr: &str, inner: &Mutex<Inner>) -> Reply {
     Reply::Frame(out)
 }
 
+/// The answer to a produce request, partitions in the reverse of the
+/// request's order: a real broker collects them in a hash map, so the
+/// producer must not rely on the order.
 fn produce_response(
     request: &ProduceRequest,
     mut outcome: impl FnMut(i32, &Bytes) -> (i16, i64),
@@ -385,22 +388,23 @@ fn produce_response(
             .topic_data
             .iter()
             .map(|t| {
+                let mut partitions: Vec<PartitionProduceResponse> = t
+                    .partition_data
+                    .iter()
+                    .map(|p| {
+                        let records = p.records.clone().unwrap_or_default();
+                        let (code, base) = outcome(p.index, &records);
+                        PartitionProduceResponse::default()
+                            .with_index(p.index)
+                            .with_error_code(code)
+                            .with_base_offset(base)
+                            .with_log_append_time_ms(-1)
+                    })
+                    .collect();
+                partitions.reverse();
                 TopicProduceResponse::default()
                     .with_name(t.name.clone())
-                    .with_partition_responses(
-                        t.partition_data
-                            .iter()
-                            .map(|p| {
-                                let records = p.records.clone().unwrap_or_default();
-                                let (code, base) = outcome(p.index, &records);
-                                PartitionProduceResponse::default()
-                                    .with_index(p.index)
-                                    .with_error_code(code)
-                                    .with_base_offset(base)
-                                    .with_log_append_time_ms(-1)
-                            })
-                            .collect(),
-                    )
+                    .with_partition_responses(partitions)
             })
             .collect(),
     )

@@ -10,7 +10,9 @@
 //! batches in sequence order on the wire also while it resends after a
 //! failure (a broker restart, a leader change), and is supervised: a worker
 //! that panics fails the records it held with [`Error::WorkerFailed`] and a
-//! new one takes over the partition. [`Producer::close`] stops the producer
+//! new one takes over the partition. The workers hand their batches to one
+//! pipeline per broker, which carries the batches of many partitions in
+//! each produce request. [`Producer::close`] stops the producer
 //! with a deadline.
 
 mod idempotence;
@@ -20,6 +22,7 @@ mod line;
 mod loopback;
 mod partitioner;
 mod pending;
+mod pipeline;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -41,6 +44,7 @@ use idempotence::ProducerIds;
 use partitioner::RoundRobin;
 pub use partitioner::{java_partition, murmur2, PartitionFn, Partitioner};
 use pending::{Destination, Pending};
+use pipeline::Pipelines;
 use worker::PartitionWorker;
 
 use crate::admin::{IfExists, NewTopic};
@@ -424,6 +428,7 @@ impl ProducerBuilder {
             .idempotent
             .then(|| Arc::new(ProducerIds::new(self.client.clone())));
         let (closing, _) = watch::channel(None);
+        let pipelines = Arc::new(Pipelines::new(self.client.clone()));
         Ok(Producer {
             inner: Arc::new(ProducerInner {
                 client: self.client,
@@ -438,6 +443,7 @@ impl ProducerBuilder {
                 closing,
                 tasks: Mutex::new(Vec::new()),
                 aborted: Arc::new(AtomicUsize::new(0)),
+                pipelines,
             }),
         })
     }
@@ -512,6 +518,8 @@ struct ProducerInner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Records failed at `close`'s deadline.
     aborted: Arc<AtomicUsize>,
+    /// One produce pipeline per broker, shared by the workers.
+    pipelines: Arc<Pipelines>,
 }
 
 /// The error of a record handed to a closed producer.
@@ -599,12 +607,13 @@ impl Producer {
         if self.is_closed() {
             return Err(Error::Closed(CLOSED));
         }
+        // Borrowed: the topic is looked up per record, never copied.
         let topic = match record
             .topic
             .as_deref()
             .or(inner.settings.default_topic.as_deref())
         {
-            Some(t) => t.to_string(),
+            Some(t) => t,
             None => {
                 return Err(Error::Config(
                     "record has no topic and the producer has no default topic".into(),
@@ -636,12 +645,12 @@ impl Producer {
                 which: "producer max_batch_bytes",
             });
         }
-        let state = self.topic_state(&topic).await?;
+        let state = self.topic_state(topic).await?;
         let partitions = state.partitions;
         let partition = match record.partition {
             Some(p) => p,
             None => inner.settings.partitioner.pick(
-                &topic,
+                topic,
                 outgoing.key.as_deref(),
                 partitions,
                 state.round_robin.next(),
@@ -649,7 +658,7 @@ impl Producer {
         };
         if partition < 0 || partition >= partitions {
             return Err(Error::UnknownPartition {
-                topic,
+                topic: topic.to_string(),
                 partition,
                 count: partitions,
             });
@@ -677,7 +686,7 @@ impl Producer {
             // The worker's supervisor never ends while the producer is open,
             // unless its runtime shut down.
             p.resolve(Err(Error::WorkerFailed {
-                topic: topic.clone(),
+                topic: topic.to_string(),
                 partition,
                 reason: "the partition's worker task has ended \
                          (was the runtime it was started on shut down?)"
@@ -742,6 +751,9 @@ impl Producer {
             // cancelled, has nothing left to wait for.
             let _ = task.await;
         }
+        // The workers are done: nothing more will be submitted. The
+        // pipelines end once they have delivered what they hold.
+        inner.pipelines.close();
         match inner.aborted.load(Ordering::Acquire) {
             0 => Ok(()),
             unresolved => Err(Error::CloseTimeout {
@@ -847,6 +859,7 @@ impl Producer {
                 max_in_flight: inner.settings.max_in_flight,
                 ids: inner.ids.clone(),
                 aborted: Arc::clone(&inner.aborted),
+                pipelines: Arc::clone(&inner.pipelines),
             };
             let task = tokio::spawn(worker.run(rx, inner.closing.subscribe()));
             let mut tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner());

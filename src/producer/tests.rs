@@ -482,3 +482,91 @@ async fn unread_delivery_reports_hold_back_new_records() {
         .expect("task")
         .expect("delivered");
 }
+
+/// One leader of many partitions: the producer's pipeline carries the
+/// batches of many partitions in each produce request, and across two
+/// crashes and a refused request (each hitting every partition of its
+/// request) every partition's records are stored once and in order,
+/// under the one producer id and epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_requests_keep_each_partitions_order_across_faults() {
+    let partitions = 32;
+    let broker = FakeBroker::start(
+        TOPIC,
+        partitions,
+        Duration::from_millis(5),
+        vec![
+            Fault::Crash {
+                at: 10,
+                down: Duration::from_millis(300),
+            },
+            Fault::Refuse {
+                at: 30,
+                code: NOT_LEADER_OR_FOLLOWER,
+            },
+            Fault::Crash {
+                at: 50,
+                down: Duration::from_millis(300),
+            },
+        ],
+    )
+    .await;
+    let client = client(&broker).await;
+    // Small batches (three records each): every partition has several
+    // batches to send, so requests fill up behind the ones in flight.
+    let producer = client
+        .producer()
+        .linger(Duration::from_millis(2))
+        .max_batch_bytes(1024)
+        .build()
+        .unwrap();
+    let per_partition = 60;
+    let mut pending = Vec::new();
+    for n in 0..per_partition {
+        for p in 0..partitions {
+            pending.push(
+                producer
+                    .to(TOPIC)
+                    .partition(p)
+                    .value(format!("{p:02}-{n:04}-{:300}", ""))
+                    .enqueue()
+                    .await
+                    .expect("enqueue"),
+            );
+        }
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("every record resolves")
+            .unwrap_or_else(|e| panic!("record {i}: {e}"));
+    }
+    assert!(
+        broker.produce_requests() > 50,
+        "the faults happened: {} produce requests",
+        broker.produce_requests()
+    );
+    let status = client.status();
+    let per_request = status.produce_batches as f64 / status.produce_requests as f64;
+    println!(
+        "{} produce requests carried {} batches ({per_request:.1} per request)",
+        status.produce_requests, status.produce_batches
+    );
+    assert!(
+        per_request >= 4.0,
+        "requests carry many partitions: {status:?}"
+    );
+    let arrivals = broker.arrivals();
+    assert_in_sequence_order(&arrivals);
+    assert_eq!(broker.init_producer_ids(), 1, "one producer id");
+    assert!(
+        arrivals.iter().all(|a| a.epoch == 0),
+        "no epoch bump: the leader never lost state"
+    );
+    for p in 0..partitions {
+        let expected: Vec<String> = (0..per_partition)
+            .map(|n| format!("{p:02}-{n:04}-{:300}", ""))
+            .collect();
+        assert_eq!(stored_values(&broker, p), expected, "partition {p}");
+    }
+}

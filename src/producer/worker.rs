@@ -38,9 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -48,6 +46,7 @@ use super::idempotence::{ProducerIdentity, ProducerIds};
 use super::limits;
 use super::line::{Answer, Batch, Line};
 use super::pending::{Destination, Pending};
+use super::pipeline::{Outcome, Pipelines};
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
 use crate::protocol::error_codes::{
@@ -79,6 +78,8 @@ pub(crate) struct PartitionWorker {
     pub ids: Option<Arc<ProducerIds>>,
     /// Records failed at `close`'s deadline, over all workers.
     pub aborted: Arc<AtomicUsize>,
+    /// The producer's per-broker pipelines, which carry the batches.
+    pub pipelines: Arc<Pipelines>,
 }
 
 /// The worker's state, owned by its supervisor so that a panic in the
@@ -326,13 +327,14 @@ impl PartitionWorker {
                     return;
                 }
             };
-            let request = self.request(encoded);
             let abort = abort_signal(closing.clone(), st.abort_at);
-            match self.write(&request, abort).await {
+            match self.write(encoded, abort).await {
                 Ok((addr, answer)) => {
                     let this = Arc::clone(self);
-                    let answer: Answer =
-                        Box::pin(async move { (this.interpret(&addr, answer.await), true) });
+                    let answer: Answer = Box::pin(async move {
+                        let Outcome { result, written } = answer.await;
+                        (this.interpret(&addr, result), written)
+                    });
                     st.line.wrote(answer);
                 }
                 Err(e) => {
@@ -363,79 +365,52 @@ impl PartitionWorker {
         Ok(bytes)
     }
 
-    fn request(&self, records: bytes::Bytes) -> ProduceRequest {
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(
-                i32::try_from(self.client.config().request_timeout.as_millis()).unwrap_or(i32::MAX),
-            )
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(
-                    self.dest.topic.to_string(),
-                )))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(self.dest.partition)
-                    .with_records(Some(records))])])
-    }
-
-    /// Write the request to the partition leader; returns the leader's
-    /// address and the future of its answer. Finding the leader and its
-    /// connection gives up when `abort` fires (close's deadline); the write
-    /// itself is not interrupted.
+    /// Hand the batch to the partition leader's pipeline; returns the
+    /// leader's address and the future of the partition's answer. Finding
+    /// the leader gives up when `abort` fires (close's deadline). The
+    /// pipeline connects to the leader itself; waiting for that is bounded
+    /// like waiting for any answer: by the connect and request timeouts,
+    /// and by the worker's own check of close's deadline, which fails what
+    /// it holds whatever is outstanding.
     async fn write(
         &self,
-        request: &ProduceRequest,
+        records: bytes::Bytes,
         abort: impl Future<Output = ()>,
-    ) -> Result<(
-        String,
-        impl Future<Output = Result<ProduceResponse>> + Send + 'static,
-    )> {
+    ) -> Result<(String, impl Future<Output = Outcome> + Send + 'static)> {
         let cluster = self.client.cluster();
-        let lookup = async {
-            let addr = cluster
-                .leader_addr(&self.dest.topic, self.dest.partition)
-                .await?;
-            let conn = cluster.produce_connection(&addr).await?;
-            Ok::<_, Error>((addr, conn))
-        };
         let found = tokio::select! {
-            found = lookup => found,
+            found = cluster.leader_addr(&self.dest.topic, self.dest.partition) => found,
             () = abort => Err(Error::Closed(CLOSED_UNACKNOWLEDGED)),
         };
-        let written = match found {
-            Ok((addr, conn)) => conn.send(request).await.map(|answer| (addr, answer)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &written {
-            if e.is_retriable() {
-                cluster.invalidate(&self.dest.topic);
+        match found {
+            Ok(addr) => {
+                let answer = self.pipelines.submit(
+                    &addr,
+                    Arc::clone(&self.dest.topic),
+                    self.dest.partition,
+                    records,
+                );
+                Ok((addr, answer))
+            }
+            Err(e) => {
+                if e.is_retriable() {
+                    cluster.invalidate(&self.dest.topic);
+                }
+                Err(e)
             }
         }
-        written
     }
 
     /// This partition's outcome in a produce answer: the base offset, or -1
     /// for a batch the leader stored long ago and no longer knows the offset
     /// of (`DUPLICATE_SEQUENCE_NUMBER`: stored once, offset unknown).
-    fn interpret(&self, addr: &str, answer: Result<ProduceResponse>) -> Result<i64> {
+    fn interpret(&self, addr: &str, answer: Result<PartitionProduceResponse>) -> Result<i64> {
         let cluster = self.client.cluster();
-        let response = answer.inspect_err(|e| {
+        let p = answer.inspect_err(|e| {
             if e.is_retriable() {
                 cluster.invalidate(&self.dest.topic);
             }
         })?;
-        let p = response
-            .responses
-            .iter()
-            .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == self.dest.partition)
-            .ok_or_else(|| Error::Protocol {
-                broker: addr.to_string(),
-                reason: format!(
-                    "produce answer lacks {}/{}",
-                    self.dest.topic, self.dest.partition
-                ),
-            })?;
         match p.error_code {
             0 => Ok(p.base_offset),
             DUPLICATE_SEQUENCE_NUMBER => Ok(-1),
