@@ -860,6 +860,7 @@ impl Producer {
                 ids: inner.ids.clone(),
                 aborted: Arc::clone(&inner.aborted),
                 pipelines: Arc::clone(&inner.pipelines),
+                unsent: Arc::default(),
             };
             let task = tokio::spawn(worker.run(rx, inner.closing.subscribe()));
             let mut tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner());

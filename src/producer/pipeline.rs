@@ -65,7 +65,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -104,12 +106,59 @@ impl Outcome {
     }
 }
 
+/// How many of one partition's batches wait in a pipeline's queue, not
+/// yet written in a request. While any do, the partition's worker keeps
+/// its open batch open, filling it, instead of closing it at its linger:
+/// when the connection is the bottleneck, batches grow instead of queueing
+/// up small (the Java client keeps a batch open until its sender drains
+/// it, to the same effect). Added to by the worker at each submission,
+/// taken from when the batch leaves the queue (written, or failed).
+#[derive(Debug, Default)]
+pub(crate) struct Unsent {
+    count: AtomicUsize,
+    /// Woken each time one of them leaves the queue.
+    left: Notify,
+}
+
+impl Unsent {
+    /// Whether a batch of the partition waits to be written.
+    pub(crate) fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Until a queued batch of the partition leaves the queue (or at once,
+    /// if one left since the last wait).
+    pub(crate) async fn left(&self) {
+        self.left.notified().await
+    }
+}
+
+/// Counts a submission in its partition's [`Unsent`] until dropped (when
+/// the batch leaves the queue).
+struct Queued(Arc<Unsent>);
+
+impl Queued {
+    fn new(unsent: &Arc<Unsent>) -> Self {
+        unsent.count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(unsent))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.left.notify_one();
+    }
+}
+
 /// One batch on its way into a request.
 struct Submission {
     topic: Arc<str>,
     partition: i32,
     records: Bytes,
     reply: oneshot::Sender<Outcome>,
+    /// Dropped when the batch is taken into a request or fails.
+    _queued: Queued,
 }
 
 /// The produce pipelines of one producer, by broker address.
@@ -137,6 +186,7 @@ impl Pipelines {
         topic: Arc<str>,
         partition: i32,
         records: Bytes,
+        unsent: &Arc<Unsent>,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let mut submission = Submission {
@@ -144,6 +194,7 @@ impl Pipelines {
             partition,
             records,
             reply,
+            _queued: Queued::new(unsent),
         };
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(route) = routes.get(addr) {

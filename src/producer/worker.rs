@@ -46,7 +46,7 @@ use super::idempotence::{ProducerIdentity, ProducerIds};
 use super::limits;
 use super::line::{Answer, Batch, Line};
 use super::pending::{Destination, Pending};
-use super::pipeline::{Outcome, Pipelines};
+use super::pipeline::{Outcome, Pipelines, Unsent};
 use crate::client::Client;
 use crate::error::{BrokerError, Error, Result};
 use crate::protocol::error_codes::{
@@ -80,6 +80,9 @@ pub(crate) struct PartitionWorker {
     pub aborted: Arc<AtomicUsize>,
     /// The producer's per-broker pipelines, which carry the batches.
     pub pipelines: Arc<Pipelines>,
+    /// This partition's batches queued in a pipeline and not yet written;
+    /// while there are any, the open batch keeps filling past its linger.
+    pub unsent: Arc<Unsent>,
 }
 
 /// The worker's state, owned by its supervisor so that a panic in the
@@ -218,6 +221,8 @@ impl PartitionWorker {
                     }
                     None => st.input_closed = true,
                 },
+                // An earlier batch was written: the open one may go.
+                () = self.unsent.left(), if !st.open.is_empty() && self.unsent.any() => {}
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
             }
         }
@@ -235,7 +240,10 @@ impl PartitionWorker {
         // The open batch waits for its linger only while it could be sent;
         // otherwise it keeps filling until it is full or the line has room.
         if let Some(since) = st.open_since {
-            if st.line.unwritten() == 0 && st.line.has_room(self.max_in_flight) {
+            if st.line.unwritten() == 0
+                && st.line.has_room(self.max_in_flight)
+                && !self.unsent.any()
+            {
                 earliest(since + self.linger);
             }
         }
@@ -284,7 +292,9 @@ impl PartitionWorker {
                 let lingered = st
                     .open_since
                     .is_some_and(|since| since.elapsed() >= self.linger);
-                if lingered || st.input_closed {
+                // While an earlier batch still waits in the pipeline, the
+                // open one keeps filling (see `Unsent`).
+                if (lingered && !self.unsent.any()) || st.input_closed {
                     self.close_open(st);
                 }
             }
@@ -389,6 +399,7 @@ impl PartitionWorker {
                     Arc::clone(&self.dest.topic),
                     self.dest.partition,
                     records,
+                    &self.unsent,
                 );
                 Ok((addr, answer))
             }
