@@ -775,11 +775,6 @@ mod tests {
     /// returned sender, with a handler that logs the start and end of each
     /// call; records whose value is "hold" wait for the revocation.
     fn worker(tracking: &Arc<Tracking>, permits: Option<Arc<Semaphore>>, calls: &Calls) -> Harness {
-        let tp = TopicPartition::new("t", 0);
-        let epoch = tracking.assign(tp.clone(), 0);
-        let (tx, rx) = mpsc::channel(2);
-        let (revoke, revoked) = tokio::sync::watch::channel(false);
-        let stop = Arc::new(AtomicBool::new(false));
         let calls = Arc::clone(calls);
         let handler = move |r: ConsumerRecord| {
             let calls = Arc::clone(&calls);
@@ -793,6 +788,20 @@ mod tests {
                 Ok::<(), HandlerError>(())
             }
         };
+        let mut harness = harness(tracking, handler);
+        harness.worker.key_concurrency = 4;
+        harness.worker.in_flight = permits;
+        harness
+    }
+
+    /// An in-order worker for partition t/0 from offset 0, calling
+    /// `handler`, with no bound on handler calls.
+    fn harness(tracking: &Arc<Tracking>, handler: impl crate::group::Handler) -> Harness {
+        let tp = TopicPartition::new("t", 0);
+        let epoch = tracking.assign(tp.clone(), 0);
+        let (tx, rx) = mpsc::channel(2);
+        let (revoke, revoked) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             key: tp,
             epoch,
@@ -805,8 +814,8 @@ mod tests {
             max_window: 1000,
             reporter: Reporter::default(),
             progress: Arc::new(FetchProgress::new(0)),
-            key_concurrency: 4,
-            in_flight: permits,
+            key_concurrency: 1,
+            in_flight: None,
         };
         Harness {
             worker,
@@ -914,33 +923,6 @@ mod tests {
         }
     }
 
-    /// An in-order worker for t/0 from offset 0 with `handler`.
-    fn in_order_worker(
-        tracking: &Arc<Tracking>,
-        handler: impl crate::group::Handler,
-    ) -> (Worker, mpsc::Sender<Result<Fetched>>) {
-        let tp = TopicPartition::new("t", 0);
-        let epoch = tracking.assign(tp.clone(), 0);
-        let (tx, rx) = mpsc::channel(2);
-        let (_revoke, revoked) = tokio::sync::watch::channel(false);
-        let worker = Worker {
-            key: tp,
-            epoch,
-            revoked,
-            rx,
-            handler: Arc::new(handler),
-            tracking: Arc::clone(tracking),
-            stop: Arc::new(AtomicBool::new(false)),
-            max_pending: 100,
-            max_window: 1000,
-            reporter: Reporter::default(),
-            progress: Arc::new(FetchProgress::new(0)),
-            key_concurrency: 1,
-            in_flight: None,
-        };
-        (worker, tx)
-    }
-
     async fn commit_point_reaches(tracking: &Tracking, want: (i64, usize)) {
         let tp = TopicPartition::new("t", 0);
         let reached = tokio::time::timeout(Duration::from_secs(5), async {
@@ -975,7 +957,7 @@ mod tests {
                 _ => Ok(()),
             }
         };
-        let (worker, tx) = in_order_worker(&tracking, handler);
+        let Harness { worker, tx, .. } = harness(&tracking, handler);
         let epoch = worker.epoch;
         let task = tokio::spawn(worker.run());
 

@@ -26,6 +26,36 @@ async fn client(broker: &FakeBroker) -> Client {
     .expect("connect to the loopback broker")
 }
 
+/// Faults at the `at`-th produce requests: a crash (down 300 ms), a
+/// refusal with NOT_LEADER_OR_FOLLOWER, another crash.
+fn crash_refuse_crash(at: [usize; 3]) -> Vec<Fault> {
+    vec![
+        Fault::Crash {
+            at: at[0],
+            down: Duration::from_millis(300),
+        },
+        Fault::Refuse {
+            at: at[1],
+            code: NOT_LEADER_OR_FOLLOWER,
+        },
+        Fault::Crash {
+            at: at[2],
+            down: Duration::from_millis(300),
+        },
+    ]
+}
+
+/// A producer of small batches (three records of the tests' size each),
+/// so that several are in flight when a fault hits.
+fn small_batch_producer(client: &Client) -> Producer {
+    client
+        .producer()
+        .linger(Duration::from_millis(2))
+        .max_batch_bytes(1024)
+        .build()
+        .unwrap()
+}
+
 fn resets(producer: &Producer) -> u64 {
     producer.inner.ids.as_ref().map_or(0, |ids| ids.resets())
 }
@@ -92,31 +122,11 @@ async fn resent_batches_reach_the_leader_in_sequence_order() {
         TOPIC,
         1,
         Duration::from_millis(5),
-        vec![
-            Fault::Crash {
-                at: 20,
-                down: Duration::from_millis(300),
-            },
-            Fault::Refuse {
-                at: 60,
-                code: NOT_LEADER_OR_FOLLOWER,
-            },
-            Fault::Crash {
-                at: 100,
-                down: Duration::from_millis(300),
-            },
-        ],
+        crash_refuse_crash([20, 60, 100]),
     )
     .await;
     let client = client(&broker).await;
-    // Small batches (three records each), so that several are in flight
-    // when a fault hits.
-    let producer = client
-        .producer()
-        .linger(Duration::from_millis(2))
-        .max_batch_bytes(1024)
-        .build()
-        .unwrap();
+    let producer = small_batch_producer(&client);
     let tasks = 16;
     let per_task = 200;
     let mut handles = Vec::new();
@@ -495,31 +505,13 @@ async fn coalesced_requests_keep_each_partitions_order_across_faults() {
         TOPIC,
         partitions,
         Duration::from_millis(5),
-        vec![
-            Fault::Crash {
-                at: 10,
-                down: Duration::from_millis(300),
-            },
-            Fault::Refuse {
-                at: 30,
-                code: NOT_LEADER_OR_FOLLOWER,
-            },
-            Fault::Crash {
-                at: 50,
-                down: Duration::from_millis(300),
-            },
-        ],
+        crash_refuse_crash([10, 30, 50]),
     )
     .await;
     let client = client(&broker).await;
-    // Small batches (three records each): every partition has several
-    // batches to send, so requests fill up behind the ones in flight.
-    let producer = client
-        .producer()
-        .linger(Duration::from_millis(2))
-        .max_batch_bytes(1024)
-        .build()
-        .unwrap();
+    // Every partition has several batches to send, so requests fill up
+    // behind the ones in flight.
+    let producer = small_batch_producer(&client);
     let per_partition = 60;
     let mut pending = Vec::new();
     for n in 0..per_partition {

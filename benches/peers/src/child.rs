@@ -114,17 +114,23 @@ impl PhaseReport {
     }
 }
 
-pub fn run(args: PhaseArgs) -> ExitCode {
-    workload::set_keyed(args.keyed);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The runtime of a child process; on failure, says so on stdout (the
+/// parent reads it as the child's error) and gives the exit code.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
+        .map_err(|error| {
             println!("{ERROR_TAG} building the runtime: {error}");
-            return ExitCode::from(2);
-        }
+            ExitCode::from(2)
+        })
+}
+
+pub fn run(args: PhaseArgs) -> ExitCode {
+    workload::set_keyed(args.keyed);
+    let runtime = match crate::child::runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(run_phase(&args));
     // Client tasks left behind must not keep the process alive.

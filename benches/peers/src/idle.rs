@@ -78,15 +78,9 @@ impl Window {
 
 /// `peers idle ...`: one idle member, in a process of its own.
 pub fn run_member(args: IdleArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::child::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            println!("{ERROR_TAG} building the runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         match args.client {

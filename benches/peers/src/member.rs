@@ -177,15 +177,9 @@ pub fn on_stdin_closed(stop: impl FnOnce() + Send + 'static) {
 
 /// `peers member ...`: runs one member until its stdin closes.
 pub fn run(args: MemberArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::child::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            println!("{ERROR_TAG} building the runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         match args.kind {
