@@ -275,19 +275,20 @@ impl Reader {
             rack: None,
         };
         let pool = FetchPool::start(self.client.clone(), settings, OnFailure::EndStream);
-        for pos in self.positions {
-            if to_end && pos.next >= pos.end {
-                continue;
-            }
-            pool.add(PartitionFetch {
+        let fetches = self
+            .positions
+            .into_iter()
+            .filter(|pos| !(to_end && pos.next >= pos.end))
+            .map(|pos| PartitionFetch {
                 tp: TopicPartition::new(pos.topic, pos.partition),
                 next: pos.next,
                 end: to_end.then_some(pos.end),
                 out_of_range: StartOffset::Earliest,
                 tx: tx.clone(),
                 progress: None,
-            });
-        }
+            })
+            .collect();
+        pool.add(fetches);
         // The stream ends when every partition reached its end: the pool
         // drops a partition's sender then, and this one goes now.
         drop(tx);

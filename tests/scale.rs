@@ -129,3 +129,51 @@ async fn a_member_with_1000_partitions_fetches_them_in_one_session_per_broker() 
     );
     member.stop(Duration::from_secs(10)).await;
 }
+
+/// The first fetch after an assignment carries every assigned partition.
+/// A request for the first few alone long-polls for `max_wait` when they
+/// have nothing, while the rest (here the one partition with a record)
+/// wait behind it: the record would only come with a later request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_fetch_of_an_assignment_carries_every_partition() {
+    let admin_client = client().await;
+    let topic = new_topic(&admin_client, "scale-first", 1000).await;
+    let producer = admin_client.producer().build().expect("producer builds");
+    producer
+        .send(
+            ProducerRecord::to(topic.as_str())
+                .partition(999)
+                .value("only"),
+        )
+        .await
+        .expect("delivered");
+
+    let member_client = client().await;
+    // Fetch requests sent when the record reached the handler.
+    let requests_then: Arc<Mutex<Option<u64>>> = Arc::default();
+    let (sink, status_client) = (Arc::clone(&requests_then), member_client.clone());
+    let consumer = group_member(&member_client, &unique_topic("scale-first"), &topic)
+        .max_wait(Duration::from_secs(20))
+        .build()
+        .expect("member builds");
+    let member = RunningConsumer::spawn(
+        consumer,
+        recording(move |_| {
+            sink.lock()
+                .unwrap()
+                .get_or_insert(status_client.status().fetch_requests);
+        }),
+    );
+    wait_for("the record", Duration::from_secs(90), || {
+        requests_then.lock().unwrap().is_some()
+    })
+    .await;
+    let requests = requests_then.lock().unwrap().unwrap_or(0);
+    // The first request's answer brings it; the next request may already
+    // be on its way.
+    assert!(
+        requests <= 2,
+        "the record came after {requests} fetch requests: the first one left partitions out"
+    );
+    member.stop(Duration::from_secs(10)).await;
+}

@@ -185,7 +185,11 @@ pub(crate) struct PartitionFetch {
 /// Requests from the pool's owner to its task.
 #[derive(Debug)]
 enum Command {
-    Add(PartitionFetch),
+    /// Partitions that start together (an assignment, a reader's set) come
+    /// in one command, so that the first request carries all of them: a
+    /// request for the first few alone could long-poll for `max_wait` with
+    /// nothing to fetch while the others wait behind it.
+    Add(Vec<PartitionFetch>),
     Remove(TopicPartition),
 }
 
@@ -215,9 +219,11 @@ impl FetchPool {
         Self { commands, task }
     }
 
-    /// Start fetching a partition (replacing an earlier entry for it).
-    pub(crate) fn add(&self, partition: PartitionFetch) {
-        let _ = self.commands.send(Command::Add(partition));
+    /// Start fetching partitions (replacing earlier entries for them).
+    pub(crate) fn add(&self, partitions: Vec<PartitionFetch>) {
+        if !partitions.is_empty() {
+            let _ = self.commands.send(Command::Add(partitions));
+        }
     }
 
     /// Stop fetching a partition. A batch already handed over stays with

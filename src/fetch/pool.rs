@@ -271,33 +271,10 @@ async fn sleep_until(at: Option<Instant>) {
 impl Pool {
     fn command(&mut self, command: Command) {
         match command {
-            Command::Add(fetch) => {
-                let name = match self.names.get(&fetch.tp.topic) {
-                    Some(n) => Arc::clone(n),
-                    None => {
-                        self.names.insert(Arc::clone(&fetch.tp.topic));
-                        Arc::clone(&fetch.tp.topic)
-                    }
-                };
-                let tp = TopicPartition {
-                    topic: name,
-                    partition: fetch.tp.partition,
-                };
-                let part = Part {
-                    fetch,
-                    route: Route::Lookup,
-                    held: None,
-                    not_before: None,
-                    failing_since: None,
-                    backoff: None,
-                    restarts: None,
-                    replica: None,
-                    final_error: None,
-                };
-                if let Some(old) = self.parts.insert(tp, part) {
-                    self.held -= usize::from(old.held.is_some());
+            Command::Add(fetches) => {
+                for fetch in fetches {
+                    self.add(fetch);
                 }
-                self.lookups_due = true;
             }
             Command::Remove(tp) => {
                 if let Some(old) = self.parts.remove(&tp) {
@@ -305,6 +282,36 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Take a partition in; its leader is looked up at the next round.
+    fn add(&mut self, fetch: PartitionFetch) {
+        let name = match self.names.get(&fetch.tp.topic) {
+            Some(n) => Arc::clone(n),
+            None => {
+                self.names.insert(Arc::clone(&fetch.tp.topic));
+                Arc::clone(&fetch.tp.topic)
+            }
+        };
+        let tp = TopicPartition {
+            topic: name,
+            partition: fetch.tp.partition,
+        };
+        let part = Part {
+            fetch,
+            route: Route::Lookup,
+            held: None,
+            not_before: None,
+            failing_since: None,
+            backoff: None,
+            restarts: None,
+            replica: None,
+            final_error: None,
+        };
+        if let Some(old) = self.parts.insert(tp, part) {
+            self.held -= usize::from(old.held.is_some());
+        }
+        self.lookups_due = true;
     }
 
     /// Try to hand held batches (and final errors) to their consumers.
@@ -517,6 +524,18 @@ impl Pool {
                 self.settings.max_wait
             };
             let request = build_request(&plan, &self.settings, max_wait, max_bytes);
+            tracing::trace!(
+                broker = %addr,
+                session = plan.session_id,
+                epoch = plan.epoch,
+                wanted = plan.wanted.len(),
+                listed = plan.listed.len(),
+                forgotten = plan.forgotten.len(),
+                held_back,
+                ?max_wait,
+                max_bytes,
+                "fetch request"
+            );
             WireCounters::add(&self.counters.fetch_requests, 1);
             if plan.incremental() {
                 WireCounters::add(&self.counters.incremental_fetches, 1);
@@ -602,6 +621,12 @@ impl Pool {
             }
         }
         let session_id = response.session_id;
+        tracing::trace!(
+            broker = %addr,
+            session = session_id,
+            partitions = response.responses.iter().map(|t| t.partitions.len()).sum::<usize>(),
+            "fetch answer"
+        );
         for topic in response.responses {
             let Some(name) = self.names.get(topic.topic.0.as_str()).cloned() else {
                 continue;

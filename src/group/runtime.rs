@@ -220,21 +220,31 @@ impl PartitionRuntime {
             .collect()
     }
 
-    /// Start fetching and dispatching `tp` from `position`.
-    pub(super) fn start(&mut self, tp: TopicPartition, position: i64) {
+    /// Start fetching and dispatching partitions, each from its position.
+    pub(super) fn start(&mut self, partitions: Vec<(TopicPartition, i64)>) {
+        let fetches = partitions
+            .into_iter()
+            .map(|(tp, position)| self.start_one(tp, position))
+            .collect();
+        // One command for all: the first request carries every partition.
+        self.fetch.add(fetches);
+    }
+
+    /// Start the worker of `tp`; returns what the fetch pool needs for it.
+    fn start_one(&mut self, tp: TopicPartition, position: i64) -> PartitionFetch {
         let epoch = self.tracking.assign(tp.clone(), position);
         // Two fetched batches ahead of the handler: enough to hide fetch
         // latency, small enough to keep memory flat.
         let (tx, rx) = mpsc::channel(2);
         let progress = Arc::new(FetchProgress::new(position));
-        self.fetch.add(PartitionFetch {
+        let fetch = PartitionFetch {
             tp: tp.clone(),
             next: position,
             end: None,
             out_of_range: self.settings.offset_reset,
             tx,
             progress: Some(Arc::clone(&progress)),
-        });
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (revoked, revoked_rx) = tokio::sync::watch::channel(false);
         let worker = Worker {
@@ -259,6 +269,7 @@ impl PartitionRuntime {
             worker: tokio::spawn(worker.run()),
         };
         self.partitions.insert(tp, task);
+        fetch
     }
 
     /// Give partitions up: stop dispatching, wait until `until` for the

@@ -562,10 +562,10 @@ impl Session {
                 let new: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
                 self.hook(RebalanceEvent::Assigned, &new, self.settings.revoke_timeout)
                     .await;
-                for (tp, position) in positions {
-                    self.unstarted.remove(&tp);
-                    self.runtime.start(tp, position);
+                for (tp, _) in &positions {
+                    self.unstarted.remove(tp);
                 }
+                self.runtime.start(positions);
                 self.retry_backoff.reset();
                 self.position_retry = None;
                 self.publish_assignment();
