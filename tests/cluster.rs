@@ -187,17 +187,24 @@ impl Load {
                             tokio::spawn(async move {
                                 let result = delivery.await;
                                 let acked = Instant::now();
-                                let mut log = log.lock().unwrap();
-                                match result {
-                                    Ok(d) => log.acked.push(Ack {
-                                        seq: this,
-                                        partition: d.partition,
-                                        offset: d.offset,
-                                        sent,
-                                        acked,
-                                    }),
-                                    Err(e) => log.failed.push((this, partition, e.to_string())),
+                                {
+                                    let mut log = log.lock().unwrap();
+                                    match result {
+                                        Ok(d) => log.acked.push(Ack {
+                                            seq: this,
+                                            partition: d.partition,
+                                            offset: d.offset,
+                                            sent,
+                                            acked,
+                                        }),
+                                        Err(e) => log.failed.push((this, partition, e.to_string())),
+                                    }
                                 }
+                                // The log's handle goes before the permit:
+                                // once the load holds every permit, no
+                                // delivery task holds the log (`finish`
+                                // takes it over).
+                                drop(log);
                                 drop(permit);
                             });
                         }
