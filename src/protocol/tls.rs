@@ -1,4 +1,6 @@
-//! TLS for broker connections (rustls with the ring provider).
+//! TLS for broker connections (rustls; the crypto provider is graviola on
+//! x86_64 and aarch64, which builds without a C compiler, else ring with
+//! the `tls-ring` feature).
 //!
 //! The rustls configuration is built once per client from [`TlsConfig`];
 //! each connection runs the handshake on its TCP stream. Handshake and
@@ -21,6 +23,30 @@ use tokio_rustls::TlsConnector;
 use crate::error::{Error, Result};
 use crate::security::{TlsConfig, TrustedRoots};
 
+/// The crypto provider: graviola where it has code for the CPU (no C
+/// compiler needed), else ring (`tls-ring`, which needs one).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls_graviola::default_provider()
+}
+
+#[cfg(all(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    feature = "tls-ring"
+))]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[cfg(all(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    not(feature = "tls-ring")
+))]
+compile_error!(
+    "the `tls` feature's no-C crypto provider (graviola) covers x86_64 and aarch64; \
+     on this target enable `tls-ring` (which needs a C compiler)"
+);
+
 /// A ready rustls client configuration and the name override, if any.
 #[derive(Clone)]
 pub(crate) struct TlsContext {
@@ -39,7 +65,7 @@ impl std::fmt::Debug for TlsContext {
 impl TlsContext {
     /// Build the rustls configuration: trusted roots and client certificate.
     pub(crate) fn new(config: &TlsConfig) -> Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crypto_provider());
         let roots = root_store(&config.roots)?;
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
