@@ -596,8 +596,11 @@ impl Pool {
                 // Connection lost, timeout: the whole request failed.
                 broker.conn = None;
                 broker.session.failed();
+                let topics: HashSet<&Arc<str>> = plan.wanted.keys().map(|tp| &tp.topic).collect();
+                for topic in topics {
+                    self.client.cluster().invalidate(topic);
+                }
                 for tp in plan.wanted.keys() {
-                    self.client.cluster().invalidate(&tp.topic);
                     self.fail(tp, e.duplicate());
                 }
                 return;
@@ -771,7 +774,6 @@ impl Pool {
     /// error to the owner's [`OnFailure`].
     fn fail(&mut self, tp: &TopicPartition, error: Error) {
         let deadline = self.client.config().retry_policy().deadline();
-        let config = self.client.config().clone();
         let Some(part) = self.parts.get_mut(tp) else {
             return;
         };
@@ -789,7 +791,7 @@ impl Pool {
             tracing::debug!(partition = %tp, offset = part.fetch.next, error = %error, "fetch failed; retrying");
             let delay = part
                 .backoff
-                .get_or_insert_with(|| Backoff::for_client(&config))
+                .get_or_insert_with(|| Backoff::for_client(self.client.config()))
                 .next_delay();
             part.not_before = Some(Instant::now() + delay);
             return;
