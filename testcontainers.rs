@@ -986,6 +986,23 @@ pub const SSL_EXPIRED_LISTENER: &str = "SSL_EXPIRED";
 /// hostname-mismatch case).
 pub const SSL_WRONG_HOST_LISTENER: &str = "SSL_WRONG_HOST";
 
+/// Listener with security protocol `SASL_PLAINTEXT` that enables only
+/// `OAUTHBEARER`, validated by Kafka's unsecured validator (unsigned JWTs
+/// with a `sub` and an `exp` claim; no required scope). Sessions last until
+/// the token expires, at most [`OAUTH_MAX_REAUTH_MS`]: a client must
+/// re-authenticate with a fresh token before its token expires.
+pub const SASL_OAUTH_LISTENER: &str = "SASL_OAUTH";
+/// [`SASL_OAUTH_LISTENER`]'s `connections.max.reauth.ms`.
+pub const OAUTH_MAX_REAUTH_MS: u64 = 60_000;
+/// Listener with security protocol `SASL_PLAINTEXT`, mechanisms `PLAIN`,
+/// `SCRAM-SHA-512` and `OAUTHBEARER` (unsecured validator), and
+/// `connections.max.reauth.ms` = [`REAUTH_MS`]: the broker announces that
+/// session lifetime and closes a connection that is used after its session
+/// ended without re-authenticating (KIP-368).
+pub const SASL_REAUTH_LISTENER: &str = "SASL_REAUTH";
+/// [`SASL_REAUTH_LISTENER`]'s session lifetime (`connections.max.reauth.ms`).
+pub const REAUTH_MS: u64 = 3_000;
+
 /// SASL mechanisms enabled on [`SASL_PLAINTEXT_LISTENER`] and
 /// [`SASL_SSL_LISTENER`].
 pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -995,7 +1012,7 @@ pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512
 pub const WRONG_HOST_NAME: &str = "wrong-host.kastellan.invalid";
 
 // The secure broker's extra listeners: (name, security protocol).
-const SECURE_LISTENERS: [(&str, &str); 7] = [
+const SECURE_LISTENERS: [(&str, &str); 9] = [
     (SSL_LISTENER, "SSL"),
     (MTLS_LISTENER, "SSL"),
     (SASL_PLAINTEXT_LISTENER, "SASL_PLAINTEXT"),
@@ -1003,6 +1020,8 @@ const SECURE_LISTENERS: [(&str, &str); 7] = [
     (SASL_PLAIN_ONLY_LISTENER, "SASL_PLAINTEXT"),
     (SSL_EXPIRED_LISTENER, "SSL"),
     (SSL_WRONG_HOST_LISTENER, "SSL"),
+    (SASL_OAUTH_LISTENER, "SASL_PLAINTEXT"),
+    (SASL_REAUTH_LISTENER, "SASL_PLAINTEXT"),
 ];
 
 // Validity of the good certificates (in years: from 1 January of the first
@@ -1241,6 +1260,11 @@ pub struct SecureBroker {
     /// [`SSL_WRONG_HOST_LISTENER`]: TLS serving a certificate for
     /// [`WRONG_HOST_NAME`] only.
     pub ssl_wrong_host: String,
+    /// [`SASL_OAUTH_LISTENER`]: SASL_PLAINTEXT, OAUTHBEARER (unsecured JWTs).
+    pub sasl_oauth: String,
+    /// [`SASL_REAUTH_LISTENER`]: SASL_PLAINTEXT, PLAIN, SCRAM-SHA-512 and
+    /// OAUTHBEARER, sessions of [`REAUTH_MS`].
+    pub sasl_reauth: String,
     /// The PLAIN user (`alice`), accepted by mechanism `PLAIN` on every SASL
     /// listener. It has no SCRAM credentials.
     pub plain_user: SaslUser,
@@ -1275,6 +1299,8 @@ pub fn start_secure_broker() -> Result<SecureBroker, FixtureError> {
         sasl_plain_only: address(SASL_PLAIN_ONLY_LISTENER),
         ssl_expired: address(SSL_EXPIRED_LISTENER),
         ssl_wrong_host: address(SSL_WRONG_HOST_LISTENER),
+        sasl_oauth: address(SASL_OAUTH_LISTENER),
+        sasl_reauth: address(SASL_REAUTH_LISTENER),
         broker,
         pki,
         plain_user,
@@ -1350,24 +1376,48 @@ fn secure_broker_options(pki: &TestPki, plain: &SaslUser, scram: &SaslUser) -> B
         plain.username, plain.password
     );
     let scram_jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
-    let sasl_listeners: [(&str, &[&str]); 3] = [
+    // With no validator configured, the broker checks OAUTHBEARER tokens
+    // with Kafka's unsecured validator; the login module's own token is
+    // never used (no inter-broker traffic on these listeners).
+    let oauth_jaas = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule \
+                      required unsecuredLoginStringClaim_sub=\"broker\";";
+    let sasl_listeners: [(&str, &[&str]); 5] = [
         (SASL_PLAINTEXT_LISTENER, &SASL_MECHANISMS),
         (SASL_SSL_LISTENER, &SASL_MECHANISMS),
         (SASL_PLAIN_ONLY_LISTENER, &["PLAIN"]),
+        (SASL_OAUTH_LISTENER, &["OAUTHBEARER"]),
+        (
+            SASL_REAUTH_LISTENER,
+            &["PLAIN", "SCRAM-SHA-512", "OAUTHBEARER"],
+        ),
+    ];
+    let reauth_ms = [
+        (SASL_OAUTH_LISTENER, OAUTH_MAX_REAUTH_MS),
+        (SASL_REAUTH_LISTENER, REAUTH_MS),
     ];
     for (listener, mechanisms) in sasl_listeners {
         let p = prefix(listener);
         opts = opts.property(format!("{p}sasl.enabled.mechanisms"), mechanisms.join(","));
         for mechanism in mechanisms {
-            let jaas = if *mechanism == "PLAIN" {
-                plain_jaas.as_str()
-            } else {
-                scram_jaas
+            let jaas = match *mechanism {
+                "PLAIN" => plain_jaas.as_str(),
+                "OAUTHBEARER" => oauth_jaas,
+                _ => scram_jaas,
             };
             opts = opts.property(
                 format!("{p}{}.sasl.jaas.config", mechanism.to_ascii_lowercase()),
                 jaas,
             );
+            // Session lifetimes are set per listener and mechanism.
+            if let Some((_, ms)) = reauth_ms.iter().find(|(l, _)| *l == listener) {
+                opts = opts.property(
+                    format!(
+                        "{p}{}.connections.max.reauth.ms",
+                        mechanism.to_ascii_lowercase()
+                    ),
+                    ms.to_string(),
+                );
+            }
         }
     }
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {

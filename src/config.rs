@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::oauthbearer::OAuthBearerTokenProvider;
 use crate::security::{SaslConfig, SaslMechanism, TlsConfig};
 
 /// Where the brokers are and how patiently to talk to them.
@@ -251,6 +252,22 @@ impl ClientConfig {
         ))
     }
 
+    /// SASL `OAUTHBEARER` (KIP-255) with tokens from `provider`: an async
+    /// closure or an [`OAuthBearerTokenProvider`] (see
+    /// [`crate::oauthbearer`]). Brokers that announce a session lifetime
+    /// get a fresh token on the same connection before it ends (KIP-368).
+    ///
+    /// ```
+    /// use kastellan::{ClientConfig, UnsecuredJwt};
+    ///
+    /// // Unsigned tokens, for a broker with Kafka's unsecured validator.
+    /// let config = ClientConfig::new("127.0.0.1:9092").sasl_oauthbearer(UnsecuredJwt::new("alice"));
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn sasl_oauthbearer(self, provider: impl OAuthBearerTokenProvider) -> Self {
+        self.sasl(SaslConfig::oauthbearer(provider))
+    }
+
     /// The TLS settings, if TLS is on.
     pub fn tls_config(&self) -> Option<&TlsConfig> {
         self.tls.as_ref()
@@ -309,9 +326,7 @@ impl ClientConfig {
             ));
         }
         if let Some(sasl) = &self.sasl {
-            if sasl.username.is_empty() {
-                return Err(Error::Config("SASL user name is empty".into()));
-            }
+            sasl.validate()?;
         }
         Ok(())
     }

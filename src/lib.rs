@@ -35,6 +35,7 @@ pub mod error;
 mod fetch;
 pub mod group;
 pub mod middleware;
+pub mod oauthbearer;
 mod offsets;
 pub mod producer;
 pub mod protocol;
@@ -56,6 +57,7 @@ pub use admin::Admin;
 pub use client::Client;
 pub use config::{ClientConfig, RetryPolicy};
 pub use error::{BrokerError, Error, Result};
+pub use oauthbearer::{OAuthBearerToken, OAuthBearerTokenProvider, TokenError, UnsecuredJwt};
 pub use offsets::StartOffset;
 pub use producer::{
     Compression, Delivery, DeliveryFuture, DeliveryReport, MessageBuilder, Partitioner, Producer,

@@ -15,6 +15,9 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::oauthbearer::{OAuthBearerTokenProvider, TokenSource};
 
 /// A secret string (password, private key). Its `Debug` and `Display`
 /// never show the value.
@@ -140,6 +143,10 @@ pub enum SaslMechanism {
     ScramSha256,
     /// `SCRAM-SHA-512`.
     ScramSha512,
+    /// `OAUTHBEARER` (KIP-255): an OAuth 2 bearer token from a
+    /// [`OAuthBearerTokenProvider`]; see
+    /// [`SaslConfig::oauthbearer`].
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -149,30 +156,57 @@ impl SaslMechanism {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
-    /// Parse a mechanism name (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`; any case).
+    /// Parse a mechanism name (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`,
+    /// `OAUTHBEARER`; any case).
     pub fn parse(name: &str) -> Option<Self> {
         match name.trim().to_ascii_uppercase().as_str() {
             "PLAIN" => Some(SaslMechanism::Plain),
             "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
             "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
+            "OAUTHBEARER" => Some(SaslMechanism::OAuthBearer),
             _ => None,
         }
     }
 }
 
-/// SASL credentials: mechanism, user name and password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// SASL credentials: a mechanism with a user name and password, or
+/// OAUTHBEARER with a token provider.
+///
+/// Clones share the OAUTHBEARER token, so a provider is called once per
+/// token however many clients and connections use the settings.
+#[derive(Debug, Clone)]
 pub struct SaslConfig {
     pub(crate) mechanism: SaslMechanism,
     pub(crate) username: String,
     pub(crate) password: Secret,
+    /// Set for [`SaslMechanism::OAuthBearer`] (and only then).
+    pub(crate) tokens: Option<Arc<TokenSource>>,
 }
 
+impl PartialEq for SaslConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.mechanism == other.mechanism
+            && self.username == other.username
+            && self.password == other.password
+            && match (&self.tokens, &other.tokens) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for SaslConfig {}
+
 impl SaslConfig {
-    /// Credentials for `mechanism`.
+    /// Credentials for a password `mechanism` (PLAIN or SCRAM). With
+    /// [`SaslMechanism::OAuthBearer`] use [`SaslConfig::oauthbearer`]
+    /// instead; a client built from this refuses it with a
+    /// [`crate::Error::Config`] that says so.
     pub fn new(
         mechanism: SaslMechanism,
         username: impl Into<String>,
@@ -182,6 +216,26 @@ impl SaslConfig {
             mechanism,
             username: username.into(),
             password: Secret::new(password),
+            tokens: None,
+        }
+    }
+
+    /// SASL/OAUTHBEARER with tokens from `provider`, called before the
+    /// current token expires (see [`crate::oauthbearer`]).
+    ///
+    /// ```
+    /// use kastellan::{ClientConfig, SaslConfig, UnsecuredJwt};
+    ///
+    /// let sasl = SaslConfig::oauthbearer(UnsecuredJwt::new("alice"));
+    /// let config = ClientConfig::new("127.0.0.1:9092").sasl(sasl);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn oauthbearer(provider: impl OAuthBearerTokenProvider) -> Self {
+        Self {
+            mechanism: SaslMechanism::OAuthBearer,
+            username: String::new(),
+            password: Secret::new(""),
+            tokens: Some(Arc::new(TokenSource::new(Arc::new(provider)))),
         }
     }
 
@@ -190,9 +244,26 @@ impl SaslConfig {
         self.mechanism
     }
 
-    /// The user name.
+    /// The user name (empty for OAUTHBEARER, whose tokens name the principal).
     pub fn username(&self) -> &str {
         &self.username
+    }
+
+    /// Whether the settings are complete; called by
+    /// [`ClientConfig::validate`](crate::ClientConfig::validate).
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        match (self.mechanism, &self.tokens) {
+            (SaslMechanism::OAuthBearer, None) => Err(crate::Error::Config(
+                "SASL OAUTHBEARER needs a token provider: use SaslConfig::oauthbearer(provider) \
+                 or ClientConfig::sasl_oauthbearer(provider)"
+                    .into(),
+            )),
+            (SaslMechanism::OAuthBearer, Some(_)) => Ok(()),
+            _ if self.username.is_empty() => {
+                Err(crate::Error::Config("SASL user name is empty".into()))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -215,6 +286,7 @@ mod tests {
             SaslMechanism::Plain,
             SaslMechanism::ScramSha256,
             SaslMechanism::ScramSha512,
+            SaslMechanism::OAuthBearer,
         ] {
             assert_eq!(SaslMechanism::parse(m.name()), Some(m));
         }

@@ -330,3 +330,193 @@ mod tls {
         );
     }
 }
+
+/// SASL/OAUTHBEARER (KIP-255) against Kafka's unsecured validator.
+mod oauthbearer {
+    use super::*;
+    use common::testcontainers::OAUTH_MAX_REAUTH_MS;
+    use kastellan::{OAuthBearerToken, TokenError, UnsecuredJwt};
+    use std::time::SystemTime;
+
+    #[tokio::test]
+    async fn unsecured_jwt_round_trip() {
+        let b = broker();
+        round_trip(config(&b.sasl_oauth).sasl_oauthbearer(UnsecuredJwt::new("alice"))).await;
+    }
+
+    #[tokio::test]
+    async fn a_token_the_broker_refuses_is_reported_with_its_reason() {
+        let b = broker();
+        let provider = || async {
+            Ok::<_, TokenError>(OAuthBearerToken::new(
+                "not-a-jwt",
+                SystemTime::now() + Duration::from_secs(3600),
+            ))
+        };
+        let e = connect_error(config(&b.sasl_oauth).sasl_oauthbearer(provider)).await;
+        let Error::Authentication {
+            mechanism, reason, ..
+        } = &e
+        else {
+            panic!("expected an authentication error, got {e:?}");
+        };
+        assert_eq!(*mechanism, "OAUTHBEARER");
+        assert!(reason.contains("invalid_token"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_token_provider_is_reported() {
+        let b = broker();
+        let provider = || async {
+            Err::<OAuthBearerToken, TokenError>("identity provider unreachable".into())
+        };
+        let e = connect_error(config(&b.sasl_oauth).sasl_oauthbearer(provider)).await;
+        assert!(
+            matches!(&e, Error::Authentication { reason, .. }
+                if reason.contains("identity provider unreachable")),
+            "{e:?}"
+        );
+    }
+
+    /// Sessions on this listener end when the token expires, so a
+    /// connection lives on only if each re-authentication brings a fresh
+    /// token from the provider.
+    #[tokio::test]
+    async fn tokens_are_refreshed_before_they_expire_and_connections_live_on() {
+        let b = broker();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let jwt = UnsecuredJwt::new("alice").lifetime(Duration::from_secs(4));
+        assert!(Duration::from_secs(4) < Duration::from_millis(OAUTH_MAX_REAUTH_MS));
+        let provider = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let token = jwt.token_now();
+            async move { Ok::<_, TokenError>(token) }
+        };
+        let client = Client::connect(config(&b.sasl_oauth).sasl_oauthbearer(provider))
+            .await
+            .expect("connect");
+        super::reauthentication::outlive_sessions(&client, 3).await;
+        assert!(
+            calls.load(Ordering::SeqCst) >= 3,
+            "the provider was called {} times",
+            calls.load(Ordering::SeqCst)
+        );
+    }
+}
+
+/// SASL re-authentication (KIP-368): the listener's sessions last
+/// `REAUTH_MS`, after which the broker closes a connection that has not
+/// authenticated again.
+mod reauthentication {
+    use super::*;
+    use common::testcontainers::REAUTH_MS;
+    use kastellan::UnsecuredJwt;
+
+    /// Produce and consume over `client` until each of its connections has
+    /// re-authenticated about `sessions` times: every record arrives, and no
+    /// connection was replaced (without re-authentication the broker would
+    /// close each at its first use after the session ended).
+    pub(super) async fn outlive_sessions(client: &Client, sessions: u64) {
+        let topic = new_topic(client, "reauth", 1).await;
+        let producer = client.producer().build().expect("producer");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let consumer = client
+            .group_consumer(unique_topic("reauth-group"))
+            .topic(&topic)
+            .start_with_earliest()
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .expect("consumer");
+        let counter = Arc::clone(&seen);
+        let member = RunningConsumer::spawn(
+            consumer,
+            recording(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let mut sent = 0usize;
+        let send = |i: usize| producer.to(&topic).value(format!("v{i}")).send();
+        send(sent).await.expect("acknowledged");
+        sent += 1;
+        let started = Instant::now();
+        while seen.load(Ordering::SeqCst) < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no record consumed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = client.status();
+        let wanted = sessions * before.open_connections;
+        let limit = Duration::from_millis(REAUTH_MS.max(4_000) * (sessions + 10));
+        while client.status().reauthentications < wanted {
+            assert!(
+                started.elapsed() < limit,
+                "after {limit:?}: {:?}, wanted {wanted} re-authentications",
+                client.status()
+            );
+            send(sent).await.expect("acknowledged");
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = client.status();
+        assert_eq!(
+            after.connections_opened, before.connections_opened,
+            "no connection was replaced: {before:?} then {after:?}"
+        );
+        while seen.load(Ordering::SeqCst) < sent {
+            assert!(
+                started.elapsed() < limit + Duration::from_secs(30),
+                "consumed {} of {sent}",
+                seen.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        member.shutdown.shutdown(Duration::from_secs(10));
+        tokio::time::timeout(Duration::from_secs(30), member.task)
+            .await
+            .expect("consumer stops")
+            .expect("no panic")
+            .expect("consumer stopped cleanly");
+        assert_eq!(seen.load(Ordering::SeqCst), sent, "each record once");
+        let values: Vec<String> = read_all(client, &topic)
+            .await
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        let expected: Vec<String> = (0..sent).map(|i| format!("v{i}")).collect();
+        assert_eq!(values, expected, "every record stored once, in order");
+    }
+
+    #[tokio::test]
+    async fn plain_connections_outlive_their_sessions() {
+        let b = broker();
+        let client =
+            Client::connect(config(&b.sasl_reauth).sasl(sasl(SaslMechanism::Plain, &b.plain_user)))
+                .await
+                .expect("connect");
+        outlive_sessions(&client, 3).await;
+    }
+
+    #[tokio::test]
+    async fn scram_connections_outlive_their_sessions() {
+        let b = broker();
+        let client = Client::connect(
+            config(&b.sasl_reauth).sasl(sasl(SaslMechanism::ScramSha512, &b.scram_user)),
+        )
+        .await
+        .expect("connect");
+        outlive_sessions(&client, 3).await;
+    }
+
+    #[tokio::test]
+    async fn oauthbearer_connections_outlive_their_sessions() {
+        let b = broker();
+        let client =
+            Client::connect(config(&b.sasl_reauth).sasl_oauthbearer(UnsecuredJwt::new("alice")))
+                .await
+                .expect("connect");
+        outlive_sessions(&client, 3).await;
+    }
+}

@@ -168,7 +168,7 @@ impl Cluster {
             }
         }
         *slot = None;
-        let conn = Arc::new(BrokerConnection::connect(addr, self.settings.clone(), within).await?);
+        let conn = BrokerConnection::connect(addr, self.settings.clone(), within).await?;
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -180,10 +180,7 @@ impl Cluster {
     /// rebalance) would hold up every other user of a shared connection. Each
     /// group member therefore talks to its coordinator on its own connection.
     pub(crate) async fn dedicated_connection(&self, addr: &str) -> Result<Arc<BrokerConnection>> {
-        Ok(Arc::new(
-            BrokerConnection::connect(addr, self.settings.clone(), self.settings.connect_timeout)
-                .await?,
-        ))
+        BrokerConnection::connect(addr, self.settings.clone(), self.settings.connect_timeout).await
     }
 
     /// A live connection to the broker with node id `id` (one metadata

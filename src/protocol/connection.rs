@@ -18,10 +18,17 @@
 //! Connecting (TCP, TLS, ApiVersions, SASL) runs under one deadline. On
 //! connect we run ApiVersions once and afterwards pick, per request, the
 //! highest version both sides support.
+//!
+//! When the broker announces a SASL session lifetime (KIP-368,
+//! `connections.max.reauth.ms`), a task of the connection re-authenticates
+//! on the same socket before the session ends, while the connection stays
+//! in use: the broker would otherwise close it at the first request after
+//! the end. During the exchange the authentication gate holds other
+//! requests back, so nothing comes between its SASL requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -139,6 +146,14 @@ pub(crate) struct BrokerConnection {
     writer: JoinHandle<()>,
     /// Counted as open in the client's counters (set once fully opened).
     counted: bool,
+    /// With SASL: every request takes it shared while it is queued;
+    /// re-authentication takes it exclusively for its whole exchange (see
+    /// the module docs). `None` without SASL.
+    auth_gate: Option<tokio::sync::RwLock<()>>,
+    /// The task that re-authenticates before each session ends; set once
+    /// after connecting when the broker announced a lifetime, aborted on
+    /// drop.
+    reauth: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The waiter of one request, removed from [`Pending`] when the request's
@@ -168,6 +183,14 @@ impl Drop for BrokerConnection {
     fn drop(&mut self) {
         self.reader.abort();
         self.writer.abort();
+        if let Some(task) = self
+            .reauth
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
         if self.counted {
             WireCounters::add(&self.settings.counters.connections_closed, 1);
         }
@@ -182,7 +205,7 @@ impl BrokerConnection {
         addr: &str,
         settings: ConnectionSettings,
         within: Duration,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         let timeout = settings.connect_timeout.min(within);
         let deadline = tokio::time::Instant::now() + timeout;
         let security = Arc::clone(&settings.security);
@@ -217,6 +240,8 @@ impl BrokerConnection {
             reader,
             writer,
             counted: false,
+            auth_gate: security.sasl.as_ref().map(|_| tokio::sync::RwLock::new(())),
+            reauth: Mutex::new(None),
         };
         let negotiated = tokio::time::timeout_at(deadline, conn.negotiate_versions()).await;
         conn.versions = match negotiated {
@@ -232,18 +257,55 @@ impl BrokerConnection {
                 })
             }
         };
+        let mut session = None;
         if let Some(sasl) = &security.sasl {
-            tokio::time::timeout_at(deadline, super::sasl::authenticate(&conn, sasl))
-                .await
-                .map_err(|_| Error::Authentication {
-                    broker: addr.to_string(),
-                    mechanism: sasl.mechanism().name(),
-                    reason: format!("no answer within {timeout:?} of connecting"),
-                })??;
+            let authenticated = async {
+                let prepared = super::sasl::prepare(addr, sasl, Duration::ZERO).await?;
+                super::sasl::authenticate(&conn, sasl, prepared).await
+            };
+            session = Some(
+                tokio::time::timeout_at(deadline, authenticated)
+                    .await
+                    .map_err(|_| Error::Authentication {
+                        broker: addr.to_string(),
+                        mechanism: sasl.mechanism().name(),
+                        reason: format!("no answer within {timeout:?} of connecting"),
+                    })??,
+            );
         }
         WireCounters::add(&conn.settings.counters.connections_opened, 1);
         conn.counted = true;
+        let conn = Arc::new(conn);
+        if let Some(lifetime) = session.and_then(|s| s.lifetime) {
+            let task = tokio::spawn(reauthenticate_in_time(Arc::downgrade(&conn), lifetime));
+            *lock_reauth(&conn.reauth) = Some(task);
+        }
         Ok(conn)
+    }
+
+    /// Run the SASL exchange again on this connection (KIP-368): the
+    /// credentials first (a token provider may take a while, and nothing
+    /// waits for it), then the exchange under the exclusive gate. Returns
+    /// the new session. An OAUTHBEARER token must stay valid for half the
+    /// session that ends (else the provider is asked for a new one): the
+    /// broker ends a session when its token expires.
+    async fn reauthenticate(&self, ending: Duration) -> Result<super::sasl::Session> {
+        let (Some(sasl), Some(gate)) = (&self.settings.security.sasl, &self.auth_gate) else {
+            return Ok(super::sasl::Session { lifetime: None });
+        };
+        let prepared = super::sasl::prepare(&self.addr, sasl, ending / 2).await?;
+        let _exclusive = gate.write().await;
+        let session = super::sasl::authenticate(self, sasl, prepared).await?;
+        WireCounters::add(&self.settings.counters.reauthentications, 1);
+        Ok(session)
+    }
+
+    /// Make the connection unusable: waiting and later requests fail with
+    /// `reason`, and users of the pool open a fresh one.
+    fn close(&self, reason: &str) {
+        fail_all(&self.pending, reason);
+        self.reader.abort();
+        self.writer.abort();
     }
 
     /// The stream halves: TLS on top of `stream` when configured.
@@ -363,9 +425,31 @@ impl BrokerConnection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response> {
+        self.request_gated(request, version, timeout, true).await
+    }
+
+    /// A SASL request: like [`request`](Self::request), but past the
+    /// authentication gate, which its caller holds or nobody needs yet
+    /// (see the [`super::sasl`] module docs).
+    pub(crate) async fn auth_request<R: Request + KafkaApi>(
+        &self,
+        request: &R,
+    ) -> Result<R::Response> {
+        let version = self.version_for::<R>()?;
+        self.request_gated(request, version, self.settings.request_timeout, false)
+            .await
+    }
+
+    async fn request_gated<R: Request + KafkaApi>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+        gated: bool,
+    ) -> Result<R::Response> {
         let (correlation_id, frame) = self.encode_request(request, version)?;
         let answer = tokio::time::timeout(timeout, async {
-            let waiting = self.enqueue(correlation_id, frame).await?;
+            let waiting = self.enqueue(correlation_id, frame, gated).await?;
             self.await_frame(waiting).await
         })
         .await;
@@ -391,11 +475,11 @@ impl BrokerConnection {
         let version = self.version_for::<R>()?;
         let timeout = self.settings.request_timeout;
         let (correlation_id, frame) = self.encode_request(request, version)?;
-        let waiting = match tokio::time::timeout(timeout, self.enqueue(correlation_id, frame)).await
-        {
-            Ok(waiting) => waiting?,
-            Err(_) => return Err(self.timed_out::<R>(timeout)),
-        };
+        let waiting =
+            match tokio::time::timeout(timeout, self.enqueue(correlation_id, frame, true)).await {
+                Ok(waiting) => waiting?,
+                Err(_) => return Err(self.timed_out::<R>(timeout)),
+            };
         let conn = Arc::clone(self);
         Ok(async move {
             let answer = tokio::time::timeout(timeout, conn.await_frame(waiting)).await;
@@ -465,8 +549,14 @@ impl BrokerConnection {
 
     /// Register a waiter for `correlation_id` and queue the frame for the
     /// writer task. The waiter is removed again when the returned
-    /// [`Waiting`] is dropped without an answer.
-    async fn enqueue(&self, correlation_id: i32, frame: BytesMut) -> Result<Waiting> {
+    /// [`Waiting`] is dropped without an answer. A `gated` request waits
+    /// while a re-authentication runs (the gate is held until the frame is
+    /// queued, so the writer never puts it between SASL requests).
+    async fn enqueue(&self, correlation_id: i32, frame: BytesMut, gated: bool) -> Result<Waiting> {
+        let _shared = match (&self.auth_gate, gated) {
+            (Some(gate), true) => Some(gate.read().await),
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -600,7 +690,7 @@ impl BrokerConnection {
         )?;
         let timeout = self.settings.request_timeout;
         let answer = tokio::time::timeout(timeout, async {
-            let waiting = self.enqueue(correlation_id, frame).await?;
+            let waiting = self.enqueue(correlation_id, frame, false).await?;
             self.await_frame(waiting).await
         })
         .await;
@@ -650,6 +740,61 @@ pub(crate) fn decode_api_versions(
         Err(_) if version > 0 => decode(0),
         Err(e) => Err(e),
     }
+}
+
+/// Re-authenticate the connection before each SASL session ends, until
+/// the connection is gone or closed, or the broker stops announcing a
+/// lifetime. A failed re-authentication closes the connection (the broker
+/// would at the session's end); its users then connect afresh, which
+/// authenticates from the start and reports any error.
+async fn reauthenticate_in_time(conn: Weak<BrokerConnection>, mut lifetime: Duration) {
+    loop {
+        tokio::time::sleep(reauthenticate_after(lifetime)).await;
+        let Some(conn) = conn.upgrade() else { return };
+        if conn.is_closed() {
+            return;
+        }
+        let within = conn.settings.connect_timeout.min(lifetime);
+        match tokio::time::timeout(within, conn.reauthenticate(lifetime)).await {
+            Ok(Ok(session)) => {
+                tracing::debug!(broker = %conn.addr, next_lifetime = ?session.lifetime, "re-authenticated");
+                match session.lifetime {
+                    Some(next) => lifetime = next,
+                    None => return,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(broker = %conn.addr, error = %e, "re-authentication failed; closing the connection");
+                conn.close(&format!("re-authentication failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(broker = %conn.addr, "re-authentication got no answer within {within:?}; closing the connection");
+                conn.close(&format!(
+                    "re-authentication got no answer within {within:?}"
+                ));
+                return;
+            }
+        }
+    }
+}
+
+/// When to re-authenticate a session of `lifetime`: at a random point
+/// between 85% and 95% of it (as Kafka's Java client does, so a client's
+/// connections do not all re-authenticate at once), but at least a second
+/// before its end where the lifetime allows: a Fetch long poll queued ahead
+/// of the SaslHandshake delays it, and the broker closes a connection whose
+/// session has ended when the handshake arrives.
+fn reauthenticate_after(lifetime: Duration) -> Duration {
+    let spread = lifetime.mul_f64(0.85 + 0.1 * rand::random::<f64>());
+    let margin = lifetime.saturating_sub(Duration::from_secs(1));
+    spread.min(margin.max(lifetime / 2))
+}
+
+fn lock_reauth(
+    reauth: &Mutex<Option<JoinHandle<()>>>,
+) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+    reauth.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {

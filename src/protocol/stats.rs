@@ -30,6 +30,8 @@ pub(crate) struct WireCounters {
     pub produce_requests: AtomicU64,
     /// Partition batches carried by produce requests, summed over requests.
     pub produce_batches: AtomicU64,
+    /// Successful SASL re-authentications of open connections (KIP-368).
+    pub reauthentications: AtomicU64,
 }
 
 impl WireCounters {
@@ -51,6 +53,7 @@ impl WireCounters {
             follower_fetches: get(&self.follower_fetches),
             produce_requests: get(&self.produce_requests),
             produce_batches: get(&self.produce_batches),
+            reauthentications: get(&self.reauthentications),
         }
     }
 }
@@ -93,4 +96,8 @@ pub struct ClientStatus {
     /// `produce_batches / produce_requests` is how many partitions one
     /// request carried on average.
     pub produce_batches: u64,
+    /// SASL re-authentications of open connections (KIP-368): a broker
+    /// with `connections.max.reauth.ms` set announces a session lifetime,
+    /// and each connection authenticates again before it ends.
+    pub reauthentications: u64,
 }
