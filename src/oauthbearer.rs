@@ -172,8 +172,11 @@ impl fmt::Debug for OAuthBearerToken {
 /// ```
 #[async_trait::async_trait]
 pub trait OAuthBearerTokenProvider: Send + Sync + 'static {
-    /// A fresh token, or why there is none (shown in the
-    /// [`Error::Authentication`](crate::Error::Authentication) that follows).
+    /// A fresh token, or why there is none. While the token in hand is
+    /// still valid an error only logs a warning; without one, connecting
+    /// fails with [`Error::Connect`](crate::Error::Connect) carrying this
+    /// error, which is retried (an identity provider may be down for a
+    /// moment) until the client's retry deadline.
     async fn token(&self) -> Result<OAuthBearerToken, TokenError>;
 }
 
@@ -308,8 +311,12 @@ impl TokenSource {
 
     /// The shared token; asks the provider first if there is none, it is
     /// due for refresh, or it expires within `valid_for` (re-authentication
-    /// asks for a token that carries the new session a good while). A
-    /// provider's error, or a token that has already expired, is the reason
+    /// asks for a token that carries the new session a good while).
+    ///
+    /// When the provider fails (or returns an expired token) while the
+    /// token in hand is still valid, that one is used and the provider is
+    /// asked again next time: an identity provider's hiccup must not cut
+    /// connections early. Otherwise the provider's error is the reason
     /// returned.
     pub(crate) async fn token(&self, valid_for: Duration) -> Result<OAuthBearerToken, String> {
         let mut current = self.current.lock().await;
@@ -319,17 +326,29 @@ impl TokenSource {
                 return Ok(cached.token.clone());
             }
         }
-        let token = self
-            .provider
-            .token()
-            .await
-            .map_err(|e| format!("the token provider failed: {e}"))?;
-        let remaining = token.expires_at.duration_since(now).map_err(|_| {
-            format!(
-                "the token provider returned a token that expired {:?} ago",
-                now.duration_since(token.expires_at).unwrap_or_default()
-            )
-        })?;
+        let fetched = match self.provider.token().await {
+            Err(e) => Err(format!("the token provider failed: {e}")),
+            Ok(token) => match token.expires_at.duration_since(now) {
+                Ok(remaining) => Ok((token, remaining)),
+                Err(_) => Err(format!(
+                    "the token provider returned a token that expired {:?} ago",
+                    now.duration_since(token.expires_at).unwrap_or_default()
+                )),
+            },
+        };
+        let (token, remaining) = match fetched {
+            Ok(fetched) => fetched,
+            Err(reason) => match current.as_ref() {
+                Some(cached) if now < cached.token.expires_at => {
+                    tracing::warn!(
+                        %reason,
+                        "could not refresh the OAUTHBEARER token; using the current one until it expires"
+                    );
+                    return Ok(cached.token.clone());
+                }
+                _ => return Err(reason),
+            },
+        };
         let refresh_at = now + remaining.mul_f64(REFRESH_AT);
         tracing::debug!(
             expires_in = ?remaining,
@@ -477,5 +496,43 @@ mod tests {
         }));
         let err = expired.token(Duration::ZERO).await.unwrap_err();
         assert!(err.contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_token_in_hand_while_it_is_valid() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let source = TokenSource::new(Arc::new(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Ok(OAuthBearerToken::new(
+                        "first",
+                        SystemTime::now() + Duration::from_secs(3600),
+                    ))
+                } else {
+                    Err::<OAuthBearerToken, TokenError>("identity provider down".into())
+                }
+            }
+        }));
+        assert_eq!(
+            source.token(Duration::ZERO).await.unwrap().value().expose(),
+            "first"
+        );
+        // Due for refresh; the provider fails; the valid token is kept.
+        let kept = source.token(Duration::from_secs(7200)).await.unwrap();
+        assert_eq!(kept.value().expose(), "first");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Once it has expired, the provider's error is the answer.
+        source
+            .current
+            .lock()
+            .await
+            .as_mut()
+            .unwrap()
+            .token
+            .expires_at = SystemTime::now();
+        let err = source.token(Duration::ZERO).await.unwrap_err();
+        assert!(err.contains("identity provider down"), "{err}");
     }
 }

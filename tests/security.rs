@@ -364,18 +364,29 @@ mod oauthbearer {
         assert!(reason.contains("invalid_token"), "{reason}");
     }
 
+    /// A provider that fails is retried (the identity provider may be back
+    /// soon) until the retry deadline, and its error is the cause reported.
     #[tokio::test]
-    async fn a_failing_token_provider_is_reported() {
+    async fn a_failing_token_provider_is_retried_and_reported() {
         let b = broker();
-        let provider = || async {
-            Err::<OAuthBearerToken, TokenError>("identity provider unreachable".into())
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let provider = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Err::<OAuthBearerToken, TokenError>("identity provider unreachable".into()) }
         };
-        let e = connect_error(config(&b.sasl_oauth).sasl_oauthbearer(provider)).await;
+        let e = connect_error(
+            config(&b.sasl_oauth)
+                .retry_deadline(Duration::from_secs(2))
+                .sasl_oauthbearer(provider),
+        )
+        .await;
+        assert!(e.is_retriable(), "{e:?}");
         assert!(
-            matches!(&e, Error::Authentication { reason, .. }
-                if reason.contains("identity provider unreachable")),
-            "{e:?}"
+            e.to_string().contains("identity provider unreachable"),
+            "{e}"
         );
+        assert!(calls.load(Ordering::SeqCst) >= 2, "retried: {e}");
     }
 
     /// Sessions on this listener end when the token expires, so a

@@ -38,7 +38,8 @@ pub(crate) enum Prepared {
 
 /// Get what `sasl` needs to authenticate: for OAUTHBEARER, the shared token
 /// (asking the provider when it is missing, near expiry, or expires within
-/// `valid_for`).
+/// `valid_for`). Without a token it is [`Error::Connect`], which retry
+/// loops retry until their deadline.
 pub(crate) async fn prepare(
     broker: &str,
     sasl: &SaslConfig,
@@ -50,10 +51,11 @@ pub(crate) async fn prepare(
             .token(valid_for)
             .await
             .map(Prepared::Token)
-            .map_err(|reason| Error::Authentication {
+            // Retriable: an identity provider that is down now may be back
+            // on the next attempt (the broker refused nothing).
+            .map_err(|reason| Error::Connect {
                 broker: broker.to_string(),
-                mechanism: sasl.mechanism.name(),
-                reason,
+                reason: format!("no OAUTHBEARER token to authenticate with: {reason}"),
             }),
     }
 }
