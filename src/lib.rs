@@ -53,6 +53,11 @@ mod topic_partition;
 #[doc(hidden)]
 pub mod __fuzz;
 
+/// The attribute that implements kastellan's async traits (such as
+/// [`OAuthBearerTokenProvider`]), re-exported so an implementation needs no
+/// extra dependency: `#[kastellan::async_trait]`.
+pub use async_trait::async_trait;
+
 pub use admin::Admin;
 pub use client::Client;
 pub use config::{ClientConfig, RetryPolicy};

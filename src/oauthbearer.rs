@@ -160,7 +160,7 @@ impl fmt::Debug for OAuthBearerToken {
 ///
 /// struct FromFile(std::path::PathBuf);
 ///
-/// #[async_trait::async_trait]
+/// #[kastellan::async_trait]
 /// impl OAuthBearerTokenProvider for FromFile {
 ///     async fn token(&self) -> Result<OAuthBearerToken, TokenError> {
 ///         // A sidecar keeps this file fresh; its tokens live ten minutes.
