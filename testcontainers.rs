@@ -965,7 +965,8 @@ fn parse_group_description(out: &str, group: &str, topic: &str) -> BTreeMap<i32,
 pub const SSL_LISTENER: &str = "SSL";
 /// Listener with security protocol `SSL` and `ssl.client.auth=required`:
 /// serves [`TestPki::broker_cert`] and accepts only client certificates
-/// signed by [`TestPki::ca_cert`] (for example [`TestPki::client_cert`]).
+/// signed by [`TestPki::ca_cert`] (for example [`TestPki::client_cert`] or
+/// [`TestPki::rsa_client_cert`]).
 pub const MTLS_LISTENER: &str = "MTLS";
 /// Listener with security protocol `SASL_PLAINTEXT` and every mechanism of
 /// [`SASL_MECHANISMS`] enabled.
@@ -985,6 +986,25 @@ pub const SSL_EXPIRED_LISTENER: &str = "SSL_EXPIRED";
 /// [`TestPki::wrong_host_cert`], valid only for [`WRONG_HOST_NAME`] (the
 /// hostname-mismatch case).
 pub const SSL_WRONG_HOST_LISTENER: &str = "SSL_WRONG_HOST";
+/// Listener with security protocol `SSL` that speaks only TLS 1.2
+/// (`ssl.protocol` and `ssl.enabled.protocols` `TLSv1.2`) and serves
+/// [`TestPki::rsa_broker_cert`] (RSA 2048). No client certificate.
+pub const SSL_RSA_TLS12_LISTENER: &str = "SSL_RSA_TLS12";
+/// Listener with security protocol `SSL` that speaks only TLS 1.3 and
+/// serves [`TestPki::rsa_broker_cert`] (RSA 2048, RSA-PSS signatures). No
+/// client certificate.
+pub const SSL_RSA_TLS13_LISTENER: &str = "SSL_RSA_TLS13";
+/// Listener with security protocol `SSL` that speaks only TLS 1.2 and
+/// serves [`TestPki::broker_cert`] (ECDSA P-256). No client certificate.
+pub const SSL_ECDSA_TLS12_LISTENER: &str = "SSL_ECDSA_TLS12";
+/// Listener with security protocol `SSL` that speaks only TLS 1.3 and
+/// serves [`TestPki::broker_cert`] (ECDSA P-256). No client certificate.
+pub const SSL_ECDSA_TLS13_LISTENER: &str = "SSL_ECDSA_TLS13";
+/// Like [`MTLS_LISTENER`] (client certificate signed by
+/// [`TestPki::ca_cert`] required, server certificate
+/// [`TestPki::broker_cert`]), but TLS 1.2 only: the client proves its key
+/// with a TLS 1.2 `CertificateVerify` rather than a TLS 1.3 one.
+pub const MTLS_TLS12_LISTENER: &str = "MTLS_TLS12";
 
 /// Listener with security protocol `SASL_PLAINTEXT` that enables only
 /// `OAUTHBEARER`, validated by Kafka's unsecured validator (unsigned JWTs
@@ -1012,7 +1032,7 @@ pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512
 pub const WRONG_HOST_NAME: &str = "wrong-host.kastellan.invalid";
 
 // The secure broker's extra listeners: (name, security protocol).
-const SECURE_LISTENERS: [(&str, &str); 9] = [
+const SECURE_LISTENERS: [(&str, &str); 14] = [
     (SSL_LISTENER, "SSL"),
     (MTLS_LISTENER, "SSL"),
     (SASL_PLAINTEXT_LISTENER, "SASL_PLAINTEXT"),
@@ -1022,6 +1042,24 @@ const SECURE_LISTENERS: [(&str, &str); 9] = [
     (SSL_WRONG_HOST_LISTENER, "SSL"),
     (SASL_OAUTH_LISTENER, "SASL_PLAINTEXT"),
     (SASL_REAUTH_LISTENER, "SASL_PLAINTEXT"),
+    (SSL_RSA_TLS12_LISTENER, "SSL"),
+    (SSL_RSA_TLS13_LISTENER, "SSL"),
+    (SSL_ECDSA_TLS12_LISTENER, "SSL"),
+    (SSL_ECDSA_TLS13_LISTENER, "SSL"),
+    (MTLS_TLS12_LISTENER, "SSL"),
+];
+
+// Listeners that require a client certificate signed by the test CA.
+const MTLS_LISTENERS: [&str; 2] = [MTLS_LISTENER, MTLS_TLS12_LISTENER];
+
+// Listeners limited to one TLS version (`ssl.protocol` and
+// `ssl.enabled.protocols`, Java's names); the others speak TLS 1.2 and 1.3.
+const ONE_VERSION_LISTENERS: [(&str, &str); 5] = [
+    (SSL_RSA_TLS12_LISTENER, "TLSv1.2"),
+    (SSL_RSA_TLS13_LISTENER, "TLSv1.3"),
+    (SSL_ECDSA_TLS12_LISTENER, "TLSv1.2"),
+    (SSL_ECDSA_TLS13_LISTENER, "TLSv1.3"),
+    (MTLS_TLS12_LISTENER, "TLSv1.2"),
 ];
 
 // Validity of the good certificates (in years: from 1 January of the first
@@ -1029,33 +1067,62 @@ const SECURE_LISTENERS: [(&str, &str); 9] = [
 const VALID_YEARS: (i32, i32) = (2020, 2099);
 const EXPIRED_YEARS: (i32, i32) = (2000, 2001);
 
-/// Certificates and keys for TLS tests, generated fresh (with `rcgen`) each
-/// time [`TestPki::generate`] runs. Every key is ECDSA P-256; every
-/// certificate and key is PEM text (`-----BEGIN CERTIFICATE-----`, keys as
-/// unencrypted PKCS#8 `-----BEGIN PRIVATE KEY-----`). Certificates are
-/// single (leaf only); the broker itself serves leaf + CA.
+/// Certificates and keys for TLS tests, generated fresh each time
+/// [`TestPki::generate`] runs: keys with `graviola` (Rust and assembly, so
+/// no C compiler), certificates assembled with `rcgen`. Keys are ECDSA
+/// P-256 unless a field says RSA (2048 bits). Every certificate and key is
+/// PEM text (`-----BEGIN CERTIFICATE-----`; keys as unencrypted PKCS#8
+/// `-----BEGIN PRIVATE KEY-----` unless a field names another format).
+/// Certificates are single (leaf only); the broker itself serves leaf + CA.
 ///
 /// `Debug` shows none of the PEM text.
 #[derive(Clone)]
 pub struct TestPki {
-    /// The test CA's self-signed certificate. Trust it to verify the broker
-    /// on [`SSL_LISTENER`], [`MTLS_LISTENER`], [`SASL_SSL_LISTENER`]; the
-    /// broker trusts it for client certificates on [`MTLS_LISTENER`].
+    /// The test CA's self-signed certificate (ECDSA P-256). It signed every
+    /// certificate the broker serves: trust it to verify the broker. The
+    /// broker trusts it for client certificates on [`MTLS_LISTENER`] and
+    /// [`MTLS_TLS12_LISTENER`].
     pub ca_cert: String,
-    /// The broker's certificate, signed by [`ca_cert`](Self::ca_cert), with
-    /// subject alternative names `127.0.0.1` (IP) and `localhost` (DNS);
-    /// extended key usages server and client auth. Served on
-    /// [`SSL_LISTENER`], [`MTLS_LISTENER`] and [`SASL_SSL_LISTENER`].
+    /// The broker's certificate (ECDSA P-256), signed by
+    /// [`ca_cert`](Self::ca_cert), with subject alternative names
+    /// `127.0.0.1` (IP) and `localhost` (DNS); extended key usages server
+    /// and client auth. Served on [`SSL_LISTENER`], [`MTLS_LISTENER`],
+    /// [`SASL_SSL_LISTENER`], [`SSL_ECDSA_TLS12_LISTENER`],
+    /// [`SSL_ECDSA_TLS13_LISTENER`] and [`MTLS_TLS12_LISTENER`].
     pub broker_cert: String,
     /// Private key of [`broker_cert`](Self::broker_cert).
     pub broker_key: String,
-    /// A client certificate signed by [`ca_cert`](Self::ca_cert), subject
-    /// `CN=kastellan-test-client` (the broker's principal for it is
-    /// `User:CN=kastellan-test-client`), extended key usage client auth: the
-    /// one [`MTLS_LISTENER`] accepts.
+    /// A broker certificate with an RSA 2048 key, signed by
+    /// [`ca_cert`](Self::ca_cert), with the same names and usages as
+    /// [`broker_cert`](Self::broker_cert). Served on
+    /// [`SSL_RSA_TLS12_LISTENER`] and [`SSL_RSA_TLS13_LISTENER`].
+    pub rsa_broker_cert: String,
+    /// Private key of [`rsa_broker_cert`](Self::rsa_broker_cert) (PKCS#8,
+    /// which is what the broker's PEM keystore reads).
+    pub rsa_broker_key: String,
+    /// A client certificate (ECDSA P-256) signed by
+    /// [`ca_cert`](Self::ca_cert), subject `CN=kastellan-test-client` (the
+    /// broker's principal for it is `User:CN=kastellan-test-client`),
+    /// extended key usage client auth: one [`MTLS_LISTENER`] and
+    /// [`MTLS_TLS12_LISTENER`] accept.
     pub client_cert: String,
-    /// Private key of [`client_cert`](Self::client_cert).
+    /// Private key of [`client_cert`](Self::client_cert), PKCS#8.
     pub client_key: String,
+    /// The same private key as [`client_key`](Self::client_key), in SEC1
+    /// form (`-----BEGIN EC PRIVATE KEY-----`, OpenSSL's traditional EC key
+    /// format).
+    pub client_key_sec1: String,
+    /// A client certificate with an RSA 2048 key, signed by
+    /// [`ca_cert`](Self::ca_cert), subject `CN=kastellan-test-rsa-client`,
+    /// extended key usage client auth: [`MTLS_LISTENER`] and
+    /// [`MTLS_TLS12_LISTENER`] accept it.
+    pub rsa_client_cert: String,
+    /// Private key of [`rsa_client_cert`](Self::rsa_client_cert), PKCS#8.
+    pub rsa_client_key: String,
+    /// The same private key as [`rsa_client_key`](Self::rsa_client_key), in
+    /// PKCS#1 form (`-----BEGIN RSA PRIVATE KEY-----`, the form some hosted
+    /// Kafka services hand out).
+    pub rsa_client_key_pkcs1: String,
     /// A second, unrelated CA. Trusting only it must fail against every TLS
     /// listener (the wrong-CA case).
     pub other_ca_cert: String,
@@ -1098,46 +1165,229 @@ enum CertRole {
 
 impl TestPki {
     /// Generates a fresh set: two CAs and the leaf certificates described on
-    /// each field. Takes a few milliseconds.
+    /// each field. Takes some tens of milliseconds (most of it the two RSA
+    /// keys).
     pub fn generate() -> Result<TestPki, FixtureError> {
         let ca = new_ca("kastellan test CA")?;
         let other_ca = new_ca("kastellan unrelated test CA")?;
         let local = ["127.0.0.1", "localhost"];
-        let broker = |names: &[&str], years| {
-            leaf_cert(&ca, "kastellan test broker", names, CertRole::Broker, years)
-        };
-        let (broker_cert, broker_key) = broker(&local, VALID_YEARS)?;
-        let (expired_broker_cert, expired_broker_key) = broker(&local, EXPIRED_YEARS)?;
-        let (wrong_host_cert, wrong_host_key) = broker(&[WRONG_HOST_NAME], VALID_YEARS)?;
-        let client = |issuer, years| {
-            leaf_cert(
-                issuer,
-                "kastellan-test-client",
-                &[],
-                CertRole::Client,
+        let broker = |key: &TestKey, names: &[&str], years| {
+            let cert = leaf_cert(
+                &ca,
+                key,
+                "kastellan test broker",
+                names,
+                CertRole::Broker,
                 years,
-            )
+            )?;
+            Ok::<_, FixtureError>((cert, key.pem(KeyFormat::Pkcs8)?))
         };
-        let (client_cert, client_key) = client(&ca, VALID_YEARS)?;
-        let (expired_client_cert, expired_client_key) = client(&ca, EXPIRED_YEARS)?;
-        let (other_ca_client_cert, other_ca_client_key) = client(&other_ca, VALID_YEARS)?;
+        let (broker_cert, broker_key) = broker(&TestKey::ecdsa()?, &local, VALID_YEARS)?;
+        let (rsa_broker_cert, rsa_broker_key) = broker(&TestKey::rsa()?, &local, VALID_YEARS)?;
+        let (expired_broker_cert, expired_broker_key) =
+            broker(&TestKey::ecdsa()?, &local, EXPIRED_YEARS)?;
+        let (wrong_host_cert, wrong_host_key) =
+            broker(&TestKey::ecdsa()?, &[WRONG_HOST_NAME], VALID_YEARS)?;
+        let client = |issuer, key: &TestKey, common_name, years| {
+            leaf_cert(issuer, key, common_name, &[], CertRole::Client, years)
+        };
+        let client_key = TestKey::ecdsa()?;
+        let client_cert = client(&ca, &client_key, "kastellan-test-client", VALID_YEARS)?;
+        let rsa_client_key = TestKey::rsa()?;
+        let rsa_client_cert = client(
+            &ca,
+            &rsa_client_key,
+            "kastellan-test-rsa-client",
+            VALID_YEARS,
+        )?;
+        let expired_client_key = TestKey::ecdsa()?;
+        let expired_client_cert = client(
+            &ca,
+            &expired_client_key,
+            "kastellan-test-client",
+            EXPIRED_YEARS,
+        )?;
+        let other_ca_client_key = TestKey::ecdsa()?;
+        let other_ca_client_cert = client(
+            &other_ca,
+            &other_ca_client_key,
+            "kastellan-test-client",
+            VALID_YEARS,
+        )?;
         Ok(TestPki {
             ca_cert: ca.pem(),
             broker_cert,
             broker_key,
+            rsa_broker_cert,
+            rsa_broker_key,
             client_cert,
-            client_key,
+            client_key: client_key.pem(KeyFormat::Pkcs8)?,
+            client_key_sec1: client_key.pem(KeyFormat::Sec1)?,
+            rsa_client_cert,
+            rsa_client_key: rsa_client_key.pem(KeyFormat::Pkcs8)?,
+            rsa_client_key_pkcs1: rsa_client_key.pem(KeyFormat::Pkcs1)?,
             other_ca_cert: other_ca.pem(),
             other_ca_client_cert,
-            other_ca_client_key,
+            other_ca_client_key: other_ca_client_key.pem(KeyFormat::Pkcs8)?,
             expired_broker_cert,
             expired_broker_key,
             expired_client_cert,
-            expired_client_key,
+            expired_client_key: expired_client_key.pem(KeyFormat::Pkcs8)?,
             wrong_host_cert,
             wrong_host_key,
         })
     }
+}
+
+// A private key of the test PKI, generated with graviola. rcgen (built
+// without a crypto backend) signs certificates with it through the
+// `rcgen::SigningKey` trait.
+struct TestKey {
+    key: TestKeyKind,
+    // The public key as rcgen wants it (`PublicKeyData::der_bytes`): the
+    // uncompressed point for ECDSA, the PKCS#1 `RSAPublicKey` for RSA.
+    public: Vec<u8>,
+}
+
+enum TestKeyKind {
+    EcdsaP256(graviola::signing::ecdsa::SigningKey<graviola::signing::ecdsa::P256>),
+    // Boxed: graviola's RSA key holds its numbers inline (8 KB).
+    Rsa(Box<graviola::signing::rsa::SigningKey>),
+}
+
+// How a private key is written out.
+#[derive(Clone, Copy, Debug)]
+enum KeyFormat {
+    // `BEGIN PRIVATE KEY`, any algorithm.
+    Pkcs8,
+    // `BEGIN RSA PRIVATE KEY`.
+    Pkcs1,
+    // `BEGIN EC PRIVATE KEY`.
+    Sec1,
+}
+
+// Encoded keys and signatures fit in this many bytes (an RSA 2048 PKCS#8
+// key is about 1.2 KB).
+const KEY_BUFFER_LEN: usize = 4096;
+
+fn graviola_error(what: &'static str) -> impl FnOnce(graviola::Error) -> FixtureError {
+    move |e| FixtureError::Pki(format!("{what}: {e}"))
+}
+
+impl TestKey {
+    fn ecdsa() -> Result<TestKey, FixtureError> {
+        use graviola::signing::ecdsa::{SigningKey, P256};
+        let key = SigningKey::<P256>::generate()
+            .map_err(graviola_error("generating an ECDSA P-256 key"))?;
+        // The SubjectPublicKeyInfo ends with the point: 0x04, x, y.
+        const POINT_LEN: usize = 65;
+        let mut buffer = [0u8; 128];
+        let spki = key
+            .to_spki_der(&mut buffer)
+            .map_err(graviola_error("encoding an ECDSA public key"))?;
+        let public = spki[spki.len() - POINT_LEN..].to_vec();
+        Ok(TestKey {
+            key: TestKeyKind::EcdsaP256(key),
+            public,
+        })
+    }
+
+    fn rsa() -> Result<TestKey, FixtureError> {
+        use graviola::signing::rsa::{KeySize, SigningKey};
+        let key = SigningKey::generate(KeySize::Rsa2048)
+            .map_err(graviola_error("generating an RSA 2048 key"))?;
+        let mut buffer = [0u8; KEY_BUFFER_LEN];
+        let public = key
+            .public_key()
+            .to_pkcs1_der(&mut buffer)
+            .map_err(graviola_error("encoding an RSA public key"))?
+            .to_vec();
+        Ok(TestKey {
+            key: TestKeyKind::Rsa(Box::new(key)),
+            public,
+        })
+    }
+
+    // The private key as PEM text in `format`.
+    fn pem(&self, format: KeyFormat) -> Result<String, FixtureError> {
+        let mut buffer = vec![0u8; KEY_BUFFER_LEN];
+        let encoded = match (&self.key, format) {
+            (TestKeyKind::EcdsaP256(key), KeyFormat::Pkcs8) => key.to_pkcs8_der(&mut buffer),
+            (TestKeyKind::EcdsaP256(key), KeyFormat::Sec1) => key.to_sec1_der(&mut buffer),
+            (TestKeyKind::Rsa(key), KeyFormat::Pkcs8) => key.to_pkcs8_der(&mut buffer),
+            (TestKeyKind::Rsa(key), KeyFormat::Pkcs1) => key.to_pkcs1_der(&mut buffer),
+            (_, format) => {
+                return Err(FixtureError::Pki(format!(
+                    "{format:?} does not hold this kind of key"
+                )))
+            }
+        }
+        .map_err(graviola_error("encoding a private key"))?;
+        let label = match format {
+            KeyFormat::Pkcs8 => "PRIVATE KEY",
+            KeyFormat::Pkcs1 => "RSA PRIVATE KEY",
+            KeyFormat::Sec1 => "EC PRIVATE KEY",
+        };
+        Ok(pem(label, encoded))
+    }
+
+    // Key identifier (subject and authority key identifier extensions):
+    // RFC 7093 method 1, the first 160 bits of the SHA-256 of the
+    // SubjectPublicKeyInfo, as rcgen computes it when it has a crypto
+    // backend.
+    fn key_id(&self) -> Vec<u8> {
+        use graviola::hashing::{Hash, Sha256};
+        use rcgen::PublicKeyData;
+        Sha256::hash(&self.subject_public_key_info()).as_ref()[..20].to_vec()
+    }
+}
+
+impl rcgen::PublicKeyData for TestKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self.key {
+            TestKeyKind::EcdsaP256(_) => &rcgen::PKCS_ECDSA_P256_SHA256,
+            TestKeyKind::Rsa(_) => &rcgen::PKCS_RSA_SHA256,
+        }
+    }
+}
+
+impl rcgen::SigningKey for TestKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let mut buffer = [0u8; KEY_BUFFER_LEN];
+        let signature = match &self.key {
+            TestKeyKind::EcdsaP256(key) => {
+                key.sign_asn1::<graviola::hashing::Sha256>(&[msg], &mut buffer)
+            }
+            TestKeyKind::Rsa(key) => key.sign_pkcs1_sha256(&mut buffer, msg),
+        };
+        signature
+            .map(<[u8]>::to_vec)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+}
+
+// PEM text: `label`, then `der` in base64, 64 characters a line.
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = base64(der, BASE64_STANDARD, true);
+    let mut text = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str(&format!("-----END {label}-----\n"));
+    text
+}
+
+// A random positive serial number (RFC 5280: at most 20 bytes).
+fn serial_number() -> Result<rcgen::SerialNumber, FixtureError> {
+    let mut serial = [0u8; 16];
+    graviola::random::fill(&mut serial).map_err(graviola_error("a random serial number"))?;
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    Ok(rcgen::SerialNumber::from_slice(&serial))
 }
 
 fn pki_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> FixtureError {
@@ -1152,9 +1402,10 @@ fn distinguished_name(common_name: &str) -> rcgen::DistinguishedName {
     name
 }
 
-type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+type TestCa = rcgen::CertifiedIssuer<'static, TestKey>;
 
 fn new_ca(common_name: &str) -> Result<TestCa, FixtureError> {
+    let key = TestKey::ecdsa()?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -1165,19 +1416,21 @@ fn new_ca(common_name: &str) -> Result<TestCa, FixtureError> {
     ];
     params.not_before = rcgen::date_time_ymd(VALID_YEARS.0, 1, 1);
     params.not_after = rcgen::date_time_ymd(VALID_YEARS.1, 1, 1);
-    let key = rcgen::KeyPair::generate().map_err(pki_error("generating a CA key"))?;
+    params.serial_number = Some(serial_number()?);
+    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(key.key_id());
     rcgen::CertifiedIssuer::self_signed(params, key)
         .map_err(pki_error(format!("self-signing the CA {common_name:?}")))
 }
 
-// A leaf certificate signed by `ca`; returns (certificate, key) as PEM.
+// A certificate for `key` signed by `ca`, as PEM.
 fn leaf_cert(
     ca: &TestCa,
+    key: &TestKey,
     common_name: &str,
     names: &[&str],
     role: CertRole,
     (from, to): (i32, i32),
-) -> Result<(String, String), FixtureError> {
+) -> Result<String, FixtureError> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = rcgen::CertificateParams::new(names)
         .map_err(pki_error(format!("names for {common_name:?}")))?;
@@ -1193,11 +1446,11 @@ fn leaf_cert(
     params.use_authority_key_identifier_extension = true;
     params.not_before = rcgen::date_time_ymd(from, 1, 1);
     params.not_after = rcgen::date_time_ymd(to, 1, 1);
-    let key = rcgen::KeyPair::generate().map_err(pki_error("generating a key"))?;
-    let cert = params.signed_by(&key, &**ca).map_err(pki_error(format!(
+    params.serial_number = Some(serial_number()?);
+    let cert = params.signed_by(key, &**ca).map_err(pki_error(format!(
         "signing the certificate {common_name:?}"
     )))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(cert.pem())
 }
 
 /// A SASL user name and password. `Debug` does not show the password.
@@ -1265,6 +1518,16 @@ pub struct SecureBroker {
     /// [`SASL_REAUTH_LISTENER`]: SASL_PLAINTEXT, PLAIN, SCRAM-SHA-512 and
     /// OAUTHBEARER, sessions of [`REAUTH_MS`].
     pub sasl_reauth: String,
+    /// [`SSL_RSA_TLS12_LISTENER`]: TLS 1.2 only, RSA server certificate.
+    pub ssl_rsa_tls12: String,
+    /// [`SSL_RSA_TLS13_LISTENER`]: TLS 1.3 only, RSA server certificate.
+    pub ssl_rsa_tls13: String,
+    /// [`SSL_ECDSA_TLS12_LISTENER`]: TLS 1.2 only, ECDSA server certificate.
+    pub ssl_ecdsa_tls12: String,
+    /// [`SSL_ECDSA_TLS13_LISTENER`]: TLS 1.3 only, ECDSA server certificate.
+    pub ssl_ecdsa_tls13: String,
+    /// [`MTLS_TLS12_LISTENER`]: TLS 1.2 only, client certificate required.
+    pub mtls_tls12: String,
     /// The PLAIN user (`alice`), accepted by mechanism `PLAIN` on every SASL
     /// listener. It has no SCRAM credentials.
     pub plain_user: SaslUser,
@@ -1301,6 +1564,11 @@ pub fn start_secure_broker() -> Result<SecureBroker, FixtureError> {
         ssl_wrong_host: address(SSL_WRONG_HOST_LISTENER),
         sasl_oauth: address(SASL_OAUTH_LISTENER),
         sasl_reauth: address(SASL_REAUTH_LISTENER),
+        ssl_rsa_tls12: address(SSL_RSA_TLS12_LISTENER),
+        ssl_rsa_tls13: address(SSL_RSA_TLS13_LISTENER),
+        ssl_ecdsa_tls12: address(SSL_ECDSA_TLS12_LISTENER),
+        ssl_ecdsa_tls13: address(SSL_ECDSA_TLS13_LISTENER),
+        mtls_tls12: address(MTLS_TLS12_LISTENER),
         broker,
         pki,
         plain_user,
@@ -1350,6 +1618,19 @@ fn secure_broker_options(pki: &TestPki, plain: &SaslUser, scram: &SaslUser) -> B
             &pki.wrong_host_cert,
             &pki.wrong_host_key,
         ),
+        (
+            SSL_RSA_TLS12_LISTENER,
+            &pki.rsa_broker_cert,
+            &pki.rsa_broker_key,
+        ),
+        (
+            SSL_RSA_TLS13_LISTENER,
+            &pki.rsa_broker_cert,
+            &pki.rsa_broker_key,
+        ),
+        (SSL_ECDSA_TLS12_LISTENER, &pki.broker_cert, &pki.broker_key),
+        (SSL_ECDSA_TLS13_LISTENER, &pki.broker_cert, &pki.broker_key),
+        (MTLS_TLS12_LISTENER, &pki.broker_cert, &pki.broker_key),
     ];
     for (listener, cert, key) in keystores {
         let p = prefix(listener);
@@ -1366,10 +1647,15 @@ fn secure_broker_options(pki: &TestPki, plain: &SaslUser, scram: &SaslUser) -> B
                 pki.ca_cert.as_str(),
             );
     }
-    opts = opts.property(
-        format!("{}ssl.client.auth", prefix(MTLS_LISTENER)),
-        "required",
-    );
+    for listener in MTLS_LISTENERS {
+        opts = opts.property(format!("{}ssl.client.auth", prefix(listener)), "required");
+    }
+    for (listener, version) in ONE_VERSION_LISTENERS {
+        let p = prefix(listener);
+        opts = opts
+            .property(format!("{p}ssl.protocol"), version)
+            .property(format!("{p}ssl.enabled.protocols"), version);
+    }
 
     let plain_jaas = format!(
         "org.apache.kafka.common.security.plain.PlainLoginModule required user_{}=\"{}\";",
@@ -1447,7 +1733,7 @@ impl SecureBroker {
     /// `--command-config` file, say) connecting to `listener` as a
     /// well-configured client would: trusting [`TestPki::ca_cert`] (PEM
     /// truststore) on TLS listeners, presenting [`TestPki::client_cert`] on
-    /// [`MTLS_LISTENER`], and logging in with `sasl = (mechanism, user)` on
+    /// [`MTLS_LISTENER`] and [`MTLS_TLS12_LISTENER`], and logging in with `sasl = (mechanism, user)` on
     /// SASL listeners. Returns `java.util.Properties` text.
     ///
     /// # Panics
@@ -1464,7 +1750,10 @@ impl SecureBroker {
             props.push(("ssl.truststore.type", "PEM".to_string()));
             props.push(("ssl.truststore.certificates", self.pki.ca_cert.clone()));
         }
-        if listener.eq_ignore_ascii_case(MTLS_LISTENER) {
+        if MTLS_LISTENERS
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(listener))
+        {
             props.push(("ssl.keystore.type", "PEM".to_string()));
             props.push((
                 "ssl.keystore.certificate.chain",
@@ -2964,7 +3253,16 @@ fn random_cluster_id() -> Result<String, FixtureError> {
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    base64(bytes, BASE64_URL, false)
+}
+
+// The base64 alphabets of RFC 4648: standard (PEM), and URL- and
+// filename-safe.
+const BASE64_STANDARD: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64(bytes: &[u8], alphabet: &[u8; 64], padded: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -2976,7 +3274,12 @@ fn base64url(bytes: &[u8]) -> String {
         let symbols = chunk.len() + 1;
         for i in 0..symbols {
             let index = (n >> (18 - 6 * i)) & 63;
-            out.push(char::from(ALPHABET[index as usize]));
+            out.push(char::from(alphabet[index as usize]));
+        }
+        if padded {
+            for _ in symbols..4 {
+                out.push('=');
+            }
         }
     }
     out

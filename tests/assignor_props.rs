@@ -5,8 +5,8 @@
 //! cooperative-safe assignments for random groups.
 //!
 //! The decoders are internal; this test reaches them through the unstable
-//! `unstable-fuzz` feature (`cargo test --all-features`), like the fuzz
-//! targets.
+//! `unstable-fuzz` feature (on in the README's test command,
+//! `cargo test --features tls,unstable-fuzz`), like the fuzz targets.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -4,7 +4,9 @@
 //! security test points at the library, not at the fixture.
 //!
 //! Each test launches at most three short JVMs; the tests run in parallel
-//! against one shared broker.
+//! against one shared broker. With the `tls` feature, rustls (not
+//! kastellan) also checks which TLS version and certificate each
+//! one-version listener serves.
 
 #[path = "../testcontainers.rs"]
 mod testcontainers;
@@ -16,10 +18,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use testcontainers::{
-    run_kafka_class, run_kafka_class_with_stdin, secure_broker, SaslUser, SecureBroker,
-    CONSOLE_CONSUMER, CONSOLE_PRODUCER, MTLS_LISTENER, SASL_PLAINTEXT_LISTENER,
-    SASL_PLAIN_ONLY_LISTENER, SASL_SSL_LISTENER, SSL_EXPIRED_LISTENER, SSL_LISTENER,
-    SSL_WRONG_HOST_LISTENER,
+    run_kafka_class, run_kafka_class_with_stdin, secure_broker, SaslUser, SecureBroker, TestPki,
+    CONSOLE_CONSUMER, CONSOLE_PRODUCER, MTLS_LISTENER, MTLS_TLS12_LISTENER,
+    SASL_PLAINTEXT_LISTENER, SASL_PLAIN_ONLY_LISTENER, SASL_SSL_LISTENER, SSL_EXPIRED_LISTENER,
+    SSL_LISTENER, SSL_RSA_TLS12_LISTENER, SSL_WRONG_HOST_LISTENER,
 };
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -382,4 +384,235 @@ fn pki_debug_hides_keys() {
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     assert!(!shown.contains(&broker.scram_user.password), "{shown}");
     assert!(!shown.contains(&broker.plain_user.password), "{shown}");
+}
+
+// A fresh PKI (no broker needed) writes each key in the format its field
+// names.
+#[test]
+fn pki_writes_each_key_format() {
+    let started = Instant::now();
+    let pki = TestPki::generate().expect("test PKI");
+    eprintln!("test PKI generated in {:?}", started.elapsed());
+    let label = |pem: &str| pem.lines().next().unwrap_or_default().to_string();
+    for (name, key, expected) in [
+        ("broker_key", &pki.broker_key, "-----BEGIN PRIVATE KEY-----"),
+        (
+            "rsa_broker_key",
+            &pki.rsa_broker_key,
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        ("client_key", &pki.client_key, "-----BEGIN PRIVATE KEY-----"),
+        (
+            "client_key_sec1",
+            &pki.client_key_sec1,
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+        (
+            "rsa_client_key",
+            &pki.rsa_client_key,
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        (
+            "rsa_client_key_pkcs1",
+            &pki.rsa_client_key_pkcs1,
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ),
+    ] {
+        assert_eq!(label(key), expected, "{name}");
+        assert!(key.ends_with("-----\n"), "{name}");
+    }
+    // RSA keys are longer than ECDSA ones: the RSA fields hold RSA keys.
+    assert!(pki.rsa_broker_key.len() > 3 * pki.broker_key.len());
+    assert!(pki.rsa_client_key_pkcs1.len() > 3 * pki.client_key_sec1.len());
+}
+
+// A Java client trusting the test CA produces over TLS 1.2 to the RSA
+// listener, and reads back over mutual TLS 1.2 presenting the RSA client
+// certificate (its PKCS#8 key as the broker's own tools read it).
+#[test]
+fn java_round_trip_over_tls12_with_rsa_keys() {
+    let broker = secure_broker();
+    let topic = unique_topic("rsa-tls12");
+    let sent = records("rsa-tls12", 2);
+    let rsa_listener = client_config(broker, SSL_RSA_TLS12_LISTENER, None);
+    produce(&broker.ssl_rsa_tls12, &rsa_listener, &topic, &sent);
+    let props = broker
+        .java_client_properties(MTLS_TLS12_LISTENER, None)
+        .replace(
+            &escape(&broker.pki.client_cert),
+            &escape(&broker.pki.rsa_client_cert),
+        )
+        .replace(
+            &escape(&broker.pki.client_key),
+            &escape(&broker.pki.rsa_client_key),
+        );
+    assert!(props.contains(&escape(&broker.pki.rsa_client_key)));
+    let rsa_client = ConfigFile::new(&props);
+    assert_eq!(
+        consume(&broker.mtls_tls12, &rsa_client, &topic, sent.len()),
+        sent
+    );
+}
+
+/// The one-version listeners, checked with a bare rustls client: each
+/// negotiates its TLS version with the certificate it is documented to
+/// serve, and refuses a client that offers only the other version.
+#[cfg(feature = "tls")]
+mod one_version_listeners {
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ProtocolVersion, SupportedProtocolVersion};
+
+    use super::testcontainers::{
+        secure_broker, SecureBroker, TestPki, MTLS_TLS12_LISTENER, SSL_ECDSA_TLS12_LISTENER,
+        SSL_ECDSA_TLS13_LISTENER, SSL_RSA_TLS12_LISTENER, SSL_RSA_TLS13_LISTENER,
+    };
+
+    const TLS12: &SupportedProtocolVersion = &rustls::version::TLS12;
+    const TLS13: &SupportedProtocolVersion = &rustls::version::TLS13;
+
+    fn certificate(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")
+    }
+
+    // A TLS handshake with the listener at `address`, offering `versions`
+    // and presenting `client` (certificate, key) if given. Returns the
+    // negotiated version and the broker's certificate.
+    fn handshake(
+        address: &str,
+        pki: &TestPki,
+        versions: &[&'static SupportedProtocolVersion],
+        client: Option<(&str, &str)>,
+    ) -> Result<(ProtocolVersion, CertificateDer<'static>), String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(certificate(&pki.ca_cert))
+            .expect("CA certificate");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls_graviola::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![certificate(cert)],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("a PEM key"),
+                )
+                .expect("client certificate and key"),
+        };
+        let name = ServerName::try_from("127.0.0.1").expect("an IP address");
+        let mut tls =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+        let mut tcp = TcpStream::connect(address).map_err(|e| e.to_string())?;
+        // Bounds a broker that never answers; a refusal comes at once.
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+        }
+        let version = tls.protocol_version().expect("negotiated");
+        let served = tls.peer_certificates().expect("the broker's chain")[0].clone();
+        Ok((version, served))
+    }
+
+    fn check(
+        b: &SecureBroker,
+        listener: &str,
+        address: &str,
+        (version, other): (
+            &'static SupportedProtocolVersion,
+            &'static SupportedProtocolVersion,
+        ),
+        served_cert: &str,
+        client: Option<(&str, &str)>,
+    ) {
+        let (negotiated, served) = handshake(address, &b.pki, &[TLS13, TLS12], client)
+            .unwrap_or_else(|e| panic!("{listener}: handshake failed: {e}"));
+        assert_eq!(
+            negotiated, version.version,
+            "{listener}: negotiated version"
+        );
+        assert!(
+            served == certificate(served_cert),
+            "{listener}: serves another certificate"
+        );
+        match handshake(address, &b.pki, &[other], client) {
+            Ok((v, _)) => panic!("{listener}: a {:?}-only client got {v:?}", other.version),
+            Err(e) => eprintln!(
+                "{listener}: a {:?}-only client is refused: {e}",
+                other.version
+            ),
+        }
+    }
+
+    #[test]
+    fn rsa_listeners_speak_one_version() {
+        let b = secure_broker();
+        let rsa = &b.pki.rsa_broker_cert;
+        check(
+            b,
+            SSL_RSA_TLS12_LISTENER,
+            &b.ssl_rsa_tls12,
+            (TLS12, TLS13),
+            rsa,
+            None,
+        );
+        check(
+            b,
+            SSL_RSA_TLS13_LISTENER,
+            &b.ssl_rsa_tls13,
+            (TLS13, TLS12),
+            rsa,
+            None,
+        );
+    }
+
+    #[test]
+    fn ecdsa_listeners_speak_one_version() {
+        let b = secure_broker();
+        let ecdsa = &b.pki.broker_cert;
+        check(
+            b,
+            SSL_ECDSA_TLS12_LISTENER,
+            &b.ssl_ecdsa_tls12,
+            (TLS12, TLS13),
+            ecdsa,
+            None,
+        );
+        check(
+            b,
+            SSL_ECDSA_TLS13_LISTENER,
+            &b.ssl_ecdsa_tls13,
+            (TLS13, TLS12),
+            ecdsa,
+            None,
+        );
+    }
+
+    #[test]
+    fn mtls_tls12_listener_speaks_tls12_and_wants_a_client_certificate() {
+        let b = secure_broker();
+        let client = (b.pki.client_cert.as_str(), b.pki.client_key.as_str());
+        check(
+            b,
+            MTLS_TLS12_LISTENER,
+            &b.mtls_tls12,
+            (TLS12, TLS13),
+            &b.pki.broker_cert,
+            Some(client),
+        );
+        // In TLS 1.2 the broker's Finished comes after it checked the
+        // client's certificate, so a refusal ends the client's handshake.
+        let e = handshake(&b.mtls_tls12, &b.pki, &[TLS12], None)
+            .map(|(v, _)| v)
+            .expect_err("no client certificate");
+        assert!(e.contains("alert"), "{e}");
+    }
 }

@@ -210,6 +210,97 @@ mod tls {
         .await;
     }
 
+    // Each server key type with each TLS version, on a listener that speaks
+    // only that version (the fixture's self-tests check that it does).
+
+    #[tokio::test]
+    async fn tls12_with_an_rsa_server_key() {
+        let b = broker();
+        round_trip(config(&b.ssl_rsa_tls12).tls(trusting_ca(b))).await;
+    }
+
+    #[tokio::test]
+    async fn tls13_with_an_rsa_server_key() {
+        let b = broker();
+        round_trip(config(&b.ssl_rsa_tls13).tls(trusting_ca(b))).await;
+    }
+
+    #[tokio::test]
+    async fn tls12_with_an_ecdsa_server_key() {
+        let b = broker();
+        round_trip(config(&b.ssl_ecdsa_tls12).tls(trusting_ca(b))).await;
+    }
+
+    #[tokio::test]
+    async fn tls13_with_an_ecdsa_server_key() {
+        let b = broker();
+        round_trip(config(&b.ssl_ecdsa_tls13).tls(trusting_ca(b))).await;
+    }
+
+    /// Connect, produce one record and read it back.
+    async fn produce_and_read_back(config: ClientConfig) {
+        let client = Client::connect(config).await.expect("connect");
+        let topic = new_topic(&client, "secure-key", 1).await;
+        client
+            .producer()
+            .build()
+            .expect("producer")
+            .to(&topic)
+            .value("signed in")
+            .send()
+            .await
+            .expect("acknowledged");
+        let records = read_all(&client, &topic).await;
+        assert_eq!(records.len(), 1, "the record read back");
+        assert_eq!(records[0].value.as_deref(), Some(&b"signed in"[..]));
+    }
+
+    /// Mutual TLS with a client key in `key` (PEM) for `cert`: a full round
+    /// trip over TLS 1.3 (the client signs with RSA-PSS or ECDSA in its
+    /// TLS 1.3 `CertificateVerify`), then one record over TLS 1.2.
+    async fn mutual_tls_with(b: &SecureBroker, cert: &str, key: &str) {
+        round_trip(config(&b.mtls).tls(trusting_ca(b).client_cert_pem(cert, key))).await;
+        produce_and_read_back(config(&b.mtls_tls12).tls(trusting_ca(b).client_cert_pem(cert, key)))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_with_an_ecdsa_pkcs8_key() {
+        let b = broker();
+        assert!(b.pki.client_key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        mutual_tls_with(b, &b.pki.client_cert, &b.pki.client_key).await;
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_with_an_ecdsa_sec1_key() {
+        let b = broker();
+        assert!(b
+            .pki
+            .client_key_sec1
+            .starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        mutual_tls_with(b, &b.pki.client_cert, &b.pki.client_key_sec1).await;
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_with_an_rsa_pkcs8_key() {
+        let b = broker();
+        assert!(b
+            .pki
+            .rsa_client_key
+            .starts_with("-----BEGIN PRIVATE KEY-----"));
+        mutual_tls_with(b, &b.pki.rsa_client_cert, &b.pki.rsa_client_key).await;
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_with_an_rsa_pkcs1_key() {
+        let b = broker();
+        assert!(b
+            .pki
+            .rsa_client_key_pkcs1
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        mutual_tls_with(b, &b.pki.rsa_client_cert, &b.pki.rsa_client_key_pkcs1).await;
+    }
+
     #[tokio::test]
     async fn sasl_over_tls_plain_and_scram() {
         let b = broker();
@@ -310,6 +401,130 @@ mod tls {
         ))
         .await;
         assert!(tls_reason(&e).contains("client certificate"), "{e}");
+    }
+
+    // PEM text with its body lines changed by `edit` (BEGIN and END lines kept).
+    fn edit_body(pem: &str, edit: impl FnOnce(&mut Vec<String>)) -> String {
+        let lines: Vec<&str> = pem.lines().collect();
+        let (first, rest) = lines.split_first().expect("BEGIN line");
+        let (last, body) = rest.split_last().expect("END line");
+        let mut body: Vec<String> = body.iter().map(|l| l.to_string()).collect();
+        edit(&mut body);
+        let mut text = format!("{first}\n");
+        for line in body {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.push_str(last);
+        text.push('\n');
+        text
+    }
+
+    // One base64 character in the middle of the body replaced by another.
+    fn one_character_changed(pem: &str) -> String {
+        edit_body(pem, |body| {
+            let middle_line = body.len() / 2;
+            let line = &mut body[middle_line];
+            let middle = line.len() / 2;
+            let old = line.as_bytes()[middle];
+            let new = if old == b'A' { "B" } else { "A" };
+            line.replace_range(middle..middle + 1, new);
+        })
+    }
+
+    /// A client key that is damaged or not the certificate's is a
+    /// configuration error when the client is built (no connection is
+    /// tried, nothing panics), saying what is wrong with the key and
+    /// showing none of it.
+    #[tokio::test]
+    async fn garbled_client_keys_are_configuration_errors() {
+        let b = broker();
+        let pki = &b.pki;
+        let cases: Vec<(&str, &str, String, &str)> = vec![
+            (
+                "END line cut off",
+                &pki.client_cert,
+                pki.client_key.replace("-----END PRIVATE KEY-----\n", ""),
+                "the `-----END PRIVATE KEY-----` line is missing",
+            ),
+            (
+                "not base64",
+                &pki.rsa_client_cert,
+                edit_body(&pki.rsa_client_key_pkcs1, |body| {
+                    body[3].replace_range(10..12, "!?")
+                }),
+                "not an unencrypted PEM key",
+            ),
+            (
+                "PKCS#8 body cut short",
+                &pki.rsa_client_cert,
+                edit_body(&pki.rsa_client_key, |body| {
+                    body.drain(4..body.len() - 1);
+                }),
+                "client private key cannot be read",
+            ),
+            (
+                "PKCS#1 body cut short",
+                &pki.rsa_client_cert,
+                edit_body(&pki.rsa_client_key_pkcs1, |body| {
+                    body.drain(4..body.len() - 1);
+                }),
+                "client private key cannot be read",
+            ),
+            (
+                "SEC1 body cut short",
+                &pki.client_cert,
+                edit_body(&pki.client_key_sec1, |body| body.truncate(1)),
+                "client private key cannot be read",
+            ),
+            (
+                // The middle of an RSA key is its first prime: the key
+                // parses and its public half still matches the certificate.
+                "PKCS#1 with one character changed",
+                &pki.rsa_client_cert,
+                one_character_changed(&pki.rsa_client_key_pkcs1),
+                "client private key is damaged",
+            ),
+            (
+                "SEC1 with one character changed",
+                &pki.client_cert,
+                one_character_changed(&pki.client_key_sec1),
+                "client private key cannot be read",
+            ),
+            (
+                "another certificate's key",
+                &pki.client_cert,
+                pki.rsa_client_key.clone(),
+                "do not go together",
+            ),
+        ];
+        for (case, cert, key, expected) in &cases {
+            let started = Instant::now();
+            let e = match Client::connect(
+                config(&b.mtls).tls(trusting_ca(b).client_cert_pem(*cert, key)),
+            )
+            .await
+            {
+                Ok(_) => panic!("{case}: connected with a garbled key"),
+                Err(e) => e,
+            };
+            let Error::Config(reason) = &e else {
+                panic!("{case}: expected a configuration error, got {e:?}");
+            };
+            assert!(reason.contains(expected), "{case}: {reason}");
+            assert!(!e.is_retriable(), "{case}: {e}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{case}: took {:?}",
+                started.elapsed()
+            );
+            for line in key.lines().filter(|l| !l.starts_with("-----")) {
+                for chunk in line.as_bytes().chunks(16).filter(|c| c.len() == 16) {
+                    let chunk = std::str::from_utf8(chunk).expect("base64 is ASCII");
+                    assert!(!reason.contains(chunk), "{case}: key text in {reason}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -15,7 +15,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
+use rustls::{
+    CertificateError, DigitallySignedStruct, InconsistentKeys, RootCertStore, SignatureScheme,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -73,9 +76,10 @@ impl TlsContext {
         let builder = if config.verify_hostname {
             builder.with_root_certificates(roots)
         } else {
-            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| Error::Config(format!("TLS certificate verifier: {e}")))?;
+            let chain =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| Error::Config(format!("TLS certificate verifier: {e}")))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier(chain)))
@@ -87,7 +91,10 @@ impl TlsContext {
                     CertificateDer::pem_slice_iter(chain.as_bytes())
                         .collect::<std::result::Result<_, _>>()
                         .map_err(|e| {
-                            Error::Config(format!("client certificate is not valid PEM: {e}"))
+                            Error::Config(format!(
+                                "client certificate is not valid PEM: {}",
+                                pem_error(&e)
+                            ))
                         })?;
                 if chain.is_empty() {
                     return Err(Error::Config(
@@ -98,14 +105,30 @@ impl TlsContext {
                 let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).map_err(|e| {
                     Error::Config(format!(
                         "client private key is not an unencrypted PEM key \
-                         (PKCS#8, PKCS#1 or SEC1): {e}"
+                         (PKCS#8, PKCS#1 or SEC1): {}",
+                        pem_error(&e)
                     ))
                 })?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                let key = provider.key_provider.load_private_key(key).map_err(|e| {
                     Error::Config(format!(
-                        "client certificate and key do not go together: {e}"
+                        "client private key cannot be read ({e}); it must be an intact \
+                         RSA (2048 to 8192 bits), ECDSA (P-256 or P-384) or Ed25519 key"
                     ))
-                })?
+                })?;
+                let certified = CertifiedKey::new(chain, key);
+                match certified.keys_match() {
+                    // A key that cannot tell its public half: the handshake
+                    // will show whether it fits.
+                    Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+                    Err(e) => {
+                        return Err(Error::Config(format!(
+                            "client certificate and key do not go together ({e}): \
+                             the key is not the one the certificate was issued for"
+                        )))
+                    }
+                }
+                check_signs(certified.key.as_ref())?;
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
             }
         };
         Ok(Self {
@@ -139,6 +162,36 @@ impl TlsContext {
                 reason: describe_io(&e),
             })
     }
+}
+
+/// Signs a fixed message with the client key, so that a damaged key (one
+/// that parses, and whose public half matches the certificate, but whose
+/// private parts do not fit together, as after a changed character in the
+/// middle of the PEM text) is a configuration error when the client is
+/// built, not a failed handshake on every connection. (graviola checks each
+/// RSA signature against the public key as it makes it.)
+fn check_signs(key: &dyn SigningKey) -> Result<()> {
+    use SignatureScheme as S;
+    let schemes = [
+        S::RSA_PSS_SHA256,
+        S::RSA_PKCS1_SHA256,
+        S::ECDSA_NISTP256_SHA256,
+        S::ECDSA_NISTP384_SHA384,
+        S::ED25519,
+    ];
+    // A key for none of these: the broker's offer decides in the handshake.
+    let Some(signer) = key.choose_scheme(&schemes) else {
+        return Ok(());
+    };
+    signer
+        .sign(b"kastellan: client key check")
+        .map(drop)
+        .map_err(|e| {
+            Error::Config(format!(
+                "client private key is damaged: it cannot sign ({e}); \
+                 copy it again from where it was issued"
+            ))
+        })
 }
 
 /// Verifies a broker's certificate like rustls' WebPKI verifier (chain to a
@@ -199,7 +252,9 @@ fn root_store(roots: &TrustedRoots) -> Result<RootCertStore> {
             let certs: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(pem.as_bytes())
                     .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| Error::Config(format!("trusted CA is not valid PEM: {e}")))?;
+                    .map_err(|e| {
+                        Error::Config(format!("trusted CA is not valid PEM: {}", pem_error(&e)))
+                    })?;
             if certs.is_empty() {
                 return Err(Error::Config(
                     "trusted CA PEM holds no CERTIFICATE block".into(),
@@ -231,6 +286,19 @@ fn root_store(roots: &TrustedRoots) -> Result<RootCertStore> {
         }
     }
     Ok(store)
+}
+
+/// What is wrong with PEM text, in words (the parser shows the missing END
+/// marker as a list of byte values).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as Pem;
+    match e {
+        Pem::MissingSectionEnd { end_marker } => format!(
+            "the `-----END {}-----` line is missing",
+            String::from_utf8_lossy(end_marker)
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn host_of(addr: &str) -> &str {
@@ -315,6 +383,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().contains("SECRET-KEY-TEXT"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_end_line_is_named() {
+        let ca = include_str!("../../tests/data/ca.pem").replace("-----END CERTIFICATE-----", "");
+        let e = TlsContext::new(&TlsConfig::new().ca_pem(ca)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the `-----END CERTIFICATE-----` line is missing"),
+            "{e}"
+        );
     }
 
     #[test]
