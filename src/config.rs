@@ -325,6 +325,13 @@ impl ClientConfig {
                     .into(),
             ));
         }
+        if let Some(reason) = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.provider.unavailable_reason())
+        {
+            return Err(Error::Config(reason));
+        }
         if let Some(sasl) = &self.sasl {
             sasl.validate()?;
         }
@@ -520,6 +527,37 @@ mod tests {
         assert!(env(&[("KAFKA_URL", "kafka://b1:9092,kafka+ssl://b2:9096")]).is_err());
         assert!(env(&[("KAFKA_URL", "http://b1:9092")]).is_err());
         assert!(env(&[("KAFKA_URL", "b1:9092")]).is_err());
+    }
+
+    #[test]
+    fn a_tls_provider_missing_from_the_build_is_a_config_error() {
+        use crate::security::TlsProvider;
+        for provider in [TlsProvider::Graviola, TlsProvider::Ring] {
+            let config =
+                ClientConfig::new("127.0.0.1:9093").tls(TlsConfig::new().provider(provider));
+            match config.validate() {
+                Ok(()) => assert!(provider.is_available(), "{provider} accepted"),
+                Err(Error::Config(reason)) => {
+                    assert!(!provider.is_available(), "{provider} refused: {reason}");
+                    // Without `tls` at all that is what the error says;
+                    // with it, the feature that adds the provider.
+                    let feature = match provider {
+                        _ if !cfg!(feature = "tls") => "`tls` feature",
+                        TlsProvider::Graviola => "x86_64 and aarch64",
+                        TlsProvider::Ring => "`tls-ring` feature",
+                    };
+                    assert!(reason.contains(feature), "{reason}");
+                }
+                Err(other) => panic!("{provider}: not a config error: {other}"),
+            }
+        }
+        if cfg!(feature = "tls") {
+            let default = ClientConfig::new("127.0.0.1:9093").tls(TlsConfig::new());
+            assert!(
+                default.validate().is_ok(),
+                "the default provider is in every tls build"
+            );
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub use producer::{
 pub use protocol::ClientStatus;
 pub use reader::{Reader, ReaderBuilder, RecordStream};
 pub use record::{Header, Record};
-pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TrustedRoots};
+pub use security::{SaslConfig, SaslMechanism, Secret, TlsConfig, TlsProvider, TrustedRoots};
 pub use topic_partition::TopicPartition;
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -58,7 +58,118 @@ pub enum TrustedRoots {
     Pem(String),
 }
 
-/// TLS settings: whom to trust, and the client certificate for mutual TLS.
+/// The crypto provider that does TLS's cryptography (handshake, signatures,
+/// record encryption) for [`TlsConfig`].
+///
+/// | provider | in the build with | targets | C compiler |
+/// |---|---|---|---|
+/// | [`Graviola`](Self::Graviola) | feature `tls` | x86_64, aarch64 | not needed |
+/// | [`Ring`](Self::Ring) | feature `tls-ring` | any | needed |
+///
+/// The default ([`TlsProvider::default`]) is graviola where it is in the
+/// build, else ring. Choosing a provider that is not in the build is not a
+/// compile error: the client refuses the configuration with
+/// [`crate::Error::Config`] when it is built, naming the feature to enable.
+/// [`is_available`](Self::is_available) tells beforehand.
+///
+/// ```
+/// use kastellan::{ClientConfig, TlsConfig, TlsProvider};
+///
+/// // Prefer ring where this build has it, else keep the default.
+/// let provider = if TlsProvider::Ring.is_available() {
+///     TlsProvider::Ring
+/// } else {
+///     TlsProvider::default()
+/// };
+/// let config = ClientConfig::new("kafka-1.internal:9093")
+///     .tls(TlsConfig::new().provider(provider));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsProvider {
+    /// [graviola](https://github.com/ctz/graviola) (through
+    /// `rustls-graviola`): Rust and assembly, no C compiler; x86_64 and
+    /// aarch64 only. In the build with the `tls` feature on those targets.
+    Graviola,
+    /// [ring](https://github.com/briansmith/ring): Rust, C and assembly;
+    /// builds for most targets but needs a C compiler. In the build with
+    /// the `tls-ring` feature.
+    Ring,
+}
+
+impl TlsProvider {
+    /// Whether this provider is compiled into this build of kastellan, so
+    /// a client configured with it can connect.
+    ///
+    /// ```
+    /// use kastellan::TlsProvider;
+    ///
+    /// // Graviola comes with the `tls` feature on x86_64 and aarch64,
+    /// // ring with `tls-ring`.
+    /// assert_eq!(TlsProvider::Ring.is_available(), cfg!(feature = "tls-ring"));
+    /// ```
+    pub fn is_available(self) -> bool {
+        match self {
+            TlsProvider::Graviola => {
+                cfg!(all(
+                    feature = "tls",
+                    any(target_arch = "x86_64", target_arch = "aarch64")
+                ))
+            }
+            TlsProvider::Ring => cfg!(feature = "tls-ring"),
+        }
+    }
+
+    /// The provider's name: `graviola` or `ring`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsProvider::Graviola => "graviola",
+            TlsProvider::Ring => "ring",
+        }
+    }
+
+    /// Why a client cannot use this provider in this build, and which
+    /// feature would put it in; `None` when it is available.
+    pub(crate) fn unavailable_reason(self) -> Option<String> {
+        if self.is_available() {
+            return None;
+        }
+        Some(match self {
+            TlsProvider::Graviola => format!(
+                "the TLS crypto provider `graviola` is not in this build: it comes with \
+                 kastellan's `tls` feature on x86_64 and aarch64 only (this build is for {}); \
+                 use TlsProvider::Ring with the `tls-ring` feature (needs a C compiler)",
+                std::env::consts::ARCH
+            ),
+            TlsProvider::Ring => "the TLS crypto provider `ring` is not in this build: \
+                 enable kastellan's `tls-ring` feature (any target; ring needs a C compiler), \
+                 or keep the default provider"
+                .to_string(),
+        })
+    }
+}
+
+/// Graviola where it is in the build (the `tls` feature on x86_64 and
+/// aarch64), else ring.
+impl Default for TlsProvider {
+    fn default() -> Self {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            TlsProvider::Graviola
+        } else {
+            TlsProvider::Ring
+        }
+    }
+}
+
+impl fmt::Display for TlsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// TLS settings: whom to trust, the client certificate for mutual TLS, and
+/// the crypto provider.
 ///
 /// Connecting with TLS needs the crate's `tls` feature; without it a
 /// configuration that asks for TLS is refused with [`crate::Error::Config`].
@@ -77,6 +188,7 @@ pub struct TlsConfig {
     pub(crate) client_cert: Option<(String, Secret)>,
     pub(crate) server_name: Option<String>,
     pub(crate) verify_hostname: bool,
+    pub(crate) provider: TlsProvider,
 }
 
 impl Default for TlsConfig {
@@ -93,6 +205,7 @@ impl TlsConfig {
             client_cert: None,
             server_name: None,
             verify_hostname: true,
+            provider: TlsProvider::default(),
         }
     }
 
@@ -129,6 +242,23 @@ impl TlsConfig {
     /// Trust only that service's own CA when you do this.
     pub fn verify_hostname(mut self, verify: bool) -> Self {
         self.verify_hostname = verify;
+        self
+    }
+
+    /// Do TLS's cryptography with `provider` instead of the default
+    /// ([`TlsProvider::default`]: graviola where it is in the build, else
+    /// ring). A provider this build lacks
+    /// ([`TlsProvider::is_available`]) makes building the client fail with
+    /// [`crate::Error::Config`].
+    ///
+    /// ```
+    /// use kastellan::{TlsConfig, TlsProvider};
+    ///
+    /// let tls = TlsConfig::new().provider(TlsProvider::Ring); // needs `tls-ring`
+    /// # let _ = tls;
+    /// ```
+    pub fn provider(mut self, provider: TlsProvider) -> Self {
+        self.provider = provider;
         self
     }
 }
@@ -278,6 +408,51 @@ mod tests {
         let tls = TlsConfig::new().client_cert_pem("CERT", "KEYMATERIAL");
         assert!(!format!("{tls:?}").contains("KEYMATERIAL"));
         assert_eq!(Secret::new("x").to_string(), "***");
+    }
+
+    #[test]
+    fn the_default_provider_is_graviola_where_it_builds() {
+        let expected = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            TlsProvider::Graviola
+        } else {
+            TlsProvider::Ring
+        };
+        assert_eq!(TlsProvider::default(), expected);
+        assert_eq!(TlsConfig::new().provider, expected);
+        if cfg!(feature = "tls") {
+            assert!(
+                TlsProvider::default().is_available(),
+                "tls builds its default"
+            );
+        }
+        let ring = TlsConfig::new().provider(TlsProvider::Ring);
+        assert_eq!(ring.provider, TlsProvider::Ring);
+        assert_eq!(TlsProvider::Ring.to_string(), "ring");
+        assert_eq!(TlsProvider::Graviola.name(), "graviola");
+    }
+
+    #[test]
+    fn provider_availability_follows_the_features() {
+        let graviola = cfg!(all(
+            feature = "tls",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ));
+        assert_eq!(TlsProvider::Graviola.is_available(), graviola);
+        assert_eq!(TlsProvider::Ring.is_available(), cfg!(feature = "tls-ring"));
+        for provider in [TlsProvider::Graviola, TlsProvider::Ring] {
+            match provider.unavailable_reason() {
+                None => assert!(provider.is_available()),
+                Some(reason) => {
+                    assert!(!provider.is_available());
+                    assert!(reason.contains(provider.name()), "{reason}");
+                    let feature = match provider {
+                        TlsProvider::Graviola => "`tls`",
+                        TlsProvider::Ring => "`tls-ring`",
+                    };
+                    assert!(reason.contains(feature), "{reason}");
+                }
+            }
+        }
     }
 
     #[test]

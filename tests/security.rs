@@ -200,6 +200,16 @@ mod tls {
         round_trip(config(&b.ssl).tls(trusting_ca(b))).await;
     }
 
+    /// The same over the TLS listener with ring chosen instead of the
+    /// default provider.
+    #[cfg(feature = "tls-ring")]
+    #[tokio::test]
+    async fn ring_provider_round_trip() {
+        let b = broker();
+        let tls = trusting_ca(b).provider(kastellan::TlsProvider::Ring);
+        round_trip(config(&b.ssl).tls(tls)).await;
+    }
+
     #[tokio::test]
     async fn mutual_tls() {
         let b = broker();

@@ -1,6 +1,7 @@
-//! TLS for broker connections (rustls; the crypto provider is graviola on
-//! x86_64 and aarch64, which builds without a C compiler, else ring with
-//! the `tls-ring` feature).
+//! TLS for broker connections (rustls; the crypto provider is the one
+//! [`TlsConfig::provider`] chose, by default graviola on x86_64 and aarch64,
+//! which builds without a C compiler, else ring with the `tls-ring`
+//! feature).
 //!
 //! The rustls configuration is built once per client from [`TlsConfig`];
 //! each connection runs the handshake on its TCP stream. Handshake and
@@ -24,21 +25,22 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{Error, Result};
-use crate::security::{TlsConfig, TrustedRoots};
+use crate::security::{TlsConfig, TlsProvider, TrustedRoots};
 
-/// The crypto provider: graviola where it has code for the CPU (no C
-/// compiler needed), else ring (`tls-ring`, which needs one).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    rustls_graviola::default_provider()
-}
-
-#[cfg(all(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    feature = "tls-ring"
-))]
-fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
+/// The rustls crypto provider `choice` names: graviola where it has code for
+/// the CPU (no C compiler needed), ring with `tls-ring` (which needs one).
+/// One that is not in this build is a configuration error.
+fn crypto_provider(choice: TlsProvider) -> Result<rustls::crypto::CryptoProvider> {
+    match choice {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        TlsProvider::Graviola => Ok(rustls_graviola::default_provider()),
+        #[cfg(feature = "tls-ring")]
+        TlsProvider::Ring => Ok(rustls::crypto::ring::default_provider()),
+        #[allow(unreachable_patterns)] // with both in the build
+        missing => Err(Error::Config(missing.unavailable_reason().unwrap_or_else(
+            || format!("the TLS crypto provider `{missing}` is not in this build"),
+        ))),
+    }
 }
 
 #[cfg(all(
@@ -68,7 +70,7 @@ impl std::fmt::Debug for TlsContext {
 impl TlsContext {
     /// Build the rustls configuration: trusted roots and client certificate.
     pub(crate) fn new(config: &TlsConfig) -> Result<Self> {
-        let provider = Arc::new(crypto_provider());
+        let provider = Arc::new(crypto_provider(config.provider)?);
         let roots = root_store(&config.roots)?;
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -393,6 +395,27 @@ mod tests {
             e.to_string()
                 .contains("the `-----END CERTIFICATE-----` line is missing"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn each_provider_in_the_build_makes_a_context_and_others_are_config_errors() {
+        for provider in [TlsProvider::Graviola, TlsProvider::Ring] {
+            let config = TlsConfig::new()
+                .ca_pem(include_str!("../../tests/data/ca.pem"))
+                .provider(provider);
+            match TlsContext::new(&config) {
+                Ok(_) => assert!(provider.is_available(), "{provider} built"),
+                Err(Error::Config(reason)) => {
+                    assert!(!provider.is_available(), "{provider}: {reason}");
+                    assert!(reason.contains(provider.name()), "{reason}");
+                }
+                Err(other) => panic!("{provider}: not a config error: {other}"),
+            }
+        }
+        assert!(
+            TlsContext::new(&TlsConfig::new().ca_pem(include_str!("../../tests/data/ca.pem")))
+                .is_ok()
         );
     }
 

@@ -163,6 +163,11 @@ fn print_header(args: &BenchArgs, bootstrap: &str) {
     println!("# kastellan peers benchmark");
     println!();
     println!("- broker: `{bootstrap}`");
+    if let Some(ca) = workload::tls_ca() {
+        println!(
+            "- TLS: every client connects with TLS and trusts only the CA in `{ca}`; kastellan: rustls with graviola (its default provider), kastellan-ring: rustls with ring, rdkafka: librdkafka with OpenSSL"
+        );
+    }
     println!("- phases: {phases}");
     if args.runs_throughput() || args.runs(BenchPhase::Group) {
         let sizes = args
@@ -450,7 +455,38 @@ async fn run_group(admin: &Admin, args: &BenchArgs, bootstrap: &str, key: Key) -
     samples
 }
 
+/// Over TLS (`PEERS_TLS_CA`) only the produce, read and group phases of
+/// kastellan, kastellan-ring and rdkafka run: the other clients and phases
+/// do not read the CA setting and would connect without TLS.
+fn check_tls(args: &BenchArgs) -> anyhow::Result<()> {
+    if workload::tls_ca().is_none() {
+        return Ok(());
+    }
+    let plain: Vec<&str> = args
+        .clients
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c,
+                Client::Kastellan | Client::KastellanRing | Client::Rdkafka
+            )
+        })
+        .map(|c| c.label())
+        .collect();
+    if !plain.is_empty() {
+        anyhow::bail!(
+            "PEERS_TLS_CA is set but {} cannot connect with TLS here (kastellan, kastellan-ring and rdkafka can)",
+            plain.join(", ")
+        );
+    }
+    if args.runs(BenchPhase::Rebalance) || args.runs(BenchPhase::Idle) {
+        anyhow::bail!("PEERS_TLS_CA is set: over TLS only the produce, read and group phases run");
+    }
+    Ok(())
+}
+
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
+    check_tls(&args)?;
     let (bootstrap, _local_broker) = broker::resolve(args.bootstrap.as_deref())?;
     let admin = Admin::connect(&bootstrap)?;
     let brokers = admin

@@ -3,12 +3,18 @@
 use std::fmt;
 use std::str::FromStr;
 
+use kastellan::TlsProvider;
+
 use crate::tally::GroupRead;
 use crate::{confluent_client, kastellan_client, rdkafka_client};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Client {
+    /// kastellan; over TLS with its default crypto provider (graviola).
     Kastellan,
+    /// kastellan with `TlsProvider::Ring`: differs from `Kastellan` only
+    /// over TLS (`PEERS_TLS_CA`).
+    KastellanRing,
     Rdkafka,
     Confluent,
     /// franz-go, a separate Go program (`franz/`), see `spawn::command_for`.
@@ -27,6 +33,15 @@ impl Client {
         Client::Franz,
     ];
 
+    /// The TLS crypto provider of a kastellan client: ring for
+    /// `kastellan-ring`, else kastellan's default (graviola).
+    pub fn tls(self) -> TlsProvider {
+        match self {
+            Client::KastellanRing => TlsProvider::Ring,
+            _ => TlsProvider::default(),
+        }
+    }
+
     fn elsewhere(self) -> anyhow::Error {
         anyhow::anyhow!("{self} runs as a program of its own, not through `peers run`")
     }
@@ -35,6 +50,7 @@ impl Client {
     pub fn id(self) -> &'static str {
         match self {
             Client::Kastellan => "kastellan",
+            Client::KastellanRing => "kastellan-ring",
             Client::Rdkafka => "rdkafka",
             Client::Confluent => "confluent",
             Client::Franz => "franz-go",
@@ -46,6 +62,7 @@ impl Client {
     pub fn label(self) -> &'static str {
         match self {
             Client::Kastellan => "kastellan",
+            Client::KastellanRing => "kastellan-ring",
             Client::Rdkafka => "rdkafka",
             Client::Confluent => "confluent-kafka",
             Client::Franz => "franz-go",
@@ -61,8 +78,8 @@ impl Client {
         records: usize,
     ) -> anyhow::Result<()> {
         match self {
-            Client::Kastellan => {
-                kastellan_client::produce(bootstrap, topic, payload, records).await
+            Client::Kastellan | Client::KastellanRing => {
+                kastellan_client::produce(self.tls(), bootstrap, topic, payload, records).await
             }
             Client::Rdkafka => rdkafka_client::produce(bootstrap, topic, payload, records).await,
             Client::Confluent => {
@@ -80,8 +97,8 @@ impl Client {
         expected: usize,
     ) -> anyhow::Result<u64> {
         match self {
-            Client::Kastellan => {
-                kastellan_client::read(bootstrap, topic, partitions, expected).await
+            Client::Kastellan | Client::KastellanRing => {
+                kastellan_client::read(self.tls(), bootstrap, topic, partitions, expected).await
             }
             Client::Rdkafka => rdkafka_client::read(bootstrap, topic, partitions, expected).await,
             Client::Confluent => {
@@ -99,8 +116,9 @@ impl Client {
         expected: usize,
     ) -> anyhow::Result<GroupRead> {
         match self {
-            Client::Kastellan => {
-                kastellan_client::group_consume(bootstrap, topic, partitions, expected).await
+            Client::Kastellan | Client::KastellanRing => {
+                kastellan_client::group_consume(self.tls(), bootstrap, topic, partitions, expected)
+                    .await
             }
             Client::Rdkafka => {
                 rdkafka_client::group_consume(bootstrap, topic, partitions, expected).await
@@ -125,12 +143,13 @@ impl FromStr for Client {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "kastellan" => Ok(Client::Kastellan),
+            "kastellan-ring" | "kastellan_ring" => Ok(Client::KastellanRing),
             "rdkafka" | "librdkafka" => Ok(Client::Rdkafka),
             "confluent" | "confluent-kafka" | "confluent_kafka" => Ok(Client::Confluent),
             "franz-go" | "franz" | "franz_go" => Ok(Client::Franz),
             "java" => Ok(Client::Java),
             other => anyhow::bail!(
-                "unknown client {other:?} (known: kastellan, rdkafka, confluent-kafka, franz-go, java)"
+                "unknown client {other:?} (known: kastellan, kastellan-ring, rdkafka, confluent-kafka, franz-go, java)"
             ),
         }
     }

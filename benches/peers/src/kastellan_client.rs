@@ -14,6 +14,9 @@
 //! - `group_consume` joins a fresh consumer group as its only member,
 //!   subscribed to `topic` from the earliest offset, and feeds every record
 //!   to a `crate::tally::GroupTally` until it holds `expected` records.
+//! - Here each of `produce`, `read` and `group_consume` takes the TLS
+//!   crypto provider first (`kastellan` and `kastellan-ring`, see
+//!   `crate::clients::Client::tls`); it matters only over TLS.
 //! - `member` (rebalance phase) is one member of a shared group that reports
 //!   its assignments and records through `crate::member::Events`.
 
@@ -25,7 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kastellan::group::assignor::{Assignor, CooperativeStickyAssignor, RangeAssignor};
 use kastellan::group::{ConsumerRecord, HandlerError, StatusHandle};
-use kastellan::{Client, ClientConfig, StartOffset};
+use kastellan::{Client, ClientConfig, StartOffset, TlsProvider};
 
 use crate::child::PhaseReport;
 use crate::idle::{self, IdleArgs};
@@ -33,11 +36,13 @@ use crate::member::{self, Events, MemberArgs, MemberKind};
 use crate::tally::{self, GroupRead, GroupTally};
 use crate::workload;
 
-async fn connect(bootstrap: &str) -> anyhow::Result<Client> {
+/// A client for `bootstrap`; over TLS (`PEERS_TLS_CA`) with the crypto
+/// provider `tls`.
+async fn connect(tls: TlsProvider, bootstrap: &str) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(bootstrap).client_id("peers-bench");
     if let Some(ca) = workload::tls_ca() {
         let pem = std::fs::read_to_string(&ca).with_context(|| format!("reading {ca}"))?;
-        config = config.tls(kastellan::TlsConfig::new().ca_pem(pem));
+        config = config.tls(kastellan::TlsConfig::new().ca_pem(pem).provider(tls));
     }
     Client::connect(config)
         .await
@@ -45,12 +50,13 @@ async fn connect(bootstrap: &str) -> anyhow::Result<Client> {
 }
 
 pub async fn produce(
+    tls: TlsProvider,
     bootstrap: &str,
     topic: &str,
     payload: &[u8],
     records: usize,
 ) -> anyhow::Result<()> {
-    let client = connect(bootstrap).await?;
+    let client = connect(tls, bootstrap).await?;
     let producer = client
         .producer()
         .linger(Duration::from_millis(u64::from(workload::LINGER_MS)))
@@ -86,12 +92,13 @@ pub async fn produce(
 }
 
 pub async fn read(
+    tls: TlsProvider,
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     expected: usize,
 ) -> anyhow::Result<u64> {
-    let client = connect(bootstrap).await?;
+    let client = connect(tls, bootstrap).await?;
     let all: Vec<i32> = (0..partitions).collect();
     let reader = client
         .reader()
@@ -123,12 +130,13 @@ pub async fn read(
 }
 
 pub async fn group_consume(
+    tls: TlsProvider,
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     expected: usize,
 ) -> anyhow::Result<GroupRead> {
-    let client = connect(bootstrap).await?;
+    let client = connect(tls, bootstrap).await?;
     client
         .topic_metadata(topic, true)
         .await?
@@ -202,7 +210,7 @@ impl AssignmentWatch {
 }
 
 pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
-    let client = connect(&args.bootstrap).await?;
+    let client = connect(TlsProvider::default(), &args.bootstrap).await?;
     client
         .topic_metadata(&args.topic, true)
         .await?
@@ -252,7 +260,7 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
 /// partition.
 pub async fn idle(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
     let started = std::time::Instant::now();
-    let client = connect(&args.bootstrap).await?;
+    let client = connect(TlsProvider::default(), &args.bootstrap).await?;
     let consumer = client
         .group_consumer(args.group.clone())
         .topics(args.topics.clone())

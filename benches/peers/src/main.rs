@@ -41,7 +41,9 @@ usage: peers [options]
                        (produce/read and group; default 200000)
   --sizes 100,1024     value sizes in bytes (default 1024; --size B: one)
   --clients a,b,c      clients to run, in this order (default
-                       kastellan,rdkafka,confluent-kafka,franz-go; also java)
+                       kastellan,rdkafka,confluent-kafka,franz-go; also java,
+                       and kastellan-ring: kastellan with the ring TLS
+                       provider, the same as kastellan without TLS)
   --rounds R           rounds, client order rotated each round (default 1)
   --partitions 1,6     partition counts of the produce/read and group topics
                        (default 1,6; --layouts is the same)
@@ -357,7 +359,7 @@ mod tests {
             "--partitions",
             "1,6,64,1000",
             "--clients",
-            "kastellan,franz-go,java",
+            "kastellan,franz-go,java,kastellan-ring",
             "--phases",
             "idle",
             "--idle-secs",
@@ -368,7 +370,12 @@ mod tests {
         assert_eq!(scale.layouts, vec![1, 6, 64, 1000]);
         assert_eq!(
             scale.clients,
-            vec![Client::Kastellan, Client::Franz, Client::Java]
+            vec![
+                Client::Kastellan,
+                Client::Franz,
+                Client::Java,
+                Client::KastellanRing
+            ]
         );
         assert_eq!(scale.phases, vec![bench::BenchPhase::Idle]);
         assert_eq!(scale.idle.secs, 5);

@@ -26,6 +26,17 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Records sent between two non-blocking polls of the delivery queue.
 const POLL_EVERY: usize = 1000;
 
+/// A configuration for `bootstrap`, with TLS when the run goes to a TLS
+/// listener (`workload::rdkafka_tls_settings`).
+fn config_for(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (name, value) in workload::rdkafka_tls_settings() {
+        config.set(name, value);
+    }
+    config
+}
+
 /// The producer settings, as librdkafka names them.
 pub fn producer_settings() -> Vec<(&'static str, String)> {
     vec![
@@ -81,12 +92,8 @@ fn produce_blocking(
     payload: &[u8],
     records: usize,
 ) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (name, value) in producer_settings()
-        .into_iter()
-        .chain(workload::rdkafka_tls_settings())
-    {
+    let mut config = config_for(bootstrap);
+    for (name, value) in producer_settings() {
         config.set(name, value);
     }
     let producer: BaseProducer<DeliveryTally> = config
@@ -159,8 +166,7 @@ fn read_blocking(
     // assigned consumer never joins that group, and with auto-commit off and
     // explicit start offsets nothing is committed to it or read from it.
     let group = format!("peers-reader-{}", std::process::id());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = config_for(bootstrap)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -215,8 +221,7 @@ fn group_consume_blocking(
     partitions: i32,
     expected: usize,
 ) -> anyhow::Result<GroupRead> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = config_for(bootstrap)
         .set("group.id", workload::fresh_group_id("group-rdkafka"))
         .set("group.protocol", "classic")
         .set("auto.offset.reset", "earliest")
@@ -292,8 +297,7 @@ pub async fn member(args: &MemberArgs) -> anyhow::Result<()> {
 
 fn member_blocking(args: &MemberArgs) -> anyhow::Result<()> {
     let millis = |d: Duration| d.as_millis().to_string();
-    let consumer: BaseConsumer<MemberContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let consumer: BaseConsumer<MemberContext> = config_for(&args.bootstrap)
         .set("group.id", &args.group)
         .set("group.protocol", "classic")
         .set("partition.assignment.strategy", "range")
@@ -355,8 +359,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
 
 fn idle_blocking(args: &IdleArgs) -> anyhow::Result<PhaseReport> {
     let started = Instant::now();
-    let consumer: BaseConsumer<IdleContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let consumer: BaseConsumer<IdleContext> = config_for(&args.bootstrap)
         .set("group.id", &args.group)
         .set("group.protocol", "classic")
         .set("auto.offset.reset", "earliest")

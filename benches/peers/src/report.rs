@@ -533,7 +533,7 @@ pub fn render(samples: &[Sample], clients: &[Client], keys: &[Key]) -> String {
 pub fn group_protocol(client: Client) -> &'static str {
     match client {
         Client::Confluent => "consumer (KIP-848)",
-        Client::Kastellan | Client::Rdkafka => "classic",
+        Client::Kastellan | Client::KastellanRing | Client::Rdkafka => "classic",
         Client::Franz => "classic (cooperative-sticky)",
         Client::Java => "classic (ConsumerPerformance)",
     }
