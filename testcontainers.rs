@@ -4560,7 +4560,7 @@ const AVRO_IMPORT_CHECK: &str = "\
 import confluent_kafka, fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-print('confluent-kafka', confluent_kafka.version()[0], 'librdkafka', \
+print('confluent-kafka', confluent_kafka.__version__, 'librdkafka', \
 confluent_kafka.libversion()[0], 'fastavro', fastavro.__version__)
 ";
 

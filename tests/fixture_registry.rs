@@ -17,11 +17,21 @@ use common::testcontainers::{
 };
 use serde_json::{json, Value};
 
-// What a failure message says about the registry: where it is, and how long
-// its start took (a slow start explains many timeouts).
+// What a failure message says about the registry: where it is, how long
+// its start took (a slow start explains many timeouts) and its size.
 fn about(registry: &Registry) -> String {
+    let rss = registry
+        .pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l["VmRSS:".len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
     format!(
-        "registry at {} (pid {:?}), started in {:?}",
+        "registry at {} (pid {:?}, RSS {rss}), started in {:?}",
         registry.url(),
         registry.pid(),
         registry.startup_time()
