@@ -43,6 +43,8 @@ pub mod reader;
 mod record;
 mod report_queue;
 mod retry;
+#[cfg(feature = "schema-registry")]
+pub mod schema_registry;
 pub mod security;
 pub mod service;
 mod topic_partition;
