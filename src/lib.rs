@@ -28,6 +28,8 @@
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 pub mod admin;
+#[cfg(feature = "avro")]
+pub mod avro;
 mod backoff;
 mod client;
 pub mod config;

@@ -25,6 +25,7 @@
 //! Schema references (`references`) are carried to and from the registry
 //! as they are; this client does not fetch the referenced schemas.
 
+pub mod confluent;
 mod http;
 
 use std::collections::HashMap;
@@ -850,4 +851,4 @@ fn error_from_answer(url: String, status: StatusCode, body: &[u8]) -> Error {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
