@@ -299,6 +299,44 @@ pub enum Error {
         unresolved: usize,
     },
 
+    /// A call to the schema registry failed: the registry answered with an
+    /// error (`status` and, where its body carried one, the registry's
+    /// `code`, such as 40401 subject not found, 40403 schema not found,
+    /// 409 incompatible schema, 42201 invalid schema), or gave no usable
+    /// answer (`status` is `None`: no connection, a timeout, a closed
+    /// connection, TLS refused). Retriable for 5xx answers, 429, timeouts
+    /// and connection failures; not for other 4xx answers or TLS
+    /// certificate problems.
+    #[error("schema registry {url}: {}{message}", describe_registry_status(*.status, *.code))]
+    Registry {
+        /// The URL called (no credentials).
+        url: String,
+        /// The HTTP status, if an answer came.
+        status: Option<u16>,
+        /// The registry's `error_code`, if its answer carried one.
+        code: Option<i32>,
+        /// The registry's message, or what went wrong.
+        message: String,
+        /// Whether repeating the call later may succeed.
+        retriable: bool,
+    },
+
+    /// A value does not fit its format: a record's bytes are not a valid
+    /// frame (a Confluent frame that is empty, shorter than 5 bytes, or with
+    /// a magic byte other than 0; a schema id the registry does not know),
+    /// the body does not decode with the writer's schema or cannot be read
+    /// with the reader's, or a value to send does not fit its schema. Not
+    /// retriable: for a consumer, such a record is poison, and
+    /// [`HandlerError`](crate::group::HandlerError) routes it to the
+    /// dead-letter topic.
+    #[error("{format}: {reason}")]
+    Serialization {
+        /// The format, e.g. `Avro` or `Confluent wire format`.
+        format: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An error from the data-path client, with its context.
     #[error("{context}: {message}")]
     Client {
@@ -309,6 +347,16 @@ pub enum Error {
         /// Whether retrying may help.
         retriable: bool,
     },
+}
+
+/// The start of a registry error's text: the HTTP status and the
+/// registry's error code, where there are.
+fn describe_registry_status(status: Option<u16>, code: Option<i32>) -> String {
+    match (status, code) {
+        (Some(s), Some(c)) => format!("HTTP {s}, error code {c}: "),
+        (Some(s), None) => format!("HTTP {s}: "),
+        (None, _) => String::new(),
+    }
 }
 
 impl Error {
@@ -328,7 +376,7 @@ impl Error {
             | Error::RetriesExhausted { .. }
             | Error::WorkerFailed { .. } => true,
             Error::Broker(b) => b.is_retriable(),
-            Error::Client { retriable, .. } => *retriable,
+            Error::Client { retriable, .. } | Error::Registry { retriable, .. } => *retriable,
             _ => false,
         }
     }
@@ -464,6 +512,23 @@ impl Error {
             } => Error::CloseTimeout {
                 timeout: *timeout,
                 unresolved: *unresolved,
+            },
+            Error::Registry {
+                url,
+                status,
+                code,
+                message,
+                retriable,
+            } => Error::Registry {
+                url: url.clone(),
+                status: *status,
+                code: *code,
+                message: message.clone(),
+                retriable: *retriable,
+            },
+            Error::Serialization { format, reason } => Error::Serialization {
+                format,
+                reason: reason.clone(),
             },
             Error::Client {
                 context,

@@ -28,6 +28,8 @@
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 pub mod admin;
+#[cfg(feature = "avro")]
+pub mod avro;
 mod backoff;
 mod client;
 pub mod config;
@@ -43,6 +45,8 @@ pub mod reader;
 mod record;
 mod report_queue;
 mod retry;
+#[cfg(feature = "schema-registry")]
+pub mod schema_registry;
 pub mod security;
 pub mod service;
 mod topic_partition;

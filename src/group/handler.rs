@@ -36,8 +36,9 @@ pub enum FailureKind {
 /// Any error converts into it with `?` (like `anyhow::Error`): most become
 /// [`FailureKind::Retry`]; errors that say the record itself is bad become
 /// [`FailureKind::DeadLetter`]: a [`serde_json::Error`] and kastellan's
-/// [`Error::Json`](crate::Error::Json) and [`Error::Decode`](crate::Error::Decode)
-/// (the value cannot be decoded, and never will be). Say it explicitly with
+/// [`Error::Json`](crate::Error::Json), [`Error::Decode`](crate::Error::Decode)
+/// and [`Error::Serialization`](crate::Error::Serialization) (the value
+/// cannot be decoded, and never will be). Say it explicitly with
 /// [`HandlerError::retry`] and [`HandlerError::dead_letter`].
 ///
 /// ```
@@ -115,7 +116,11 @@ impl HandlerError {
         let poison = error.is::<serde_json::Error>()
             || matches!(
                 error.downcast_ref::<crate::Error>(),
-                Some(crate::Error::Json(_) | crate::Error::Decode { .. })
+                Some(
+                    crate::Error::Json(_)
+                        | crate::Error::Decode { .. }
+                        | crate::Error::Serialization { .. }
+                )
             );
         Self {
             kind: if poison {
