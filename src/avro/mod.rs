@@ -139,11 +139,35 @@ fn parse(text: &str, what: &str) -> Result<apache_avro::Schema> {
     Ok(schema)
 }
 
+/// The writer's schema with what apache-avro derives from it, made once:
+/// its named types (for the typed writer) and the generic datum writer.
+#[ouroboros::self_referencing]
+struct Encoder {
+    schema: apache_avro::Schema,
+    #[borrows(schema)]
+    #[covariant]
+    names: ResolvedSchema<'this>,
+    #[borrows(schema)]
+    #[covariant]
+    generic: GenericDatumWriter<'this>,
+}
+
+impl Encoder {
+    fn make(schema: apache_avro::Schema) -> std::result::Result<Self, apache_avro::Error> {
+        EncoderTryBuilder {
+            schema,
+            names_builder: |schema| ResolvedSchema::try_from(schema),
+            generic_builder: |schema| GenericDatumWriter::builder(schema).build(),
+        }
+        .try_build()
+    }
+}
+
 /// The writing side shared by the typed and generic serializers: the
 /// schema, how to name its subject, and the ids found per topic.
 struct Writing {
     registry: SchemaRegistry,
-    schema: Arc<apache_avro::Schema>,
+    encoder: Arc<Encoder>,
     registered: Schema,
     strategy: SubjectNameStrategy,
     part: Part,
@@ -154,11 +178,11 @@ struct Writing {
 impl Writing {
     fn new(registry: SchemaRegistry, schema: apache_avro::Schema) -> Result<Self> {
         let text = serde_json::to_string(&schema)?;
-        ResolvedSchema::try_from(&schema)
+        let encoder = Encoder::make(schema)
             .map_err(|e| Error::Config(format!("the Avro schema cannot be resolved: {e}")))?;
         Ok(Self {
             registry,
-            schema: Arc::new(schema),
+            encoder: Arc::new(encoder),
             registered: Schema::avro(text),
             strategy: SubjectNameStrategy::default(),
             part: Part::default(),
@@ -177,7 +201,9 @@ impl Writing {
         {
             return Ok(*id);
         }
-        let subject = self.strategy.subject(topic, self.part, &self.schema)?;
+        let subject = self
+            .strategy
+            .subject(topic, self.part, self.encoder.borrow_schema())?;
         let id = if self.auto_register {
             self.registry.register(&subject, &self.registered).await?
         } else {
@@ -203,7 +229,7 @@ impl Clone for Writing {
     fn clone(&self) -> Self {
         Self {
             registry: self.registry.clone(),
-            schema: Arc::clone(&self.schema),
+            encoder: Arc::clone(&self.encoder),
             registered: self.registered.clone(),
             strategy: self.strategy,
             part: self.part,
@@ -253,7 +279,7 @@ macro_rules! writing_options {
 
         /// The writer's schema.
         pub fn schema(&self) -> &apache_avro::Schema {
-            &self.writing.schema
+            self.writing.encoder.borrow_schema()
         }
 
         fn writing_mut(&mut self) -> &mut Writing {
@@ -341,13 +367,14 @@ impl<T: Serialize> AvroSerializer<T> {
     fn serialize_with_id(&self, id: SchemaId, topic: &str, value: &T) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&confluent::header(id));
-        let schema = &*self.writing.schema;
-        // The named types, for references within the schema. (apache-avro
-        // keeps an owned form of this map private, so it is made per value;
-        // it costs a walk of the schema.)
-        let resolved = ResolvedSchema::try_from(schema).map_err(|e| self.writing.fits(topic, e))?;
-        apache_avro::write_avro_datum_ref(schema, resolved.get_names(), value, &mut out)
-            .map_err(|e| self.writing.fits(topic, e))?;
+        let encoder = &self.writing.encoder;
+        apache_avro::write_avro_datum_ref(
+            encoder.borrow_schema(),
+            encoder.borrow_names().get_names(),
+            value,
+            &mut out,
+        )
+        .map_err(|e| self.writing.fits(topic, e))?;
         Ok(out)
     }
 }
@@ -394,25 +421,122 @@ impl GenericAvroSerializer {
     /// [`Error::Serialization`] if it does not fit the schema.
     pub async fn serialize(&self, topic: &str, value: &Value) -> Result<Vec<u8>> {
         let id = self.writing.id(topic).await?;
-        let writer = GenericDatumWriter::builder(&self.writing.schema)
-            .build()
-            .map_err(|e| self.writing.fits(topic, e))?;
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&confluent::header(id));
-        writer
+        self.writing
+            .encoder
+            .borrow_generic()
             .write_value_ref(&mut out, value)
             .map_err(|e| self.writing.fits(topic, e))?;
         Ok(out)
     }
 }
 
-/// How values written with one schema id are read: the writer's schema
-/// (with its named types, for the body check) and the reader's schema, if
-/// it differs.
-struct Plan {
-    id: SchemaId,
+/// The writer's schema and the reader's (if it differs) with what
+/// apache-avro derives from them, made once per schema id: the writer's
+/// named types (for the body check) and the datum reader, which holds the
+/// named types of both.
+#[ouroboros::self_referencing]
+struct Decoder {
     writer: apache_avro::Schema,
     reader: Option<Arc<apache_avro::Schema>>,
+    #[borrows(writer)]
+    #[covariant]
+    names: ResolvedSchema<'this>,
+    #[borrows(writer, reader)]
+    #[covariant]
+    datum: GenericDatumReader<'this>,
+}
+
+/// How values written with one schema id are read.
+struct Plan {
+    id: SchemaId,
+    decoder: Decoder,
+    /// When the reader's record differs from the writer's only by fields
+    /// added (with defaults) or removed, and every shared field has the
+    /// same schema: where each of the reader's fields comes from. The
+    /// decoder then reads the writer's record, and the reader's is put
+    /// together from it without a general resolution per record.
+    fields: Option<Vec<FieldSource>>,
+}
+
+/// Where a field of the reader's record comes from.
+enum FieldSource {
+    /// The writer's field at this position, as it is.
+    Writer(usize),
+    /// The field's default, already resolved to its schema.
+    Default(String, Value),
+}
+
+/// Whether `schema` refers to a named type by name (whose definition may
+/// differ between the writer's and the reader's schema).
+fn has_ref(schema: &apache_avro::Schema) -> bool {
+    use apache_avro::Schema as S;
+    match schema {
+        S::Ref { .. } => true,
+        S::Record(r) => r.fields.iter().any(|f| has_ref(&f.schema)),
+        S::Array(a) => has_ref(&a.items),
+        S::Map(m) => has_ref(&m.types),
+        S::Union(u) => u.variants().iter().any(has_ref),
+        _ => false,
+    }
+}
+
+/// The field plan for a writer's and a reader's record, if the change
+/// between them is only fields added with defaults or removed; `None`
+/// when apache-avro's general resolution is needed (renamed or promoted
+/// fields, changed types, references to named types). The result is what
+/// that resolution gives.
+fn field_plan(
+    writer: &apache_avro::Schema,
+    reader: &apache_avro::Schema,
+) -> Option<Vec<FieldSource>> {
+    use apache_avro::Schema as S;
+    let (S::Record(w), S::Record(r)) = (writer, reader) else {
+        return None;
+    };
+    if w.name.fullname(None) != r.name.fullname(None) {
+        return None;
+    }
+    let names = ResolvedSchema::try_from(reader).ok()?;
+    let mut plan = Vec::with_capacity(r.fields.len());
+    for field in &r.fields {
+        if has_ref(&field.schema) {
+            return None;
+        }
+        match w.fields.iter().position(|f| f.name == field.name) {
+            Some(i) => {
+                // The same schema, logical types and all: the writer's
+                // value is already the reader's.
+                let same = serde_json::to_value(&w.fields[i].schema).ok()?
+                    == serde_json::to_value(&field.schema).ok()?;
+                if !same {
+                    return None;
+                }
+                plan.push(FieldSource::Writer(i));
+            }
+            None => {
+                // As apache-avro resolves a missing field's default.
+                let default = Value::try_from(field.default.clone()?).ok()?;
+                let value = match &field.schema {
+                    S::Union(u) => Value::Union(
+                        0,
+                        Box::new(
+                            default
+                                .resolve_with_names(u.variants().first()?, names.get_names())
+                                .ok()?,
+                        ),
+                    ),
+                    _ => default,
+                };
+                let value = value
+                    .resolve_with_names(&field.schema, names.get_names())
+                    .ok()?;
+                plan.push(FieldSource::Default(field.name.clone(), value));
+            }
+        }
+    }
+    Some(plan)
 }
 
 /// The reading side shared by the typed and generic deserializers.
@@ -488,7 +612,29 @@ impl Reading {
             }
             _ => None,
         };
-        let plan = Arc::new(Plan { id, writer, reader });
+        let fields = reader.as_deref().and_then(|r| field_plan(&writer, r));
+        let decoder = DecoderTryBuilder {
+            writer,
+            // With a field plan the decoder reads the writer's record as it is.
+            reader: if fields.is_some() { None } else { reader },
+            names_builder: |writer| ResolvedSchema::try_from(writer),
+            datum_builder: |writer, reader| {
+                GenericDatumReader::builder(writer)
+                    .maybe_reader_schema(reader.as_deref())
+                    .build()
+            },
+        }
+        .try_build()
+        .map_err(|e| {
+            avro_error(format!(
+                "values written with schema id {id} cannot be read with the reader's schema: {e}"
+            ))
+        })?;
+        let plan = Arc::new(Plan {
+            id,
+            decoder,
+            fields,
+        });
         self.plans
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -507,22 +653,45 @@ impl Reading {
 /// Decode `body` with the plan: check it, decode with the writer's schema,
 /// resolve to the reader's.
 fn decode(plan: &Plan, topic: &str, body: &[u8]) -> Result<Value> {
-    let writer = &plan.writer;
     let bad = |what: String| {
         avro_error(format!(
             "a value in topic `{topic}` does not decode with its writer's schema (id {}): {what}",
             plan.id
         ))
     };
-    let names = ResolvedSchema::try_from(writer).map_err(|e| bad(e.to_string()))?;
-    guard::check(writer, names.get_names(), body).map_err(bad)?;
-    let reader = GenericDatumReader::builder(writer)
-        .resolved_writer_schemata(names)
-        .maybe_reader_schema(plan.reader.as_deref())
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
+    let decoder = &plan.decoder;
+    guard::check(
+        decoder.borrow_writer(),
+        decoder.borrow_names().get_names(),
+        body,
+    )
+    .map_err(bad)?;
     let mut rest = body;
-    reader.read_value(&mut rest).map_err(|e| bad(e.to_string()))
+    let value = decoder
+        .borrow_datum()
+        .read_value(&mut rest)
+        .map_err(|e| bad(e.to_string()))?;
+    let Some(plan) = &plan.fields else {
+        return Ok(value);
+    };
+    let Value::Record(mut written) = value else {
+        return Err(bad(
+            "the writer's record decoded as another kind of value".into()
+        ));
+    };
+    let mut fields = Vec::with_capacity(plan.len());
+    for source in plan {
+        fields.push(match source {
+            FieldSource::Writer(i) => {
+                let Some((name, value)) = written.get_mut(*i) else {
+                    return Err(bad(format!("the writer's record has no field {i}")));
+                };
+                (std::mem::take(name), std::mem::replace(value, Value::Null))
+            }
+            FieldSource::Default(name, value) => (name.clone(), value.clone()),
+        });
+    }
+    Ok(Value::Record(fields))
 }
 
 /// Deserializes framed Avro values into `T`, resolving each writer's

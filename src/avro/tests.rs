@@ -434,3 +434,95 @@ fn the_guard_checks_lengths_without_decoding() {
         .unwrap_err()
         .contains("not a valid varint"));
 }
+
+// The field plan gives what apache-avro's general resolution gives, for
+// added fields of every kind of default and removed fields; and changes it
+// cannot carry (promotions, references, changed field types) have none.
+#[test]
+fn the_field_plan_matches_the_general_resolution() {
+    let writer = parse_schema(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[
+            {"name":"id","type":"long"},
+            {"name":"gone","type":"string"},
+            {"name":"tags","type":{"type":"array","items":"string"}},
+            {"name":"inner","type":{"type":"record","name":"In","fields":[{"name":"x","type":"int"}]}},
+            {"name":"note","type":["null","string"]}]}"#,
+    );
+    let reader = parse_schema(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[
+            {"name":"note","type":["null","string"]},
+            {"name":"id","type":"long"},
+            {"name":"inner","type":{"type":"record","name":"In","fields":[{"name":"x","type":"int"}]}},
+            {"name":"tags","type":{"type":"array","items":"string"}},
+            {"name":"channel","type":"string","default":"web"},
+            {"name":"maybe","type":["null","long"],"default":null},
+            {"name":"count","type":["long","null"],"default":7},
+            {"name":"kind","type":{"type":"enum","name":"K","symbols":["A","B"]},"default":"B"},
+            {"name":"attrs","type":{"type":"map","values":"int"},"default":{"a":1}},
+            {"name":"when","type":{"type":"long","logicalType":"timestamp-millis"},"default":5}]}"#,
+    );
+    let plan = field_plan(&writer, &reader).expect("a field plan");
+    assert_eq!(plan.len(), 10);
+    for note in [
+        Value::Union(0, Box::new(Value::Null)),
+        Value::Union(1, Box::new(Value::String("n".into()))),
+    ] {
+        let written = Value::Record(vec![
+            ("id".into(), Value::Long(42)),
+            ("gone".into(), Value::String("bye".into())),
+            ("tags".into(), Value::Array(vec![Value::String("a".into())])),
+            (
+                "inner".into(),
+                Value::Record(vec![("x".into(), Value::Int(3))]),
+            ),
+            ("note".into(), note),
+        ]);
+        let body = GenericDatumWriter::builder(&writer)
+            .build()
+            .unwrap()
+            .write_value_to_vec(written)
+            .unwrap();
+        let general = GenericDatumReader::builder(&writer)
+            .reader_schema(&reader)
+            .build()
+            .unwrap()
+            .read_value(&mut body.as_slice())
+            .unwrap();
+        let decoder = DecoderTryBuilder {
+            writer: writer.clone(),
+            reader: None,
+            names_builder: |w| ResolvedSchema::try_from(w),
+            datum_builder: |w, _| GenericDatumReader::builder(w).build(),
+        }
+        .try_build()
+        .unwrap();
+        let planned = Plan {
+            id: SchemaId(1),
+            decoder,
+            fields: field_plan(&writer, &reader),
+        };
+        assert_eq!(decode(&planned, "t", &body).unwrap(), general);
+    }
+
+    let none = |reader: &str| field_plan(&writer, &parse_schema(reader)).is_none();
+    // int promoted to long, a changed field type, a reference, another name.
+    assert!(none(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[{"name":"id","type":"double"}]}"#
+    ));
+    assert!(none(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[{"name":"gone","type":"bytes"}]}"#
+    ));
+    assert!(none(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[
+        {"name":"inner","type":{"type":"record","name":"In","fields":[{"name":"x","type":"int"}]}},
+        {"name":"again","type":"In","default":{"x":1}}]}"#
+    ));
+    assert!(none(
+        r#"{"type":"record","name":"Other","namespace":"t","fields":[]}"#
+    ));
+    // A field the writer lacks with no default: the general resolution
+    // reports it.
+    assert!(none(
+        r#"{"type":"record","name":"E","namespace":"t","fields":[{"name":"new","type":"int"}]}"#
+    ));
+}
