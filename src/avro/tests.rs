@@ -526,3 +526,39 @@ fn the_field_plan_matches_the_general_resolution() {
         r#"{"type":"record","name":"E","namespace":"t","fields":[{"name":"new","type":"int"}]}"#
     ));
 }
+
+// A hundred tasks that read the first records of a new schema id at once
+// make one registry call between them; so do a hundred that write the
+// first values of a new subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_records_make_one_registry_call() {
+    let (peer, registry) = fake_registry().await;
+    let serializer = AvroSerializer::<Order>::new(registry.clone()).unwrap();
+    let writes: Vec<_> = (0..100)
+        .map(|n| {
+            let serializer = serializer.clone();
+            tokio::spawn(async move { serializer.serialize("orders", &order(n)).await })
+        })
+        .collect();
+    let mut frames = Vec::new();
+    for w in writes {
+        frames.push(w.await.unwrap().unwrap());
+    }
+    assert_eq!(peer.calls(), 1, "one register call");
+
+    // A new client: empty caches.
+    let fresh = SchemaRegistry::builder(&peer.url).build().unwrap();
+    let deserializer = AvroDeserializer::<Order>::new(fresh.clone()).unwrap();
+    let reads: Vec<_> = frames
+        .into_iter()
+        .map(|frame| {
+            let deserializer = deserializer.clone();
+            tokio::spawn(async move { deserializer.deserialize("orders", &frame).await })
+        })
+        .collect();
+    for (n, r) in reads.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap().unwrap(), order(n as i64));
+    }
+    assert_eq!(peer.calls(), 2, "one schema-by-id call");
+    assert_eq!(fresh.requests(), 1);
+}

@@ -30,9 +30,13 @@ mod http;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -390,6 +394,8 @@ impl SchemaRegistryBuilder {
             inner: Arc::new(Inner {
                 transport,
                 caches: Caches::default(),
+                flights: Flights::default(),
+                requests: AtomicU64::new(0),
             }),
         })
     }
@@ -422,10 +428,82 @@ fn write<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, V>>, key: K, value:
         .insert(key, value);
 }
 
+/// A registry call under way, shared by every caller that needs its
+/// answer (the error is shared too, and duplicated for each caller).
+type Flight<V> = Shared<BoxFuture<'static, std::result::Result<V, Arc<Error>>>>;
+
+/// The cacheable calls under way, by key: a cache miss that finds one
+/// waits for its answer instead of asking the registry again.
+#[derive(Default)]
+struct Flights {
+    by_id: Mutex<HashMap<SchemaId, Flight<Arc<Schema>>>>,
+    ids: Mutex<HashMap<(String, Schema), Flight<SchemaId>>>,
+    lookups: Mutex<HashMap<(String, Schema), Flight<RegisteredSchema>>>,
+}
+
+impl fmt::Debug for Flights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flights").finish_non_exhaustive()
+    }
+}
+
+/// Join the call for `key` under way in the `flights` map of `inner`, or
+/// start `call` as a task of its own. The task runs to its end (the
+/// transport's timeout bounds it) even if every caller stops waiting, puts
+/// its answer in the cache, and then takes itself out of the map, so a
+/// caller after it finds the cache.
+async fn single_flight<K, V, F>(
+    inner: &Arc<Inner>,
+    flights: fn(&Inner) -> &Mutex<HashMap<K, Flight<V>>>,
+    key: K,
+    call: impl FnOnce() -> F,
+) -> Result<V>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Future<Output = Result<V>> + Send + 'static,
+{
+    let flight = flights(inner)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key.clone())
+        .or_insert_with(|| {
+            let call = call();
+            let owner = Arc::clone(inner);
+            let url = inner.transport.endpoint.shown();
+            let task = tokio::spawn(async move {
+                let result = call.await.map_err(Arc::new);
+                flights(&owner)
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                result
+            });
+            task.map(move |joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(Arc::new(Error::Registry {
+                        url,
+                        status: None,
+                        code: None,
+                        message: format!("the registry call ended without an answer: {e}"),
+                        retriable: true,
+                    }))
+                })
+            })
+            .boxed()
+            .shared()
+        })
+        .clone();
+    flight.await.map_err(|e| e.duplicate())
+}
+
 #[derive(Debug)]
 struct Inner {
     transport: Transport,
     caches: Caches,
+    flights: Flights,
+    /// HTTP requests sent, for [`SchemaRegistry::requests`].
+    requests: AtomicU64,
 }
 
 /// A client for a Confluent-compatible schema registry. Cheap to clone:
@@ -433,8 +511,10 @@ struct Inner {
 ///
 /// Calls that read immutable data are cached: [`schema_by_id`](Self::schema_by_id),
 /// [`register`](Self::register) and [`lookup`](Self::lookup) ask the
-/// registry once per id or per (subject, schema). Listing calls, version
-/// queries, compatibility checks and configuration always ask.
+/// registry once per id or per (subject, schema); callers that miss the
+/// cache for the same key at the same time share one request. Listing
+/// calls, version queries, compatibility checks and configuration always
+/// ask. [`requests`](Self::requests) counts the requests sent.
 ///
 /// The URL may carry a path prefix: `http://host:8080/apis/ccompat/v7` for
 /// Apicurio, `http://host:8081` for Confluent's registry.
@@ -462,6 +542,22 @@ impl SchemaRegistry {
         self.inner.transport.endpoint.shown()
     }
 
+    /// How many HTTP requests this client (and its clones, which share
+    /// it) has sent to the registry, answered or not. The caches and
+    /// single-flight mean a service makes one registry call per schema it
+    /// writes and per schema id it reads, so in steady state this number
+    /// does not move; a number that keeps growing points at a cache that
+    /// does not hold (for instance a new client per record).
+    ///
+    /// ```
+    /// use kastellan::schema_registry::SchemaRegistry;
+    /// let registry = SchemaRegistry::builder("http://localhost:8081").build().unwrap();
+    /// assert_eq!(registry.requests(), 0);
+    /// ```
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
     /// Register `schema` under `subject` (or find it there, if it is
     /// already registered) and return its id. Cached per (subject, schema).
     ///
@@ -480,13 +576,27 @@ impl SchemaRegistry {
         if let Some(id) = read(&self.inner.caches.ids, &key) {
             return Ok(id);
         }
-        let path = format!("/subjects/{}/versions", percent_encode_segment(subject));
-        let answer: wire::IdAnswer = self
-            .json(Method::POST, &path, Some(schema_request(schema)?))
-            .await?;
-        let id = SchemaId(answer.id);
-        write(&self.inner.caches.ids, key, id);
-        Ok(id)
+        let this = self.clone();
+        single_flight(
+            &self.inner,
+            |i| &i.flights.ids,
+            key.clone(),
+            move || async move {
+                // A call that ended just before this one began has filled the
+                // cache.
+                if let Some(id) = read(&this.inner.caches.ids, &key) {
+                    return Ok(id);
+                }
+                let path = format!("/subjects/{}/versions", percent_encode_segment(&key.0));
+                let answer: wire::IdAnswer = this
+                    .json(Method::POST, &path, Some(schema_request(&key.1)?))
+                    .await?;
+                let id = SchemaId(answer.id);
+                write(&this.inner.caches.ids, key, id);
+                Ok(id)
+            },
+        )
+        .await
     }
 
     /// Find `schema` among `subject`'s versions: its id and version. Cached
@@ -505,14 +615,26 @@ impl SchemaRegistry {
         if let Some(found) = read(&self.inner.caches.lookups, &key) {
             return Ok(found);
         }
-        let path = format!("/subjects/{}", percent_encode_segment(subject));
-        let answer: wire::SubjectVersionAnswer = self
-            .json(Method::POST, &path, Some(schema_request(schema)?))
-            .await?;
-        let found = registered(answer);
-        write(&self.inner.caches.ids, key.clone(), found.id);
-        write(&self.inner.caches.lookups, key, found.clone());
-        Ok(found)
+        let this = self.clone();
+        single_flight(
+            &self.inner,
+            |i| &i.flights.lookups,
+            key.clone(),
+            move || async move {
+                if let Some(found) = read(&this.inner.caches.lookups, &key) {
+                    return Ok(found);
+                }
+                let path = format!("/subjects/{}", percent_encode_segment(&key.0));
+                let answer: wire::SubjectVersionAnswer = this
+                    .json(Method::POST, &path, Some(schema_request(&key.1)?))
+                    .await?;
+                let found = registered(answer);
+                write(&this.inner.caches.ids, key.clone(), found.id);
+                write(&this.inner.caches.lookups, key, found.clone());
+                Ok(found)
+            },
+        )
+        .await
     }
 
     /// The schema with this id. Cached: ids never change their schema.
@@ -529,15 +651,27 @@ impl SchemaRegistry {
         if let Some(schema) = read(&self.inner.caches.by_id, &id) {
             return Ok(schema);
         }
-        let path = format!("/schemas/ids/{id}");
-        let answer: wire::SchemaAnswer = self.json(Method::GET, &path, None).await?;
-        let schema = Arc::new(Schema {
-            schema_type: answer.schema_type.unwrap_or_default(),
-            text: answer.schema,
-            references: answer.references.unwrap_or_default(),
-        });
-        write(&self.inner.caches.by_id, id, Arc::clone(&schema));
-        Ok(schema)
+        let this = self.clone();
+        single_flight(
+            &self.inner,
+            |i| &i.flights.by_id,
+            id,
+            move || async move {
+                if let Some(schema) = read(&this.inner.caches.by_id, &id) {
+                    return Ok(schema);
+                }
+                let path = format!("/schemas/ids/{id}");
+                let answer: wire::SchemaAnswer = this.json(Method::GET, &path, None).await?;
+                let schema = Arc::new(Schema {
+                    schema_type: answer.schema_type.unwrap_or_default(),
+                    text: answer.schema,
+                    references: answer.references.unwrap_or_default(),
+                });
+                write(&this.inner.caches.by_id, id, Arc::clone(&schema));
+                Ok(schema)
+            },
+        )
+        .await
     }
 
     /// Every subject's name.
@@ -764,6 +898,7 @@ impl SchemaRegistry {
         body: Option<Vec<u8>>,
     ) -> Result<T> {
         let transport = &self.inner.transport;
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let answer = transport.call(method, path, body).await?;
         if !answer.status.is_success() {
             return Err(error_from_answer(

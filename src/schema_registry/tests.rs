@@ -30,6 +30,8 @@ pub(crate) enum Reply {
     Close,
     /// Send these raw bytes and close.
     Raw(&'static str),
+    /// Wait, then answer with this status and body.
+    Later(Duration, u16, String),
 }
 
 /// A local HTTP/1.1 peer that answers each request with `reply(seen)`.
@@ -113,7 +115,13 @@ async fn serve(
     };
     calls.fetch_add(1, Ordering::SeqCst);
     seen.lock().unwrap().push(item.clone());
-    match reply(&item) {
+    let mut answer = reply(&item);
+    if let Reply::Later(delay, status, body) = answer {
+        tokio::time::sleep(delay).await;
+        answer = Reply::Json(status, body);
+    }
+    match answer {
+        Reply::Later(..) => unreachable!("made a Json answer above"),
         Reply::Json(status, body) => {
             let text = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\n\
@@ -474,4 +482,97 @@ fn https_without_tls_is_a_config_error() {
         .build()
         .unwrap_err();
     assert!(matches!(e, Error::Config(_)));
+}
+
+#[tokio::test]
+async fn requests_counts_every_request_sent() {
+    let peer = Peer::start(|seen| {
+        if seen.path.ends_with("/versions") {
+            Reply::Json(200, r#"{"id":3}"#.into())
+        } else {
+            Reply::Json(
+                404,
+                r#"{"error_code":40403,"message":"Schema not found"}"#.into(),
+            )
+        }
+    })
+    .await;
+    let registry = client(&peer.url);
+    assert_eq!(registry.requests(), 0);
+    let schema = Schema::avro(r#""long""#);
+    for _ in 0..5 {
+        registry.register("n-value", &schema).await.unwrap();
+    }
+    assert_eq!(registry.requests(), 1, "cached after the first");
+    // Errors are not cached: each asks, and each counts.
+    for _ in 0..2 {
+        registry.schema_by_id(SchemaId(9)).await.unwrap_err();
+    }
+    assert_eq!(registry.requests(), 3);
+    assert_eq!(registry.clone().requests(), 3, "clones share the count");
+    assert_eq!(peer.calls(), 3);
+}
+
+// A hundred callers that miss the cache for the same key at once share one
+// request, an answer or an error alike; the next miss after an error asks
+// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_key_share_one_request() {
+    let peer = Peer::start(|seen| {
+        let later =
+            |status, body: &str| Reply::Later(Duration::from_millis(300), status, body.into());
+        if seen.path.ends_with("/versions") {
+            later(200, r#"{"id":7}"#)
+        } else if seen.path.ends_with("/ids/7") {
+            later(200, r#"{"schema":"\"string\""}"#)
+        } else {
+            later(404, r#"{"error_code":40403,"message":"Schema not found"}"#)
+        }
+    })
+    .await;
+    let registry = client(&peer.url);
+    let schema = Schema::avro(r#""string""#);
+
+    let all = |n: usize, f: &dyn Fn() -> tokio::task::JoinHandle<Result<String>>| {
+        (0..n).map(|_| f()).collect::<Vec<_>>()
+    };
+    let by_id = all(100, &|| {
+        let r = registry.clone();
+        tokio::spawn(async move { Ok(r.schema_by_id(SchemaId(7)).await?.text.clone()) })
+    });
+    let registered = all(100, &|| {
+        let (r, s) = (registry.clone(), schema.clone());
+        tokio::spawn(async move { Ok(r.register("s-value", &s).await?.to_string()) })
+    });
+    let unknown = all(100, &|| {
+        let r = registry.clone();
+        tokio::spawn(async move { Ok(r.schema_by_id(SchemaId(8)).await?.text.clone()) })
+    });
+    for task in by_id {
+        assert_eq!(task.await.unwrap().unwrap(), r#""string""#);
+    }
+    for task in registered {
+        assert_eq!(task.await.unwrap().unwrap(), "7");
+    }
+    for task in unknown {
+        let e = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Registry {
+                    code: Some(codes::SCHEMA_NOT_FOUND),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert_eq!(peer.calls(), 3, "one request per key");
+    assert_eq!(registry.requests(), 3);
+
+    // Answers are cached, errors are not.
+    registry.schema_by_id(SchemaId(7)).await.unwrap();
+    registry.register("s-value", &schema).await.unwrap();
+    registry.schema_by_id(SchemaId(8)).await.unwrap_err();
+    assert_eq!(peer.calls(), 4);
 }
