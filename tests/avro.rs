@@ -1,0 +1,376 @@
+//! Avro and the schema registry against a real registry (Apicurio Registry
+//! through its Confluent-compatible API) and the real broker: round trips
+//! for keys and values under each subject name strategy, the registry API
+//! and its error codes, interoperability with Python's confluent-kafka in
+//! both directions, schema evolution, poison records in a dead-letter topic,
+//! and how often the registry is asked.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::testcontainers::{self, python_with_avro, run_python_checked, Registry};
+use common::{client, new_topic, read_all, unique_topic, wait_for, RunningConsumer};
+use kastellan::avro::apache_avro::{self, types::Value};
+use kastellan::avro::{
+    AvroDeserializer, AvroSerializer, GenericAvroDeserializer, Part, SubjectNameStrategy,
+};
+use kastellan::group::{ConsumerRecord, FailureKind, HandlerError};
+use kastellan::middleware::{DeadLetter, Stack};
+use kastellan::schema_registry::{
+    codes, CompatibilityLevel, Schema, SchemaId, SchemaRegistry, Version,
+};
+use kastellan::service::headers::FailureInfo;
+use kastellan::{Client, Error, Record};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+/// The shared registry, started on first use (a JVM: off the runtime's
+/// threads).
+async fn registry() -> &'static Registry {
+    tokio::task::spawn_blocking(testcontainers::registry)
+        .await
+        .expect("registry start did not panic")
+}
+
+/// A kastellan registry client of its own (empty caches, its own count).
+fn registry_client(registry: &Registry) -> SchemaRegistry {
+    SchemaRegistry::builder(registry.url())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("registry client builds")
+}
+
+/// Runs a test body with an upper bound, so a hang fails instead of
+/// stalling the suite; shows the registry's log when it fails that way.
+async fn bounded<T>(limit: Duration, body: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, body).await {
+        Ok(t) => t,
+        Err(_) => panic!(
+            "the test did not finish within {limit:?}\n--- registry log (end) ---\n{}",
+            testcontainers::registry().log_tail(30)
+        ),
+    }
+}
+
+fn avro_schema(text: &str) -> apache_avro::Schema {
+    apache_avro::Schema::parse_str(text).expect("a valid Avro schema")
+}
+
+/// The schema id in a Confluent frame.
+fn frame_id(frame: &[u8]) -> SchemaId {
+    assert_eq!(frame[0], 0, "magic byte of {frame:?}");
+    SchemaId(u32::from_be_bytes(frame[1..5].try_into().unwrap()))
+}
+
+/// Schema texts compare as parsed JSON: the registry may normalise
+/// whitespace.
+fn same_schema(a: &str, b: &str) -> bool {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("schema JSON");
+    parse(a) == parse(b)
+}
+
+fn registry_code(e: &Error) -> Option<i32> {
+    match e {
+        Error::Registry { code, .. } => *code,
+        _ => None,
+    }
+}
+
+async fn produce(client: &Client, topic: &str, records: Vec<(Option<Vec<u8>>, Vec<u8>)>) {
+    let producer = client.producer().build().expect("producer builds");
+    for (key, value) in records {
+        let message = producer.to(topic).value(value);
+        let message = match key {
+            Some(key) => message.key(key),
+            None => message,
+        };
+        message.send().await.expect("record delivered");
+    }
+    producer
+        .close(Duration::from_secs(10))
+        .await
+        .expect("producer closes");
+}
+
+// ---------------------------------------------------------------------------
+// Schemas and values.
+
+const ORDER_KEY: &str = r#"{"type":"record","name":"OrderKey","namespace":"kastellan.it",
+  "fields":[{"name":"id","type":"string"}]}"#;
+const ORDER: &str = r#"{"type":"record","name":"Order","namespace":"kastellan.it","fields":[
+  {"name":"id","type":"string"},
+  {"name":"amount_cents","type":"long"},
+  {"name":"lines","type":{"type":"array","items":"string"}},
+  {"name":"note","type":["null","string"],"default":null}]}"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OrderKey {
+    id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: String,
+    amount_cents: i64,
+    lines: Vec<String>,
+    note: Option<String>,
+}
+
+fn order(n: i64) -> Order {
+    Order {
+        id: format!("o-{n}"),
+        amount_cents: 1_000 + n,
+        lines: (0..n % 3).map(|i| format!("line-{i}")).collect(),
+        note: (n % 2 == 0).then(|| format!("note {n}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Round trips under each subject name strategy.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_round_trip_through_the_registry_under_each_subject_strategy() {
+    let registry = registry().await;
+    bounded(Duration::from_secs(180), async {
+        let kafka = client().await;
+        let sr = registry_client(registry);
+        let strategies = [
+            SubjectNameStrategy::TopicName,
+            SubjectNameStrategy::RecordName,
+            SubjectNameStrategy::TopicRecordName,
+        ];
+        for strategy in strategies {
+            let topic = new_topic(&kafka, "avro-strategy", 1).await;
+            let keys = AvroSerializer::<OrderKey>::with_schema(sr.clone(), avro_schema(ORDER_KEY))
+                .unwrap()
+                .part(Part::Key)
+                .subject_name_strategy(strategy);
+            let values = AvroSerializer::<Order>::with_schema(sr.clone(), avro_schema(ORDER))
+                .unwrap()
+                .subject_name_strategy(strategy);
+            let producer = kafka.producer().build().unwrap();
+            for n in 0..5 {
+                let value = order(n);
+                producer
+                    .to(&topic)
+                    .key(
+                        keys.serialize(
+                            &topic,
+                            &OrderKey {
+                                id: value.id.clone(),
+                            },
+                        )
+                        .await
+                        .unwrap(),
+                    )
+                    .value(values.serialize(&topic, &value).await.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            producer.close(Duration::from_secs(10)).await.unwrap();
+
+            // Read back with deserializers on a client of their own.
+            let reader_sr = registry_client(registry);
+            let read_keys = AvroDeserializer::<OrderKey>::with_schema(
+                reader_sr.clone(),
+                Some(avro_schema(ORDER_KEY)),
+            );
+            let read_values =
+                AvroDeserializer::<Order>::with_schema(reader_sr.clone(), Some(avro_schema(ORDER)));
+            let records = read_all(&kafka, &topic).await;
+            assert_eq!(records.len(), 5, "{strategy:?}");
+            for (n, record) in records.iter().enumerate() {
+                let key = record.key.as_deref().unwrap();
+                let value = record.value.as_deref().unwrap();
+                assert_eq!(
+                    read_keys.deserialize(&topic, key).await.unwrap(),
+                    OrderKey {
+                        id: format!("o-{n}")
+                    },
+                    "{strategy:?} key {n}"
+                );
+                assert_eq!(
+                    read_values.deserialize(&topic, value).await.unwrap(),
+                    order(n as i64),
+                    "{strategy:?} value {n}"
+                );
+            }
+            assert_eq!(reader_sr.requests(), 2, "one by-id call per schema");
+
+            // The subjects the strategy named, holding the ids in the frames.
+            let (key_subject, value_subject) = match strategy {
+                SubjectNameStrategy::TopicName => {
+                    (format!("{topic}-key"), format!("{topic}-value"))
+                }
+                SubjectNameStrategy::RecordName => (
+                    "kastellan.it.OrderKey".to_string(),
+                    "kastellan.it.Order".to_string(),
+                ),
+                SubjectNameStrategy::TopicRecordName => (
+                    format!("{topic}-kastellan.it.OrderKey"),
+                    format!("{topic}-kastellan.it.Order"),
+                ),
+            };
+            let subjects: BTreeSet<String> = sr.subjects().await.unwrap().into_iter().collect();
+            for subject in [&key_subject, &value_subject] {
+                assert!(
+                    subjects.contains(subject),
+                    "{strategy:?}: {subject} in {subjects:?}"
+                );
+            }
+            let of_topic: Vec<&String> =
+                subjects.iter().filter(|s| s.starts_with(&topic)).collect();
+            let expected: Vec<&String> = match strategy {
+                SubjectNameStrategy::RecordName => vec![],
+                _ => {
+                    let mut v = vec![&key_subject, &value_subject];
+                    v.sort();
+                    v
+                }
+            };
+            assert_eq!(of_topic, expected, "{strategy:?}: the topic's subjects");
+            for (subject, frame, text) in [
+                (&key_subject, records[0].key.as_deref().unwrap(), ORDER_KEY),
+                (&value_subject, records[0].value.as_deref().unwrap(), ORDER),
+            ] {
+                let latest = sr.version(subject, Version::Latest).await.unwrap();
+                assert_eq!(latest.id, frame_id(frame), "{strategy:?}: {subject}");
+                assert!(same_schema(
+                    &latest.schema.text,
+                    &serde_json::to_string(&avro_schema(text)).unwrap()
+                ));
+            }
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// The registry API and its errors.
+
+const READING_V1: &str = r#"{"type":"record","name":"Reading","namespace":"kastellan.api",
+  "fields":[{"name":"id","type":"long"},{"name":"celsius","type":"double"}]}"#;
+const READING_V2: &str = r#"{"type":"record","name":"Reading","namespace":"kastellan.api",
+  "fields":[{"name":"id","type":"long"},{"name":"celsius","type":"double"},
+            {"name":"unit","type":"string","default":"C"}]}"#;
+const READING_BAD: &str = r#"{"type":"record","name":"Reading","namespace":"kastellan.api",
+  "fields":[{"name":"id","type":"long"},{"name":"celsius","type":"double"},
+            {"name":"station","type":"string"}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_api_works_against_a_real_registry_and_its_errors_are_clear() {
+    let registry = registry().await;
+    bounded(Duration::from_secs(120), async {
+        let sr = registry_client(registry);
+        let subject = unique_topic("api-readings");
+        let (v1, v2, bad) = (
+            Schema::avro(READING_V1),
+            Schema::avro(READING_V2),
+            Schema::avro(READING_BAD),
+        );
+
+        // Register, register again, look up, fetch by id.
+        let id1 = sr.register(&subject, &v1).await.unwrap();
+        assert_eq!(
+            registry_client(registry)
+                .register(&subject, &v1)
+                .await
+                .unwrap(),
+            id1
+        );
+        let found = sr.lookup(&subject, &v1).await.unwrap();
+        assert_eq!(
+            (found.subject.as_str(), found.id, found.version),
+            (subject.as_str(), id1, 1)
+        );
+        let by_id = registry_client(registry).schema_by_id(id1).await.unwrap();
+        assert!(same_schema(&by_id.text, READING_V1), "{}", by_id.text);
+        assert!(sr.subjects().await.unwrap().contains(&subject));
+
+        // Compatibility level, checks, a second version.
+        sr.set_config(&subject, CompatibilityLevel::Backward)
+            .await
+            .unwrap();
+        assert_eq!(
+            sr.config(&subject).await.unwrap(),
+            CompatibilityLevel::Backward
+        );
+        let ok = sr
+            .check_compatibility(&subject, &v2, Version::Latest)
+            .await
+            .unwrap();
+        assert!(ok.is_compatible, "{ok:?}");
+        let refused = sr
+            .check_compatibility(&subject, &bad, Version::Latest)
+            .await
+            .unwrap();
+        assert!(!refused.is_compatible, "{refused:?}");
+        eprintln!("incompatible check: {:?}", refused.messages);
+        let id2 = sr.register(&subject, &v2).await.unwrap();
+        assert_ne!(id1, id2);
+        assert_eq!(sr.versions(&subject).await.unwrap(), vec![1, 2]);
+        assert_eq!(sr.version(&subject, Version::Latest).await.unwrap().id, id2);
+        assert_eq!(
+            sr.version(&subject, Version::Number(1)).await.unwrap().id,
+            id1
+        );
+
+        // The errors, as the user sees them.
+        let shown = |what: &str, e: &Error| {
+            let text = e.to_string();
+            eprintln!("{what}: {text}");
+            assert!(
+                text.contains(registry.url()),
+                "{what}: names the registry: {text}"
+            );
+            text
+        };
+        let missing = unique_topic("api-missing");
+        let e = sr.lookup(&missing, &v1).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SUBJECT_NOT_FOUND), "{e:?}");
+        shown("lookup in a missing subject", &e);
+        let e = sr.versions(&missing).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SUBJECT_NOT_FOUND), "{e:?}");
+        let e = sr.lookup(&subject, &bad).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SCHEMA_NOT_FOUND), "{e:?}");
+        shown("lookup of an unregistered schema", &e);
+        let e = sr.schema_by_id(SchemaId(1_999_999_999)).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SCHEMA_NOT_FOUND), "{e:?}");
+        shown("an unknown id", &e);
+        let e = sr.version(&subject, Version::Number(99)).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::VERSION_NOT_FOUND), "{e:?}");
+        let e = sr.register(&subject, &bad).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::INCOMPATIBLE_SCHEMA), "{e:?}");
+        assert!(!e.is_retriable());
+        // Apicurio names the offending field.
+        let text = shown("an incompatible schema", &e);
+        assert!(text.to_ascii_lowercase().contains("incompatible"), "{text}");
+        assert!(text.contains("station"), "the registry's reason: {text}");
+        let e = sr
+            .register(
+                &unique_topic("api-invalid"),
+                &Schema::avro(r#"{"type":"record","name":"X"}"#),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::INVALID_SCHEMA), "{e:?}");
+        assert!(!e.is_retriable());
+        shown("an invalid schema", &e);
+
+        // Delete: the versions it had; the subject is gone, the ids stay.
+        assert_eq!(sr.delete_subject(&subject).await.unwrap(), vec![1, 2]);
+        assert!(!sr.subjects().await.unwrap().contains(&subject));
+        let e = sr.versions(&subject).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SUBJECT_NOT_FOUND), "{e:?}");
+        let by_id = registry_client(registry).schema_by_id(id2).await.unwrap();
+        assert!(same_schema(&by_id.text, READING_V2));
+    })
+    .await;
+}
