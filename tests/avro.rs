@@ -374,3 +374,256 @@ async fn the_registry_api_works_against_a_real_registry_and_its_errors_are_clear
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Interoperability with Python's confluent-kafka (AvroSerializer and
+// AvroDeserializer, fastavro underneath), both directions.
+
+const SENSOR: &str = r#"{"type":"record","name":"SensorReading","namespace":"kastellan.interop",
+  "fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},
+            {"name":"celsius","type":"double"},
+            {"name":"tags","type":{"type":"array","items":"string"}},
+            {"name":"note","type":["null","string"],"default":null}]}"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SensorReading {
+    id: i64,
+    name: String,
+    celsius: f64,
+    tags: Vec<String>,
+    note: Option<String>,
+}
+
+fn sensor(n: i64) -> SensorReading {
+    SensorReading {
+        id: n,
+        name: format!("sensor-{n}"),
+        celsius: 20.5 + n as f64,
+        tags: (0..n % 3).map(|i| format!("t{i}")).collect(),
+        note: (n % 2 == 1).then(|| format!("odd {n}")),
+    }
+}
+
+/// The generic value a `SensorReading` reads as.
+fn sensor_value(r: &SensorReading) -> Value {
+    Value::Record(vec![
+        ("id".into(), Value::Long(r.id)),
+        ("name".into(), Value::String(r.name.clone())),
+        ("celsius".into(), Value::Double(r.celsius)),
+        (
+            "tags".into(),
+            Value::Array(r.tags.iter().cloned().map(Value::String).collect()),
+        ),
+        (
+            "note".into(),
+            match &r.note {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(n) => Value::Union(1, Box::new(Value::String(n.clone()))),
+            },
+        ),
+    ])
+}
+
+// Reads what kastellan wrote to `from_kastellan` with AvroDeserializer;
+// serializes the same values under that topic's subject with
+// AvroSerializer (for a byte comparison); produces records of its own to
+// `to_kastellan` with AvroSerializer (registered under
+// `<to_kastellan>-value`). Prints one JSON object.
+const PYTHON_INTEROP: &str = r#"
+import json, sys, time
+from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+bootstrap, registry_url, from_kastellan, to_kastellan, schema, count = sys.argv[1:7]
+count = int(count)
+registry = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+serializer = AvroSerializer(registry, schema)
+deserializer = AvroDeserializer(registry)
+ctx_from = SerializationContext(from_kastellan, MessageField.VALUE)
+ctx_to = SerializationContext(to_kastellan, MessageField.VALUE)
+
+consumer = Consumer({
+    "bootstrap.servers": bootstrap,
+    "group.id": from_kastellan + "-python",
+    "enable.auto.commit": False,
+})
+consumer.assign([TopicPartition(from_kastellan, 0, OFFSET_BEGINNING)])
+read = []
+deadline = time.monotonic() + 60
+while len(read) < count and time.monotonic() < deadline:
+    msg = consumer.poll(0.5)
+    if msg is None:
+        continue
+    if msg.error():
+        sys.exit("consume failed: %s" % msg.error())
+    value = deserializer(msg.value(), ctx_from)
+    read.append({
+        "raw_hex": msg.value().hex(),
+        "value": value,
+        "again_hex": serializer(value, ctx_from).hex(),
+    })
+consumer.close()
+if len(read) < count:
+    sys.exit("read %d of %d records from kastellan" % (len(read), count))
+
+written = [
+    {"id": 100 + i, "name": "py-%d" % i, "celsius": 0.25 * i - 3.5,
+     "tags": ["p%d" % j for j in range(i % 4)], "note": None if i % 2 else "even %d" % i}
+    for i in range(count)
+]
+errors = []
+def delivered(err, msg):
+    if err is not None:
+        errors.append(str(err))
+producer = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": 30000})
+raw = []
+for record in written:
+    value = serializer(record, ctx_to)
+    raw.append(value.hex())
+    producer.produce(to_kastellan, value=value, on_delivery=delivered)
+left = producer.flush(40)
+if left or errors:
+    sys.exit("produce failed: %d not delivered, errors %s" % (left, errors))
+print(json.dumps({"read": read, "written": written, "written_hex": raw}))
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_kastellan_read_each_others_avro_records_with_identical_framing() {
+    const N: usize = 6;
+    let registry = registry().await;
+    bounded(Duration::from_secs(300), async {
+        let kafka = client().await;
+        let python = tokio::task::spawn_blocking(python_with_avro)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let from_kastellan = new_topic(&kafka, "avro-to-python", 1).await;
+        let to_kastellan = new_topic(&kafka, "avro-from-python", 1).await;
+        let sr = registry_client(registry);
+        let serializer =
+            AvroSerializer::<SensorReading>::with_schema(sr.clone(), avro_schema(SENSOR)).unwrap();
+        // Python registers the very text kastellan registered.
+        let schema_text = serde_json::to_string(serializer.schema()).unwrap();
+        let mut frames = Vec::new();
+        for n in 0..N as i64 {
+            frames.push(
+                serializer
+                    .serialize(&from_kastellan, &sensor(n))
+                    .await
+                    .unwrap(),
+            );
+        }
+        produce(
+            &kafka,
+            &from_kastellan,
+            frames.iter().map(|f| (None, f.clone())).collect(),
+        )
+        .await;
+
+        let run = {
+            let (from, to, text) = (
+                from_kastellan.clone(),
+                to_kastellan.clone(),
+                schema_text.clone(),
+            );
+            let bootstrap = testcontainers::bootstrap();
+            move || {
+                run_python_checked(
+                    &python,
+                    PYTHON_INTEROP,
+                    &[
+                        &bootstrap,
+                        registry.url(),
+                        &from,
+                        &to,
+                        &text,
+                        &N.to_string(),
+                    ],
+                    &[],
+                    Duration::from_secs(150),
+                )
+            }
+        };
+        let started = Instant::now();
+        let stdout = tokio::task::spawn_blocking(run)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| {
+                panic!("{e}\n--- registry log (end) ---\n{}", registry.log_tail(30))
+            });
+        eprintln!("the Python side took {:?}", started.elapsed());
+        let out: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+
+        // kastellan -> Python: the values, and Python's own serialization
+        // of them is byte for byte kastellan's, with the same schema id.
+        let read = out["read"].as_array().unwrap();
+        assert_eq!(read.len(), N);
+        for (n, (got, frame)) in read.iter().zip(&frames).enumerate() {
+            assert_eq!(
+                got["raw_hex"],
+                hex(frame),
+                "record {n} as Python received it"
+            );
+            let value: SensorReading = serde_json::from_value(got["value"].clone()).unwrap();
+            assert_eq!(value, sensor(n as i64), "Python reads record {n}");
+            assert_eq!(
+                got["again_hex"],
+                hex(frame),
+                "Python writes record {n} identically"
+            );
+        }
+
+        // Python -> kastellan: typed and generic reads, and kastellan's
+        // serialization of the same values is Python's bytes.
+        let written: Vec<SensorReading> = serde_json::from_value(out["written"].clone()).unwrap();
+        let written_hex = out["written_hex"].as_array().unwrap();
+        let records = read_all(&kafka, &to_kastellan).await;
+        assert_eq!(records.len(), N);
+        let reader_sr = registry_client(registry);
+        let typed = AvroDeserializer::<SensorReading>::with_schema(
+            reader_sr.clone(),
+            Some(avro_schema(SENSOR)),
+        );
+        let generic = GenericAvroDeserializer::new(reader_sr.clone(), None);
+        let python_id = frame_id(records[0].value.as_deref().unwrap());
+        let latest = sr
+            .version(&format!("{to_kastellan}-value"), Version::Latest)
+            .await
+            .unwrap();
+        assert_eq!(latest.id, python_id, "the id Python registered");
+        for (n, record) in records.iter().enumerate() {
+            let frame = record.value.as_deref().unwrap();
+            assert_eq!(hex(frame), written_hex[n].as_str().unwrap(), "record {n}");
+            assert_eq!(
+                typed.deserialize(&to_kastellan, frame).await.unwrap(),
+                written[n]
+            );
+            assert_eq!(
+                generic.deserialize(&to_kastellan, frame).await.unwrap(),
+                sensor_value(&written[n])
+            );
+            let ours = serializer
+                .serialize(&to_kastellan, &written[n])
+                .await
+                .unwrap();
+            assert_eq!(
+                hex(&ours),
+                hex(frame),
+                "kastellan writes Python's record {n} identically"
+            );
+        }
+        assert_eq!(
+            reader_sr.requests(),
+            1,
+            "one by-id call for Python's schema"
+        );
+    })
+    .await;
+}
