@@ -627,3 +627,169 @@ async fn python_and_kastellan_read_each_others_avro_records_with_identical_frami
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Schema evolution through the registry.
+
+const USER_V1: &str = r#"{"type":"record","name":"User","namespace":"kastellan.evolution",
+  "fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#;
+const USER_V2: &str = r#"{"type":"record","name":"User","namespace":"kastellan.evolution",
+  "fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},
+            {"name":"email","type":"string","default":"unknown"}]}"#;
+// A field added without a default: a v3 reader cannot read v1 or v2 data.
+const USER_V3: &str = r#"{"type":"record","name":"User","namespace":"kastellan.evolution",
+  "fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},
+            {"name":"email","type":"string","default":"unknown"},
+            {"name":"tier","type":"int"}]}"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct UserV1 {
+    id: i64,
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct UserV2 {
+    id: i64,
+    name: String,
+    email: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct UserV3 {
+    id: i64,
+    name: String,
+    email: String,
+    tier: i32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_evolve_through_the_registry_and_incompatible_changes_are_refused() {
+    let registry = registry().await;
+    bounded(Duration::from_secs(180), async {
+        let kafka = client().await;
+        let sr = registry_client(registry);
+        let topic = new_topic(&kafka, "avro-evolution", 1).await;
+        let subject = format!("{topic}-value");
+        // Apicurio's default level is NONE.
+        sr.set_config(&subject, CompatibilityLevel::Backward)
+            .await
+            .unwrap();
+
+        let v1 = AvroSerializer::<UserV1>::with_schema(sr.clone(), avro_schema(USER_V1)).unwrap();
+        let v2 = AvroSerializer::<UserV2>::with_schema(sr.clone(), avro_schema(USER_V2)).unwrap();
+        let mut frames = Vec::new();
+        for n in 0..3 {
+            let user = UserV1 {
+                id: n,
+                name: format!("user-{n}"),
+            };
+            frames.push((None, v1.serialize(&topic, &user).await.unwrap()));
+        }
+        for n in 3..6 {
+            let user = UserV2 {
+                id: n,
+                name: format!("user-{n}"),
+                email: format!("u{n}@example.com"),
+            };
+            frames.push((None, v2.serialize(&topic, &user).await.unwrap()));
+        }
+        produce(&kafka, &topic, frames).await;
+        assert_eq!(sr.versions(&subject).await.unwrap(), vec![1, 2]);
+
+        // A v1 reader reads v2 records (the new field dropped), a v2 reader
+        // v1 records (the new field's default).
+        let records = read_all(&kafka, &topic).await;
+        assert_eq!(records.len(), 6);
+        let reader_sr = registry_client(registry);
+        let read_v1 =
+            AvroDeserializer::<UserV1>::with_schema(reader_sr.clone(), Some(avro_schema(USER_V1)));
+        let read_v2 =
+            AvroDeserializer::<UserV2>::with_schema(reader_sr.clone(), Some(avro_schema(USER_V2)));
+        for (n, record) in records.iter().enumerate() {
+            let frame = record.value.as_deref().unwrap();
+            let n = n as i64;
+            let name = format!("user-{n}");
+            assert_eq!(
+                read_v1.deserialize(&topic, frame).await.unwrap(),
+                UserV1 {
+                    id: n,
+                    name: name.clone()
+                }
+            );
+            let email = if n < 3 {
+                "unknown".to_string()
+            } else {
+                format!("u{n}@example.com")
+            };
+            assert_eq!(
+                read_v2.deserialize(&topic, frame).await.unwrap(),
+                UserV2 { id: n, name, email }
+            );
+        }
+        assert_eq!(
+            reader_sr.requests(),
+            2,
+            "one by-id call per writer's schema"
+        );
+
+        // A reader that cannot read the data: a clear, poison error.
+        let read_v3 =
+            AvroDeserializer::<UserV3>::with_schema(reader_sr.clone(), Some(avro_schema(USER_V3)));
+        let e = read_v3
+            .deserialize(&topic, records[0].value.as_deref().unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Serialization { .. }), "{e:?}");
+        assert!(e.to_string().contains("tier"), "{e}");
+
+        // An incompatible change is refused at register, with the
+        // registry's reason; the subject keeps its two versions.
+        let v3 = AvroSerializer::<UserV3>::with_schema(sr.clone(), avro_schema(USER_V3)).unwrap();
+        let user = UserV3 {
+            id: 9,
+            name: "x".into(),
+            email: "y".into(),
+            tier: 1,
+        };
+        let e = v3.serialize(&topic, &user).await.unwrap_err();
+        eprintln!("refused: {e}");
+        assert_eq!(registry_code(&e), Some(codes::INCOMPATIBLE_SCHEMA), "{e:?}");
+        assert!(e.to_string().contains("tier"), "the registry's reason: {e}");
+        assert_eq!(sr.versions(&subject).await.unwrap(), vec![1, 2]);
+
+        // register_all (a service's schema migration at start-up) names
+        // the incompatible subject and registers nothing, not even the
+        // compatible schema of a new subject listed before it.
+        let fresh = format!("{topic}-audit-value");
+        let e = sr
+            .register_all(&[
+                (fresh.clone(), Schema::avro(USER_V1)),
+                (subject.clone(), Schema::avro(USER_V3)),
+            ])
+            .await
+            .unwrap_err();
+        eprintln!("register_all: {e}");
+        assert_eq!(registry_code(&e), Some(codes::INCOMPATIBLE_SCHEMA), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(&format!("subject `{subject}`")), "{text}");
+        assert!(!text.contains(&format!("subject `{fresh}`")), "{text}");
+        assert!(text.contains("none was registered"), "{text}");
+        // Apicurio's check gives no reason; the library adds its own.
+        assert!(text.contains("'tier'"), "why: {text}");
+        let e = sr.versions(&fresh).await.unwrap_err();
+        assert_eq!(registry_code(&e), Some(codes::SUBJECT_NOT_FOUND), "{e:?}");
+        assert_eq!(sr.versions(&subject).await.unwrap(), vec![1, 2]);
+        // With the compatible change it registers both.
+        let ids = sr
+            .register_all(&[
+                (fresh.clone(), Schema::avro(USER_V1)),
+                (subject.clone(), Schema::avro(USER_V2)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ids[1], frame_id(records[5].value.as_deref().unwrap()));
+        assert_eq!(sr.versions(&fresh).await.unwrap(), vec![1]);
+    })
+    .await;
+}

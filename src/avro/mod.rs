@@ -139,6 +139,26 @@ fn parse(text: &str, what: &str) -> Result<apache_avro::Schema> {
     Ok(schema)
 }
 
+/// Why the Avro schema `new` cannot replace `old` in a subject, in either
+/// direction (for a registry that refuses without a reason); `None` if
+/// both read each other's data or either does not parse.
+pub(crate) fn incompatibility(old: &str, new: &str) -> Option<String> {
+    let old = apache_avro::Schema::parse_str(old).ok()?;
+    let new = apache_avro::Schema::parse_str(new).ok()?;
+    let mut reasons = Vec::new();
+    if let Err(e) = SchemaCompatibility::can_read(&old, &new) {
+        reasons.push(format!(
+            "the new schema cannot read data written with the old one: {e}"
+        ));
+    }
+    if let Err(e) = SchemaCompatibility::can_read(&new, &old) {
+        reasons.push(format!(
+            "the old schema cannot read data written with the new one: {e}"
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
 /// The writer's schema with what apache-avro derives from it, made once:
 /// its named types (for the typed writer) and the generic datum writer.
 #[ouroboros::self_referencing]

@@ -855,7 +855,7 @@ impl SchemaRegistry {
                 Ok(c) => refused.push(format!(
                     "subject `{subject}`: {}",
                     if c.messages.is_empty() {
-                        "incompatible (the registry gave no reason)".to_string()
+                        self.explain_incompatibility(subject, schema).await
                     } else {
                         c.messages.join("; ")
                     }
@@ -887,6 +887,30 @@ impl SchemaRegistry {
             ids.push(self.register(subject, schema).await?);
         }
         Ok(ids)
+    }
+
+    /// Why `schema` is incompatible with `subject`, for a registry that
+    /// said so without a reason (Apicurio's compatibility check): with the
+    /// `avro` feature and an Avro schema, apache-avro's own check against
+    /// the subject's latest version.
+    async fn explain_incompatibility(&self, subject: &str, schema: &Schema) -> String {
+        const NO_REASON: &str = "incompatible (the registry gave no reason)";
+        #[cfg(feature = "avro")]
+        if schema.schema_type == SchemaType::Avro {
+            if let Ok(latest) = self.version(subject, Version::Latest).await {
+                if let Some(reason) =
+                    crate::avro::incompatibility(&latest.schema.text, &schema.text)
+                {
+                    return format!(
+                        "{NO_REASON}; checked here against version {}: {reason}",
+                        latest.version
+                    );
+                }
+            }
+        }
+        #[cfg(not(feature = "avro"))]
+        let _ = (subject, schema);
+        NO_REASON.to_string()
     }
 
     /// Call the registry and parse a JSON answer; a non-2xx answer becomes
