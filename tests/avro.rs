@@ -793,3 +793,198 @@ async fn schemas_evolve_through_the_registry_and_incompatible_changes_are_refuse
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Poison records: malformed frames and unknown schema ids.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_and_unknown_ids_go_to_the_dead_letter_topic_and_good_records_are_handled()
+{
+    let registry = registry().await;
+    bounded(Duration::from_secs(240), async {
+        let kafka = client().await;
+        let topic = new_topic(&kafka, "avro-poison", 1).await;
+        let dlq = new_topic(&kafka, "avro-poison-dlq", 1).await;
+        let sr = registry_client(registry);
+        let serializer =
+            AvroSerializer::<Order>::with_schema(sr.clone(), avro_schema(ORDER)).unwrap();
+        let good: Vec<Vec<u8>> = {
+            let mut v = Vec::new();
+            for n in 0..8 {
+                v.push(serializer.serialize(&topic, &order(n)).await.unwrap());
+            }
+            v
+        };
+        let id = frame_id(&good[0]).0.to_be_bytes();
+        let unknown_id = 2_000_000_000u32.to_be_bytes();
+        let mut truncated = good[1].clone();
+        truncated.truncate(truncated.len() - 3);
+        let mut trailing = good[2].clone();
+        trailing.extend_from_slice(b"extra");
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("too short", vec![0, 0, 0]),
+            (
+                "wrong magic byte",
+                [&[1u8][..], &id, &good[0][5..]].concat(),
+            ),
+            (
+                "unknown schema id",
+                [&[0u8][..], &unknown_id, &good[0][5..]].concat(),
+            ),
+            ("truncated body", truncated),
+            ("bytes after the value", trailing),
+            (
+                "hostile length",
+                [&[0u8][..], &id, &[0xfe, 0xff, 0xff, 0xff, 0x0f][..]].concat(),
+            ),
+        ];
+        // Good and bad records interleaved.
+        let mut records = Vec::new();
+        for (i, frame) in good.iter().enumerate() {
+            records.push((Some(format!("good-{i}").into_bytes()), frame.clone()));
+            if let Some((what, frame)) = bad.get(i) {
+                records.push((Some(format!("bad-{what}").into_bytes()), frame.clone()));
+            }
+        }
+        produce(&kafka, &topic, records).await;
+
+        // A group consumer whose handler uses `?` on the deserializer, with
+        // the dead-letter middleware in front of it.
+        let handled: Arc<Mutex<Vec<Order>>> = Arc::default();
+        let deserializer = AvroDeserializer::<Order>::with_schema(
+            registry_client(registry),
+            Some(avro_schema(ORDER)),
+        );
+        let handler = {
+            let handled = Arc::clone(&handled);
+            move |r: ConsumerRecord| {
+                let (handled, deserializer) = (Arc::clone(&handled), deserializer.clone());
+                async move {
+                    let value = r.value.as_deref().unwrap_or_default();
+                    let order = deserializer.deserialize(&r.topic, value).await?;
+                    handled.lock().unwrap().push(order);
+                    Ok::<(), HandlerError>(())
+                }
+            }
+        };
+        let group = unique_topic("avro-poison-group");
+        let producer = kafka.producer().build().unwrap();
+        let layered = Stack::new()
+            .layer(DeadLetter::new(producer, &dlq).group(&group))
+            .handler(handler);
+        let consumer = common::group_member(&kafka, &group, &topic)
+            .build()
+            .unwrap();
+        let running = RunningConsumer::spawn(consumer, layered);
+        wait_for("every good record handled", Duration::from_secs(90), || {
+            handled.lock().unwrap().len() >= good.len()
+        })
+        .await;
+        let started = Instant::now();
+        let dead = loop {
+            let dead = read_all(&kafka, &dlq).await;
+            if dead.len() >= bad.len() {
+                break dead;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{} of {} poison records dead-lettered",
+                dead.len(),
+                bad.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        running.stop(Duration::from_secs(20)).await;
+
+        let handled = handled.lock().unwrap().clone();
+        assert_eq!(handled, (0..8).map(order).collect::<Vec<_>>());
+        assert_eq!(dead.len(), bad.len());
+        for (record, (what, _)) in dead.iter().zip(&bad) {
+            let reason = FailureInfo::of(record).map(|i| i.reason).unwrap_or_default();
+            eprintln!("{what}: {reason}");
+        }
+        for (record, (what, frame)) in dead.iter().zip(&bad) {
+            let record: &Record = record;
+            assert_eq!(
+                record.key.as_deref(),
+                Some(format!("bad-{what}").as_bytes())
+            );
+            assert_eq!(
+                record.value.as_deref().unwrap_or_default(),
+                &frame[..],
+                "{what}"
+            );
+            let info = FailureInfo::of(record).expect("failure headers");
+            assert_eq!(info.kind, Some(FailureKind::DeadLetter), "{what}");
+            assert_eq!(info.origin_topic, topic);
+            assert_eq!(info.group.as_deref(), Some(group.as_str()));
+            let expected = match *what {
+                "empty" => "empty",
+                "too short" => "bytes",
+                "wrong magic byte" => "magic",
+                "unknown schema id" => "2000000000",
+                _ => "does not decode",
+            };
+            assert!(info.reason.contains(expected), "{what}: {}", info.reason);
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// How often the registry is asked.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_asked_once_per_schema_not_once_per_record() {
+    const N: usize = 1_000;
+    let registry = registry().await;
+    bounded(Duration::from_secs(180), async {
+        let kafka = client().await;
+        let topic = new_topic(&kafka, "avro-calls", 1).await;
+
+        // Producing: one registration call for a thousand records.
+        let writer_sr = registry_client(registry);
+        let serializer =
+            AvroSerializer::<Order>::with_schema(writer_sr.clone(), avro_schema(ORDER)).unwrap();
+        let producer = kafka.producer().build().unwrap();
+        let mut deliveries = Vec::with_capacity(N);
+        for n in 0..N as i64 {
+            let value = serializer.serialize(&topic, &order(n)).await.unwrap();
+            deliveries.push(producer.to(&topic).value(value).enqueue().await.unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.expect("delivered");
+        }
+        producer.close(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(writer_sr.requests(), 1, "one registration for {N} records");
+
+        // Consuming: one by-id call, even with a hundred tasks meeting the
+        // new id at once.
+        let records = read_all(&kafka, &topic).await;
+        assert_eq!(records.len(), N);
+        let reader_sr = registry_client(registry);
+        let deserializer =
+            AvroDeserializer::<Order>::with_schema(reader_sr.clone(), Some(avro_schema(ORDER)));
+        let first: Vec<_> = records[..100]
+            .iter()
+            .map(|r| {
+                let (deserializer, topic) = (deserializer.clone(), topic.clone());
+                let value = r.value.clone().unwrap();
+                tokio::spawn(async move { deserializer.deserialize(&topic, &value).await })
+            })
+            .collect();
+        for (n, task) in first.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().unwrap(), order(n as i64));
+        }
+        assert_eq!(reader_sr.requests(), 1, "a hundred concurrent first reads");
+        for (n, r) in records.iter().enumerate().skip(100) {
+            let value = deserializer
+                .deserialize(&topic, r.value.as_deref().unwrap())
+                .await;
+            assert_eq!(value.unwrap(), order(n as i64));
+        }
+        assert_eq!(reader_sr.requests(), 1, "one by-id call for {N} records");
+    })
+    .await;
+}
