@@ -901,7 +901,9 @@ async fn malformed_frames_and_unknown_ids_go_to_the_dead_letter_topic_and_good_r
         assert_eq!(handled, (0..8).map(order).collect::<Vec<_>>());
         assert_eq!(dead.len(), bad.len());
         for (record, (what, _)) in dead.iter().zip(&bad) {
-            let reason = FailureInfo::of(record).map(|i| i.reason).unwrap_or_default();
+            let reason = FailureInfo::of(record)
+                .map(|i| i.reason)
+                .unwrap_or_default();
             eprintln!("{what}: {reason}");
         }
         for (record, (what, frame)) in dead.iter().zip(&bad) {

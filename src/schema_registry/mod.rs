@@ -432,13 +432,16 @@ fn write<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, V>>, key: K, value:
 /// answer (the error is shared too, and duplicated for each caller).
 type Flight<V> = Shared<BoxFuture<'static, std::result::Result<V, Arc<Error>>>>;
 
+/// The calls under way for one kind of key.
+type FlightMap<K, V> = Mutex<HashMap<K, Flight<V>>>;
+
 /// The cacheable calls under way, by key: a cache miss that finds one
 /// waits for its answer instead of asking the registry again.
 #[derive(Default)]
 struct Flights {
-    by_id: Mutex<HashMap<SchemaId, Flight<Arc<Schema>>>>,
-    ids: Mutex<HashMap<(String, Schema), Flight<SchemaId>>>,
-    lookups: Mutex<HashMap<(String, Schema), Flight<RegisteredSchema>>>,
+    by_id: FlightMap<SchemaId, Arc<Schema>>,
+    ids: FlightMap<(String, Schema), SchemaId>,
+    lookups: FlightMap<(String, Schema), RegisteredSchema>,
 }
 
 impl fmt::Debug for Flights {
@@ -454,7 +457,7 @@ impl fmt::Debug for Flights {
 /// caller after it finds the cache.
 async fn single_flight<K, V, F>(
     inner: &Arc<Inner>,
-    flights: fn(&Inner) -> &Mutex<HashMap<K, Flight<V>>>,
+    flights: fn(&Inner) -> &FlightMap<K, V>,
     key: K,
     call: impl FnOnce() -> F,
 ) -> Result<V>
