@@ -18,6 +18,18 @@
 //! writer's schema before decoding, so hostile lengths cannot make large
 //! allocations.
 //!
+//! Deriving schemas: the `AvroSchema` derive macro writes paths to the
+//! `apache_avro` and `serde_json` crates, so a crate that derives needs both
+//! as its own dependencies, `apache-avro` at the version kastellan uses
+//! (the derived trait must be the one kastellan's is):
+//!
+//! ```toml
+//! kastellan = { version = "0.1", features = ["avro"] }
+//! apache-avro = { version = "0.22", default-features = false, features = ["derive"] }
+//! serde = { version = "1", features = ["derive"] }
+//! serde_json = "1"
+//! ```
+//!
 //! ```no_run
 //! # async fn demo() -> kastellan::Result<()> {
 //! use apache_avro::AvroSchema;
