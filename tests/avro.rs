@@ -990,3 +990,214 @@ async fn the_registry_is_asked_once_per_schema_not_once_per_record() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// The registry over HTTPS.
+
+/// Against a registry serving HTTPS only, with a certificate signed by the
+/// test CA (one registry for the whole binary, started by the first of
+/// these tests that runs).
+#[cfg(feature = "tls")]
+mod https {
+    use super::*;
+    use common::testcontainers::TlsRegistry;
+    use kastellan::TlsConfig;
+
+    /// Each call's limit in these tests: every failure must come well
+    /// within it, not by running into it.
+    const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// The shared HTTPS registry, started on first use (off the runtime's
+    /// threads).
+    async fn tls_registry() -> &'static TlsRegistry {
+        tokio::task::spawn_blocking(testcontainers::tls_registry)
+            .await
+            .expect("HTTPS registry start did not panic")
+    }
+
+    fn client(url: &str, tls: TlsConfig) -> SchemaRegistry {
+        SchemaRegistry::builder(url)
+            .tls(tls)
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .expect("registry client builds")
+    }
+
+    /// A client of the HTTPS registry trusting the test CA.
+    fn trusting_client(tls: &TlsRegistry) -> SchemaRegistry {
+        client(
+            tls.registry.url(),
+            TlsConfig::new().ca_pem(&tls.pki.ca_cert),
+        )
+    }
+
+    /// Like the file's `bounded`, with the HTTPS registry's log.
+    async fn bounded<T>(tls: &TlsRegistry, limit: Duration, body: impl Future<Output = T>) -> T {
+        match tokio::time::timeout(limit, body).await {
+            Ok(t) => t,
+            Err(_) => panic!(
+                "the test did not finish within {limit:?}\n--- registry log (end) ---\n{}",
+                tls.registry.log_tail(30)
+            ),
+        }
+    }
+
+    /// The call's error, which must come as a transport failure (no HTTP
+    /// status) well within [`CALL_TIMEOUT`].
+    async fn failure<T: std::fmt::Debug>(
+        what: &str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> (String, bool) {
+        let started = Instant::now();
+        let e = call.await.expect_err(what);
+        let took = started.elapsed();
+        eprintln!("{what} ({took:?}): {e}");
+        assert!(took < CALL_TIMEOUT / 2, "{what}: took {took:?}: {e}");
+        match &e {
+            Error::Registry {
+                status: None,
+                code: None,
+                message,
+                retriable,
+                ..
+            } => {
+                assert!(
+                    !message.contains("no complete answer within"),
+                    "{what}: {e}"
+                );
+                (e.to_string(), *retriable)
+            }
+            other => panic!("{what}: not a transport failure of the registry: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_registry_api_and_avro_values_work_over_https_trusting_the_test_ca() {
+        let tls = tls_registry().await;
+        assert!(tls.registry.url().starts_with("https://127.0.0.1:"));
+        bounded(tls, Duration::from_secs(120), async {
+            let sr = trusting_client(tls);
+            let subject = unique_topic("https-readings");
+            let v1 = Schema::avro(READING_V1);
+
+            // Register, register again, look up, fetch by id on a client
+            // of its own, list.
+            let id = sr.register(&subject, &v1).await.unwrap();
+            assert_eq!(sr.register(&subject, &v1).await.unwrap(), id);
+            let found = sr.lookup(&subject, &v1).await.unwrap();
+            assert_eq!((found.id, found.version), (id, 1));
+            let by_id = trusting_client(tls).schema_by_id(id).await.unwrap();
+            assert!(same_schema(&by_id.text, READING_V1), "{}", by_id.text);
+            assert!(sr.subjects().await.unwrap().contains(&subject));
+            assert_eq!(sr.versions(&subject).await.unwrap(), vec![1]);
+
+            // The certificate names `localhost` too.
+            let by_name = client(
+                &tls.registry.url().replace("127.0.0.1", "localhost"),
+                TlsConfig::new().ca_pem(&tls.pki.ca_cert),
+            );
+            assert_eq!(by_name.schema_by_id(id).await.unwrap().text, by_id.text);
+
+            // An Avro value out and back: the serializer registers its
+            // schema, a deserializer on a client of its own fetches it by
+            // id, all over HTTPS.
+            let topic = unique_topic("https-orders");
+            let writer_sr = trusting_client(tls);
+            let serializer =
+                AvroSerializer::<Order>::with_schema(writer_sr.clone(), avro_schema(ORDER))
+                    .unwrap();
+            let frames: Vec<Vec<u8>> = {
+                let mut frames = Vec::new();
+                for n in 0..3 {
+                    frames.push(serializer.serialize(&topic, &order(n)).await.unwrap());
+                }
+                frames
+            };
+            let order_id = frame_id(&frames[0]);
+            assert!(frames.iter().all(|f| frame_id(f) == order_id));
+            assert_eq!(writer_sr.requests(), 1, "one registration");
+            let registered = sr
+                .version(&format!("{topic}-value"), Version::Latest)
+                .await
+                .unwrap();
+            assert_eq!(registered.id, order_id);
+
+            let reader_sr = trusting_client(tls);
+            let deserializer = AvroDeserializer::<Order>::with_schema(reader_sr.clone(), None);
+            for (n, frame) in frames.iter().enumerate() {
+                let value = deserializer.deserialize(&topic, frame).await.unwrap();
+                assert_eq!(value, order(n as i64));
+            }
+            assert_eq!(reader_sr.requests(), 1, "one by-id fetch");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_failures_name_the_registry_and_come_before_the_timeout() {
+        let tls = tls_registry().await;
+        bounded(tls, Duration::from_secs(120), async {
+            let url = tls.registry.url();
+
+            // A CA the registry's certificate does not chain to.
+            let wrong_ca = client(url, TlsConfig::new().ca_pem(&tls.pki.other_ca_cert));
+            let (text, retriable) = failure("wrong CA", wrong_ca.schema_by_id(SchemaId(1))).await;
+            assert!(!retriable, "a certificate problem is not passing: {text}");
+            assert!(
+                text.contains("the schema registry's certificate is not signed by a trusted CA"),
+                "{text}"
+            );
+            assert!(text.contains("TlsConfig::ca_pem"), "{text}");
+            assert!(text.contains(url), "names the URL: {text}");
+            assert!(!text.contains("broker"), "{text}");
+            assert!(!text.contains("KAFKA_"), "{text}");
+
+            // The right CA, but a name the certificate does not list.
+            let wrong_name = client(
+                url,
+                TlsConfig::new()
+                    .ca_pem(&tls.pki.ca_cert)
+                    .server_name(testcontainers::WRONG_HOST_NAME),
+            );
+            let (text, retriable) = failure("wrong name", wrong_name.subjects()).await;
+            assert!(!retriable, "{text}");
+            assert!(
+                text.contains("the schema registry's certificate does not name the host"),
+                "{text}"
+            );
+            assert!(!text.contains("broker"), "{text}");
+
+            // Plain HTTP to the HTTPS port: the registry closes the
+            // connection without an answer.
+            let plain_url = url.replacen("https://", "http://", 1);
+            let plain = SchemaRegistry::builder(&plain_url)
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .unwrap();
+            let (text, _) = failure("http:// to the HTTPS port", plain.subjects()).await;
+            assert!(text.contains("use an https:// URL"), "{text}");
+            assert!(!text.contains("broker"), "{text}");
+
+            // HTTPS to a plain-HTTP port (the registry's management port).
+            let management = format!(
+                "https://127.0.0.1:{}{}",
+                tls.registry.management_port(),
+                testcontainers::CCOMPAT_PATH
+            );
+            let to_plain = client(&management, TlsConfig::new().ca_pem(&tls.pki.ca_cert));
+            let (text, retriable) =
+                failure("https:// to a plain-HTTP port", to_plain.subjects()).await;
+            assert!(!retriable, "{text}");
+            assert!(
+                text.contains("the schema registry did not answer with TLS"),
+                "{text}"
+            );
+            assert!(text.contains("use an http:// URL"), "{text}");
+            assert!(!text.contains("listener"), "{text}");
+
+            // The registry is still serving after all that.
+            trusting_client(tls).subjects().await.unwrap();
+        })
+        .await;
+    }
+}

@@ -318,12 +318,15 @@ impl BrokerConnection {
     ) -> Result<(ReadHalf, WriteHalf)> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &security.tls {
-            let tls_stream = tokio::time::timeout_at(deadline, tls.handshake(addr, stream))
-                .await
-                .map_err(|_| Error::Tls {
-                    broker: addr.to_string(),
-                    reason: format!("no TLS handshake within {timeout:?}; is this a TLS listener?"),
-                })??;
+            let tls_stream = tokio::time::timeout_at(
+                deadline,
+                tls.handshake(super::tls::Peer::Broker, addr, stream),
+            )
+            .await
+            .map_err(|_| Error::Tls {
+                broker: addr.to_string(),
+                reason: format!("no TLS handshake within {timeout:?}; is this a TLS listener?"),
+            })??;
             let (r, w) = tokio::io::split(tls_stream);
             return Ok((Box::new(r), Box::new(w)));
         }
@@ -829,7 +832,10 @@ fn read_failure(e: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return format!("{TLS_PREFIX}{}", super::tls::describe(tls));
+        return format!(
+            "{TLS_PREFIX}{}",
+            super::tls::describe(super::tls::Peer::Broker, tls)
+        );
     }
     format!("read failed: {e}")
 }

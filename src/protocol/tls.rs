@@ -52,6 +52,64 @@ compile_error!(
      on this target enable `tls-ring` (which needs a C compiler)"
 );
 
+/// Who is at the other end of a TLS connection: failures name it, and say
+/// which setting to check for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// A Kafka broker.
+    Broker,
+    /// A schema registry (HTTPS).
+    Registry,
+}
+
+impl Peer {
+    /// "the broker", "the schema registry".
+    fn the(self) -> &'static str {
+        match self {
+            Peer::Broker => "the broker",
+            Peer::Registry => "the schema registry",
+        }
+    }
+
+    /// Where to set the CA that signed its certificate.
+    fn trust_hint(self) -> &'static str {
+        match self {
+            Peer::Broker => "set the broker's CA with TlsConfig::ca_pem (KAFKA_TRUSTED_CERT)",
+            Peer::Registry => {
+                "set the registry's CA with TlsConfig::ca_pem in the TlsConfig given to \
+                 SchemaRegistryBuilder::tls"
+            }
+        }
+    }
+
+    /// What to check when it does not speak TLS.
+    fn plaintext_hint(self) -> &'static str {
+        match self {
+            Peer::Broker => {
+                "is this a plaintext listener? (use TLS only with SSL or SASL_SSL listeners)"
+            }
+            Peer::Registry => {
+                "does the registry serve plain HTTP at this port? (then use an http:// URL)"
+            }
+        }
+    }
+
+    /// What to check when it refuses our client certificate.
+    fn client_cert_hint(self) -> &'static str {
+        match self {
+            Peer::Broker => {
+                "this listener wants mutual TLS with a certificate its truststore accepts: \
+                 set TlsConfig::client_cert_pem (KAFKA_CLIENT_CERT, KAFKA_CLIENT_CERT_KEY)"
+            }
+            Peer::Registry => {
+                "the registry wants mutual TLS with a certificate it trusts: \
+                 set TlsConfig::client_cert_pem in the TlsConfig given to \
+                 SchemaRegistryBuilder::tls"
+            }
+        }
+    }
+}
+
 /// A ready rustls client configuration and the name override, if any.
 #[derive(Clone)]
 pub(crate) struct TlsContext {
@@ -139,9 +197,11 @@ impl TlsContext {
         })
     }
 
-    /// Run the TLS handshake on `tcp` for the broker at `addr` (`host:port`).
+    /// Run the TLS handshake on `tcp` for `peer` at `addr` (`host:port`).
+    /// Failures are [`Error::Tls`] with `addr` and a reason naming `peer`.
     pub(crate) async fn handshake(
         &self,
+        peer: Peer,
         addr: &str,
         tcp: TcpStream,
     ) -> Result<TlsStream<TcpStream>> {
@@ -161,7 +221,7 @@ impl TlsContext {
             .await
             .map_err(|e| Error::Tls {
                 broker: addr.to_string(),
-                reason: describe_io(&e),
+                reason: describe_io(peer, &e),
             })
     }
 }
@@ -277,7 +337,7 @@ fn root_store(roots: &TrustedRoots) -> Result<RootCertStore> {
             if store.is_empty() {
                 return Err(Error::Config(format!(
                     "no usable CA certificates in the system trust store{}; \
-                     give the broker's CA with TlsConfig::ca_pem",
+                     give the CA to trust with TlsConfig::ca_pem",
                     found
                         .errors
                         .first()
@@ -309,65 +369,88 @@ fn host_of(addr: &str) -> &str {
 }
 
 /// A user-facing reason for a TLS failure carried in an I/O error.
-pub(crate) fn describe_io(e: &std::io::Error) -> String {
+pub(crate) fn describe_io(peer: Peer, e: &std::io::Error) -> String {
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return describe(tls);
+        return describe(peer, tls);
     }
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => format!(
-            "the broker closed the connection during the TLS handshake ({e}); \
-             is this a plaintext listener? (use TLS only with SSL or SASL_SSL listeners)"
+            "{} closed the connection during the TLS handshake ({e}); {}",
+            peer.the(),
+            peer.plaintext_hint()
         ),
         _ => format!("TLS handshake failed: {e}"),
     }
 }
 
 /// A user-facing reason for a rustls error.
-pub(crate) fn describe(e: &rustls::Error) -> String {
+pub(crate) fn describe(peer: Peer, e: &rustls::Error) -> String {
     use rustls::AlertDescription as Alert;
+    let the = peer.the();
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "the broker's certificate is not signed by a trusted CA ({e}); \
-                 set the broker's CA with TlsConfig::ca_pem (KAFKA_TRUSTED_CERT)"
+                "{the}'s certificate is not signed by a trusted CA ({e}); {}",
+                peer.trust_hint()
             ),
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
-                "the broker's certificate has expired ({e}); the broker needs a new certificate"
-            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                format!("{the}'s certificate has expired ({e}); {the} needs a new certificate")
+            }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                format!("the broker's certificate is not valid yet ({e}); check clocks")
+                format!("{the}'s certificate is not valid yet ({e}); check clocks")
             }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!(
-                    "the broker's certificate does not name the host we connected to ({e}); \
+                    "{the}'s certificate does not name the host we connected to ({e}); \
                      connect by a name the certificate lists, or set TlsConfig::server_name"
                 )
             }
-            _ => format!("the broker's certificate was rejected: {e}"),
+            _ => format!("{the}'s certificate was rejected: {e}"),
         },
         rustls::Error::AlertReceived(alert) => match alert {
             Alert::CertificateRequired
             | Alert::BadCertificate
             | Alert::CertificateUnknown
             | Alert::UnknownCA => format!(
-                "the broker rejected our client certificate (alert {alert:?}); \
-                 this listener wants mutual TLS with a certificate its truststore accepts: \
-                 set TlsConfig::client_cert_pem (KAFKA_CLIENT_CERT, KAFKA_CLIENT_CERT_KEY)"
+                "{the} rejected our client certificate (alert {alert:?}); {}",
+                peer.client_cert_hint()
             ),
             Alert::CertificateExpired => {
-                format!("the broker rejected our client certificate as expired (alert {alert:?})")
+                format!("{the} rejected our client certificate as expired (alert {alert:?})")
             }
-            _ => format!("the broker ended the TLS session with alert {alert:?}"),
+            _ => format!("{the} ended the TLS session with alert {alert:?}"),
         },
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
-            "the broker did not answer with TLS ({e}); \
-             is this a plaintext listener? (use TLS only with SSL or SASL_SSL listeners)"
+            "{the} did not answer with TLS ({e}); {}",
+            peer.plaintext_hint()
         ),
         _ => format!("TLS failed: {e}"),
     }
+}
+
+/// The rustls error inside `e` or its sources (through I/O errors, which
+/// hide their inner error from `source()`), if any.
+pub(crate) fn rustls_error_in<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -417,6 +500,56 @@ mod tests {
             TlsContext::new(&TlsConfig::new().ca_pem(include_str!("../../tests/data/ca.pem")))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn failures_name_the_peer_and_its_settings() {
+        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let broker = describe(Peer::Broker, &unknown);
+        assert!(broker.starts_with("the broker's certificate"), "{broker}");
+        assert!(broker.contains("KAFKA_TRUSTED_CERT"), "{broker}");
+        let registry = describe(Peer::Registry, &unknown);
+        assert!(
+            registry.starts_with("the schema registry's certificate is not signed"),
+            "{registry}"
+        );
+        assert!(
+            registry.contains("SchemaRegistryBuilder::tls"),
+            "{registry}"
+        );
+        assert!(!registry.contains("broker"), "{registry}");
+        assert!(!registry.contains("KAFKA_"), "{registry}");
+
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let registry = describe(Peer::Registry, &alert);
+        assert!(
+            registry.starts_with("the schema registry rejected our client certificate"),
+            "{registry}"
+        );
+        assert!(!registry.contains("listener"), "{registry}");
+
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let registry = describe_io(Peer::Registry, &eof);
+        assert!(registry.contains("http:// URL"), "{registry}");
+        assert!(!registry.contains("listener"), "{registry}");
+        assert!(describe_io(Peer::Broker, &eof).contains("plaintext listener"));
+
+        // Found through an I/O error and a wrapper, as hyper reports it.
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = Wrapper(std::io::Error::other(alert.clone()));
+        assert_eq!(rustls_error_in(&wrapped), Some(&alert));
+        assert_eq!(rustls_error_in(&Wrapper(eof)), None);
     }
 
     #[test]

@@ -279,14 +279,18 @@ impl Transport {
                         "an https schema registry URL needs TLS settings".into(),
                     ));
                 };
-                let stream = tls.handshake(&authority, tcp).await.map_err(|e| match e {
-                    Error::Tls { reason, .. } => self.failure(
-                        path,
-                        format!("TLS with the registry failed: {reason}"),
-                        false,
-                    ),
-                    other => other,
-                })?;
+                let peer = crate::protocol::tls::Peer::Registry;
+                let stream = tls
+                    .handshake(peer, &authority, tcp)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Tls { reason, .. } => self.failure(
+                            path,
+                            format!("TLS with the registry failed: {reason}"),
+                            false,
+                        ),
+                        other => other,
+                    })?;
                 return self.exchange(path, stream, request).await;
             }
             #[cfg(not(feature = "tls"))]
@@ -353,8 +357,31 @@ impl Transport {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let lost = |what: &str, e: &dyn std::error::Error| {
-            self.failure(path, format!("{what}: {}", chain(e)), true)
+        let lost = |what: &str, e: &(dyn std::error::Error + 'static)| {
+            // A TLS alert after the handshake (with TLS 1.3 a server refuses
+            // a client certificate only then) is no passing fault.
+            #[cfg(feature = "tls")]
+            if let Some(tls) = crate::protocol::tls::rustls_error_in(e) {
+                let reason =
+                    crate::protocol::tls::describe(crate::protocol::tls::Peer::Registry, tls);
+                return self.failure(
+                    path,
+                    format!("TLS with the registry failed: {reason}"),
+                    false,
+                );
+            }
+            let mut message = format!("{what}: {}", chain(e));
+            // A TLS server closes a plain-HTTP connection without a word.
+            if !self.endpoint.https
+                && e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_incomplete_message)
+            {
+                message.push_str(
+                    "; if the registry serves HTTPS at this port, use an https:// URL \
+                     (and SchemaRegistryBuilder::tls)",
+                );
+            }
+            self.failure(path, message, true)
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
