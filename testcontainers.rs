@@ -2680,109 +2680,76 @@ fn kafka_home() -> Result<PathBuf, FixtureError> {
 }
 
 fn fetch_kafka(version: &str) -> Result<PathBuf, FixtureError> {
-    let root = cache_root()?;
-    let dir = root.join(format!("kafka-{version}"));
-    if dir.join(COMPLETE_MARKER).is_file() {
-        return Ok(dir);
-    }
-    fs::create_dir_all(&root).map_err(io_error(format!("creating {}", root.display())))?;
-    let _lock = FileLock::acquire(&root.join(format!("kafka-{version}.lock")))?;
-    if dir.join(COMPLETE_MARKER).is_file() {
-        return Ok(dir);
-    }
-    // We hold the lock, so any partial directory is left from a crashed fetch.
-    let partial_prefix = format!("kafka-{version}.partial-");
-    if let Ok(entries) = fs::read_dir(&root) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&partial_prefix)
-            {
-                let _ = fs::remove_dir_all(entry.path());
+    // Fetched into a staging directory under the cache lock, then renamed
+    // into place with its completion marker (see `cached_install`).
+    cached_install(&format!("kafka-{version}"), Placement::Staged, |staging| {
+        let pom = staging.join("pom.xml");
+        fs::write(&pom, pom_xml(version))
+            .map_err(io_error(format!("writing {}", pom.display())))?;
+        let libs = staging.join("libs");
+
+        let mut cmd = Command::new("mvn");
+        cmd.arg("-q")
+            .arg("-B")
+            .arg("-Dstyle.color=never")
+            .arg("-f")
+            .arg(&pom)
+            .arg(DEPENDENCY_GOAL)
+            .arg(format!("-DoutputDirectory={}", libs.display()));
+        let failed = |status: String, output: String| FixtureError::MavenFailed {
+            version: version.to_string(),
+            status,
+            output: last_lines(&strip_ansi(&output), 40),
+            pom: pom.clone(),
+        };
+        match run_bounded(&mut cmd, None, FETCH_TIMEOUT) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return Err(failed(describe(out.status), text));
+            }
+            Err(RunFailure::Spawn(source)) => return Err(FixtureError::MavenNotFound { source }),
+            Err(RunFailure::Wait(source)) => {
+                return Err(FixtureError::Io {
+                    action: "waiting for mvn".to_string(),
+                    source,
+                })
+            }
+            Err(RunFailure::TimedOut { stdout, stderr }) => {
+                return Err(failed(
+                    format!("timed out after {FETCH_TIMEOUT:?}"),
+                    format!("{stdout}{stderr}"),
+                ))
             }
         }
-    }
-    let staging = root.join(format!("{partial_prefix}{}", std::process::id()));
-    fs::create_dir_all(&staging).map_err(io_error(format!("creating {}", staging.display())))?;
-    let pom = staging.join("pom.xml");
-    fs::write(&pom, pom_xml(version)).map_err(io_error(format!("writing {}", pom.display())))?;
-    let libs = staging.join("libs");
 
-    let mut cmd = Command::new("mvn");
-    cmd.arg("-q")
-        .arg("-B")
-        .arg("-Dstyle.color=never")
-        .arg("-f")
-        .arg(&pom)
-        .arg(DEPENDENCY_GOAL)
-        .arg(format!("-DoutputDirectory={}", libs.display()));
-    let failed = |status: String, output: String| FixtureError::MavenFailed {
-        version: version.to_string(),
-        status,
-        output: last_lines(&strip_ansi(&output), 40),
-        pom: pom.clone(),
-    };
-    match run_bounded(&mut cmd, None, FETCH_TIMEOUT) {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return Err(failed(describe(out.status), text));
+        let required = [
+            format!("kafka_2.13-{version}.jar"),
+            format!("kafka-tools-{version}.jar"),
+            format!("kafka-clients-{version}.jar"),
+            format!("log4j-core-{LOG4J_VERSION}.jar"),
+            format!("log4j-slf4j2-impl-{LOG4J_VERSION}.jar"),
+        ];
+        let missing: Vec<String> = required
+            .iter()
+            .filter(|jar| !libs.join(jar).is_file())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(FixtureError::MissingJars {
+                version: version.to_string(),
+                missing,
+            });
         }
-        Err(RunFailure::Spawn(source)) => return Err(FixtureError::MavenNotFound { source }),
-        Err(RunFailure::Wait(source)) => {
-            return Err(FixtureError::Io {
-                action: "waiting for mvn".to_string(),
-                source,
-            })
-        }
-        Err(RunFailure::TimedOut { stdout, stderr }) => {
-            return Err(failed(
-                format!("timed out after {FETCH_TIMEOUT:?}"),
-                format!("{stdout}{stderr}"),
-            ))
-        }
-    }
-
-    let required = [
-        format!("kafka_2.13-{version}.jar"),
-        format!("kafka-tools-{version}.jar"),
-        format!("kafka-clients-{version}.jar"),
-        format!("log4j-core-{LOG4J_VERSION}.jar"),
-        format!("log4j-slf4j2-impl-{LOG4J_VERSION}.jar"),
-    ];
-    let missing: Vec<String> = required
-        .iter()
-        .filter(|jar| !libs.join(jar).is_file())
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(FixtureError::MissingJars {
-            version: version.to_string(),
-            missing,
-        });
-    }
-    let log4j = staging.join("log4j2.properties");
-    fs::write(&log4j, LOG4J2_CONFIG).map_err(io_error(format!("writing {}", log4j.display())))?;
-    let marker = staging.join(COMPLETE_MARKER);
-    fs::write(&marker, format!("Apache Kafka {version}\n"))
-        .map_err(io_error(format!("writing {}", marker.display())))?;
-    if dir.exists() {
-        // An incomplete directory from an older layout or a manual copy.
-        let old = root.join(format!("{partial_prefix}old-{}", std::process::id()));
-        fs::rename(&dir, &old).map_err(io_error(format!("moving aside {}", dir.display())))?;
-        let _ = fs::remove_dir_all(&old);
-    }
-    fs::rename(&staging, &dir).map_err(io_error(format!(
-        "renaming {} to {}",
-        staging.display(),
-        dir.display()
-    )))?;
-    Ok(dir)
+        let log4j = staging.join("log4j2.properties");
+        fs::write(&log4j, LOG4J2_CONFIG)
+            .map_err(io_error(format!("writing {}", log4j.display())))?;
+        Ok(format!("Apache Kafka {version}\n"))
+    })
 }
 
 fn pom_xml(version: &str) -> String {
@@ -4967,13 +4934,10 @@ fn cached_install(
         Placement::InPlace => dir.clone(),
     };
     fs::create_dir_all(&build).map_err(io_error(format!("creating {}", build.display())))?;
-    let marker = match install(&build) {
-        Ok(marker) => marker,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&build);
-            return Err(e);
-        }
-    };
+    // A failed attempt is left as it is, for a look (its error may name a
+    // file in it, such as the pom.xml to re-run Maven by hand); the next
+    // attempt removes it under the lock before starting afresh.
+    let marker = install(&build)?;
     let marker_path = build.join(COMPLETE_MARKER);
     fs::write(&marker_path, marker)
         .map_err(io_error(format!("writing {}", marker_path.display())))?;
