@@ -3175,37 +3175,56 @@ impl Broker {
     // Starts the supervisor, and through it the JVM, without waiting for
     // the broker to be ready (see `wait_until_ready`).
     fn spawn(&mut self) -> Result<(), FixtureError> {
-        let log_path = self.dir.join("broker.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_error(format!("creating {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_error(format!("opening {}", log_path.display())))?;
-        let mut supervisor = Command::new("sh");
-        supervisor
-            .arg("-c")
-            .arg(SUPERVISOR_SCRIPT)
-            .arg("kastellan-kafka-supervisor")
-            .arg(&self.dir)
-            .arg(self.grace_secs.to_string())
-            .args(&self.java_cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            // Its own process group: a terminal's Ctrl-C reaches the tests, not
-            // the supervisor, which then cleans up once the tests are gone; and
-            // one kill(-pgid) stops supervisor and JVM together.
-            .process_group(0);
-        let mut child = supervisor
-            .spawn()
-            .map_err(io_error("starting the broker supervisor `sh`"))?;
+        let mut child = spawn_supervised(
+            "broker",
+            &self.dir,
+            "broker.log",
+            self.grace_secs,
+            &self.java_cmd,
+        )?;
         self.stdin = child.stdin.take();
         self.supervisor = Some(child);
         Ok(())
     }
+}
+
+// Starts `java_cmd` under the supervisor script in `dir`, its output in
+// `dir/log_name`, and returns the supervisor: its stdin is the pipe whose
+// end-of-file (this process gone) makes it stop the JVM within
+// `grace_secs`. Shared by brokers and registries.
+fn spawn_supervised(
+    what: &str,
+    dir: &Path,
+    log_name: &str,
+    grace_secs: impl ToString,
+    java_cmd: &[OsString],
+) -> Result<Child, FixtureError> {
+    let log_path = dir.join(log_name);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_error(format!("creating {}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(io_error(format!("opening {}", log_path.display())))?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(SUPERVISOR_SCRIPT)
+        .arg(format!("kastellan-{what}-supervisor"))
+        .arg(dir)
+        .arg(grace_secs.to_string())
+        .args(java_cmd)
+        .env("KASTELLAN_SUPERVISED_LOG", log_name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Its own process group: a terminal's Ctrl-C reaches the tests, not
+        // the supervisor, which then cleans up once the tests are gone; and
+        // one kill(-pgid) stops supervisor and JVM together.
+        .process_group(0)
+        .spawn()
+        .map_err(io_error(format!("starting the {what} supervisor `sh`")))
 }
 
 // Waits, up to the start timeout, until every node answers ApiVersions and
@@ -4059,33 +4078,13 @@ impl Registry {
     // Starts the supervisor, and through it the JVM, without waiting for
     // the registry to be ready.
     fn spawn(&mut self, java_cmd: &[OsString]) -> Result<(), FixtureError> {
-        let log_path = self.dir.join(REGISTRY_LOG);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_error(format!("creating {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_error(format!("opening {}", log_path.display())))?;
-        let mut supervisor = Command::new("sh");
-        supervisor
-            .arg("-c")
-            .arg(SUPERVISOR_SCRIPT)
-            .arg("kastellan-registry-supervisor")
-            .arg(&self.dir)
-            .arg(REGISTRY_GRACE_SECS.to_string())
-            .args(java_cmd)
-            .env("KASTELLAN_SUPERVISED_LOG", REGISTRY_LOG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            // As for brokers: Ctrl-C reaches the tests, not the supervisor,
-            // and one kill(-pgid) stops supervisor and JVM together.
-            .process_group(0);
-        let mut child = supervisor
-            .spawn()
-            .map_err(io_error("starting the registry supervisor `sh`"))?;
+        let mut child = spawn_supervised(
+            "registry",
+            &self.dir,
+            REGISTRY_LOG,
+            REGISTRY_GRACE_SECS,
+            java_cmd,
+        )?;
         self.stdin = child.stdin.take();
         self.supervisor = Some(child);
         Ok(())
